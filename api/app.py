@@ -1,0 +1,74 @@
+"""The FastAPI application: routes, and one envelope for every error."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+import latentq
+from api.routes import health, jobs
+from api.validation import validation_error
+from latentq.errors import LatentqError
+from latentq.settings import ApiSettings, get_api_settings
+
+log = logging.getLogger("latentq.api")
+
+_HTTP_NAMES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_response(error: LatentqError) -> JSONResponse:
+    """Render ``error`` as ``{"error": {"name", "message", ...}}`` with its status."""
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
+
+
+async def _on_latentq_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, LatentqError)
+    return error_response(error)
+
+
+async def _on_validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return error_response(validation_error(error.errors()))
+
+
+async def _on_http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    name = _HTTP_NAMES.get(error.status_code, "invalid_request" if error.status_code < 500 else "internal_error")
+    return error_response(LatentqError(name, str(error.detail)))
+
+
+async def _on_redis_error(_: Request, error: Exception) -> JSONResponse:
+    log.error("redis unavailable: %s", error)
+    return error_response(LatentqError("service_unavailable", "The job store (Redis) is unreachable."))
+
+
+async def _on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=error)
+    return error_response(LatentqError("internal_error"))
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Return the latentq API application, with ``settings`` or those of the environment."""
+    settings = settings or get_api_settings()
+    if not settings.api_keys:
+        raise RuntimeError("LATENTQ_API_KEYS is empty: set at least one API key (comma-separated)")
+    app = FastAPI(
+        title="latentq",
+        version=latentq.__version__,
+        summary="Self-hostable Stable Diffusion image generation over a job queue.",
+    )
+    app.dependency_overrides[get_api_settings] = lambda: settings
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.add_exception_handler(LatentqError, _on_latentq_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(RedisError, _on_redis_error)
+    app.add_exception_handler(Exception, _on_unexpected_error)
+    return app

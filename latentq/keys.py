@@ -1,0 +1,26 @@
+"""The Redis key layout and object-key layout: every name latentq stores under is built here."""
+
+from rq.job import Job
+
+#: Prefix of every Redis key and RQ queue latentq owns (RQ adds its own ``rq:`` prefix).
+PREFIX = "latentq"
+
+
+def job_key(job_id: str) -> str:
+    """Return the Redis key of a job's record (a hash)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def queue_name(model_id: str) -> str:
+    """Return the RQ queue name for jobs of model ``model_id`` (one queue per model)."""
+    return f"{PREFIX}:{model_id}"
+
+
+def image_object_key(job_id: str, index: int, extension: str = "png") -> str:
+    """Return the S3 object key of image ``index`` (0-based) of a job; never built from user input."""
+    return f"{job_id}/{index}.{extension}"
+
+
+def rq_job_key(job_id: str) -> str:
+    """Return the Redis key of RQ's own hash for ``job_id`` (same id as our record)."""
+    return Job.key_for(job_id)

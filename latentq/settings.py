@@ -1,0 +1,85 @@
+"""Settings: one pydantic-settings class per process kind, read from ``LATENTQ_*`` variables.
+
+Read them through the cached ``get_api_settings()`` / ``get_worker_settings()``; nothing else
+in latentq reads the environment. Every field is listed in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Settings every latentq process reads."""
+
+    # frozen: settings never change after start-up, and can key caches of clients.
+    model_config = SettingsConfigDict(env_prefix="LATENTQ_", extra="ignore", frozen=True)
+
+    #: Redis holding the queues and job records.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Id of the model served; names its queue. (A model registry replaces this later.)
+    model_id: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    #: S3-compatible endpoint; None means AWS S3 itself.
+    s3_endpoint_url: str | None = None
+    #: Endpoint used in presigned URLs, when clients reach S3 by another address than workers.
+    s3_presign_endpoint_url: str | None = None
+    s3_bucket: str = "latentq"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    #: When set, image URLs are ``{base}/{key}`` (a public bucket or CDN) instead of presigned.
+    s3_public_base_url: str | None = None
+    #: Lifetime of a presigned image URL, seconds (S3 allows at most 7 days).
+    s3_url_expires_s: int = Field(3600, ge=1, le=604800)
+    #: How long job records stay readable after they are created, seconds.
+    job_retention_s: int = Field(86400, ge=60)
+
+
+class ApiSettings(CommonSettings):
+    """Settings of the API process."""
+
+    #: Accepted API keys (comma-separated in the environment). Required.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
+    job_timeout_s: int = Field(600, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of a worker process."""
+
+    #: Model to serve: a local diffusers folder or a hub id. Unset: the embedded tiny model.
+    model: str | None = None
+    #: Where the embedded tiny model is built (if missing) when ``model`` is unset.
+    embedded_model_dir: Path = Path.home() / ".cache" / "latentq" / "tiny-sd"
+    #: Torch device: ``auto`` picks CUDA when available, else CPU.
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    #: Run one small generation at start-up, before taking jobs.
+    warmup: bool = True
+    #: Name the worker registers under in RQ; default is RQ's own (host and pid based).
+    worker_name: str | None = None
+    #: Seconds between heartbeats while a job runs (a dead worker's jobs are detected by their absence).
+    heartbeat_interval_s: float = Field(10.0, gt=0)
+
+
+@lru_cache
+def get_api_settings() -> ApiSettings:
+    """Return the API settings, read once from the environment."""
+    return ApiSettings()
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    """Return the worker settings, read once from the environment."""
+    return WorkerSettings()

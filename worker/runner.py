@@ -1,0 +1,77 @@
+"""Running one job: mark it started, sample, encode, upload, record the outcome.
+
+Every exception ends in a terminal record with a name from the error table, then propagates
+so RQ's registries tell the same story.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+from PIL.Image import Image
+from rq.timeouts import JobTimeoutException
+
+from latentq.contract import JobError, JobSpec, StoredImage
+from latentq.errors import ERRORS
+from latentq.keys import image_object_key
+from latentq.storage import STORAGE_ERRORS
+from worker.runtime import ObjectStore, Runtime
+
+log = logging.getLogger("latentq.worker")
+
+#: Longest error message kept in a job record, characters.
+MAX_ERROR_MESSAGE = 500
+
+
+def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
+    """Run ``spec`` to a terminal job record and return its stored images."""
+    runtime.records.mark_running(spec.job_id)
+    started = time.perf_counter()
+    try:
+        images = runtime.generator.generate(spec)
+        stored = store_images(runtime.store, spec, images)
+    except BaseException as error:
+        job_error = classify_error(error)
+        log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
+        runtime.records.mark_failed(spec.job_id, job_error)
+        raise
+    runtime.records.mark_succeeded(spec.job_id, stored)
+    log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
+             (time.perf_counter() - started) * 1000)  # fmt: skip
+    return stored
+
+
+def store_images(store: ObjectStore, spec: JobSpec, images: list[Image]) -> list[StoredImage]:
+    """Encode each image as PNG, upload it under its server-made key and describe it."""
+    stored = []
+    for index, (image, seed) in enumerate(zip(images, spec.image_seeds(), strict=True)):
+        key = image_object_key(spec.job_id, index)
+        store.put(key, encode_png(image), "image/png")
+        stored.append(StoredImage(key=key, seed=seed, width=image.width, height=image.height))
+    return stored
+
+
+def encode_png(image: Image) -> bytes:
+    """Return ``image`` as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def classify_error(error: BaseException) -> JobError:
+    """Map an exception raised while running a job to a named job error."""
+    if isinstance(error, JobTimeoutException):
+        return JobError(name="timeout", message=ERRORS["timeout"].message)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return JobError(name="out_of_memory", message=ERRORS["out_of_memory"].message)
+    if isinstance(error, STORAGE_ERRORS):
+        return JobError(name="storage_error", message=_describe(error))
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return JobError(name="worker_lost", message="The worker was shut down while running this job.")
+    return JobError(name="generation_failed", message=_describe(error))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:MAX_ERROR_MESSAGE]

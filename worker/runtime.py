@@ -1,0 +1,52 @@
+"""The worker process's warm state, set up once at start-up and used by every job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL.Image import Image
+
+from latentq.contract import JobSpec
+from latentq.jobs import JobRecords
+
+
+class Generator(Protocol):
+    """What the job loop needs of a pipeline."""
+
+    def generate(self, spec: JobSpec) -> list[Image]:
+        """Return the images for ``spec``."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """What the job loop needs of storage."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key``."""
+        ...
+
+
+@dataclass
+class Runtime:
+    """Everything a job needs that outlives it: the warm pipeline, storage, job records."""
+
+    generator: Generator
+    store: ObjectStore
+    records: JobRecords
+
+
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    """Make ``runtime`` the process's warm state."""
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> Runtime:
+    """Return the process's warm state; fail clearly if start-up did not install it."""
+    if _runtime is None:
+        raise RuntimeError("the worker runtime is not installed: start workers with 'python -m worker'")
+    return _runtime

@@ -1,0 +1,257 @@
+"""Build the embedded default model: a tiny, randomly initialised Stable Diffusion pipeline.
+
+No model hub is reachable where latentq is developed and tested, so the worker ships a
+builder for a structurally real SD 1.x checkpoint (UNet with cross-attention, a VAE with
+scale factor 8, a CLIP text encoder and a complete byte-level CLIP tokenizer) that
+``from_pretrained`` loads like any checkpoint. Its weights are random: it draws noise.
+The same bytes come out on every run, so its images are reproducible across machines.
+
+Usage: ``python -m worker.tiny_model DIR``
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+#: Seed for every random initialisation in the builder.
+BUILD_SEED = 0
+#: Number of BPE merges learned from ``_CORPUS`` for the tokenizer.
+MERGE_COUNT = 600
+#: Marker file written last, so a half-written folder is never mistaken for a model.
+COMPLETE_MARKER = "model_index.json"
+
+# Words typical of image prompts; the tokenizer's merges are learned from them so common
+# prompt words become single tokens. Every other string still tokenizes byte by byte.
+_CORPUS = """
+a an the of in on at with and or by from to for over under near beside behind above below
+lighthouse at dusk portrait of a woman man girl boy child old young cat dog horse bird fox
+owl dragon robot astronaut knight wizard castle city street forest mountain mountains river
+lake ocean sea beach island desert snow winter summer autumn spring sunset sunrise night
+day morning evening sky clouds cloudy rain storm fog mist light lights lighting shadow
+shadows dark bright colorful colourful golden hour blue red green yellow orange purple pink
+black white gray grey silver gold painting photo photograph photography illustration drawing
+sketch render rendering digital art artwork concept style detailed highly intricate
+beautiful dramatic cinematic epic fantasy science fiction futuristic ancient medieval
+vintage retro modern realistic photorealistic hyperrealistic anime cartoon comic oil
+watercolor watercolour pencil charcoal ink canvas studio lens bokeh depth field sharp focus
+wide angle close up closeup macro aerial view landscape interior exterior architecture house
+building tower bridge garden flowers flower tree trees leaves grass field road car train
+ship boat airplane space planet stars galaxy moon sun fire water ice stone wood glass metal
+steampunk cyberpunk neon glowing reflection reflections trending masterpiece best quality
+high resolution octane unreal engine volumetric soft hard warm cold muted vibrant pastel
+minimalist abstract surreal magical mystical cozy peaceful quiet busy crowded empty
+""".split()
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """Return the byte-to-printable-character map used by byte-level BPE (GPT-2, CLIP)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
+    """Learn up to ``count`` BPE merges from ``words``, deterministically.
+
+    Ties between equally frequent pairs are broken by the pair's text, so the result
+    never depends on dict ordering or hashing.
+    """
+    byte_map = bytes_to_unicode()
+    vocab: Counter[tuple[str, ...]] = Counter()
+    for word in words:
+        symbols = [byte_map[b] for b in word.lower().encode("utf-8")]
+        symbols[-1] += "</w>"
+        vocab[tuple(symbols)] += 1
+    merges: list[tuple[str, str]] = []
+    while len(merges) < count:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, freq in vocab.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += freq
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab = Counter({_merge_pair(symbols, best): freq for symbols, freq in vocab.items()})
+    return merges
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return tuple(merged)
+
+
+@functools.cache
+def corpus_merges() -> list[tuple[str, str]]:
+    """Return the embedded tokenizer's merges, learned once per process."""
+    return learn_merges(_CORPUS, MERGE_COUNT)
+
+
+def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Return a CLIP-layout vocabulary: bytes, bytes ending a word, merges, specials."""
+    base = list(bytes_to_unicode().values())
+    tokens = base + [c + "</w>" for c in base] + ["".join(pair) for pair in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+
+
+def build_tokenizer():  # -> CLIPTokenizer
+    """Return the embedded model's complete byte-level CLIP tokenizer."""
+    from transformers import CLIPTokenizer
+
+    merges = corpus_merges()
+    return CLIPTokenizer(vocab=build_vocab(merges), merges=merges, model_max_length=77)
+
+
+def build_pipeline():  # -> StableDiffusionPipeline
+    """Return the tiny SD 1.x-shaped pipeline with seeded random weights (fp32, CPU)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(BUILD_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(BUILD_SEED)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        # Four blocks give the SD VAE's spatial factor of 2**3 = 8.
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=512,
+    )
+    torch.manual_seed(BUILD_SEED)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer.get_vocab()),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # The scheduler configuration of Stable Diffusion 1.5.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """Write the embedded model to ``directory`` (created if needed) and return it."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".partial")
+    pipeline = build_pipeline()
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    _write_slow_tokenizer_files(pipeline.tokenizer, staging / "tokenizer")
+    # model_index.json moves last: its presence means the folder is complete.
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in sorted(staging.rglob("*"), key=lambda p: p.name == COMPLETE_MARKER):
+        if path.is_file():
+            target = directory / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
+    _remove_tree(staging)
+    return directory
+
+
+def _write_slow_tokenizer_files(tokenizer, directory: Path) -> None:
+    """Write vocab.json and merges.txt beside tokenizer.json, for loaders without `tokenizers`."""
+    vocab = tokenizer.get_vocab()
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, sort_keys=True))
+    lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in corpus_merges()]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n")
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    path.rmdir()
+
+
+def is_complete(directory: Path) -> bool:
+    """Return whether ``directory`` holds a fully written model."""
+    return (Path(directory) / COMPLETE_MARKER).is_file()
+
+
+def ensure_tiny_model(directory: Path) -> Path:
+    """Build the embedded model in ``directory`` unless it is already there."""
+    if not is_complete(directory):
+        build_tiny_model(directory)
+    return Path(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: ``python -m worker.tiny_model DIR [--force]``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", type=Path, help="folder to write the model to")
+    parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    args = parser.parse_args(argv)
+    if args.force or not is_complete(args.directory):
+        build_tiny_model(args.directory)
+    files = sorted(p for p in args.directory.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    print(f"embedded model at {args.directory} ({len(files)} files, {size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
