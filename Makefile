@@ -1,0 +1,60 @@
+# latentq: `make run` serves the whole stack locally; `make test` runs the test suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+STATE ?= .run
+# torch is installed on its own, pinned, before the project: a bare `torch` requirement can pull a
+# multi-GB CUDA build. On a GPU host use e.g. TORCH_SPEC=torch==2.13.0 and
+# TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128" (see README).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: install run model test test-unit lint format redis-server clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PY) -m pip install -q -e ".[worker,dev]"
+	@touch $@
+
+# redis-server is a Debian package, not a Python one: installed here when run as root.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || [ -n "$$LATENTQ_REDIS_URL" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: run 'sudo apt-get install redis-server' or set LATENTQ_REDIS_URL"; exit 1; \
+	  fi; }
+
+model: $(STATE)/models/tiny-sd/model_index.json
+
+$(STATE)/models/tiny-sd/model_index.json: | $(STAMP)
+	$(PY) -m worker.tiny_model $(STATE)/models/tiny-sd
+
+run: install redis-server model
+	PORT=$(PORT) $(PY) -m latentq.devrun --state $(STATE)
+
+test: install redis-server
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache

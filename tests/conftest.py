@@ -1,0 +1,136 @@
+"""Shared fixtures: real services on free ports, started once per session and always stopped."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from redis import Redis
+from rq import Queue, Worker
+
+from latentq.devstack import Process, RedisServer, S3Server, free_port, wait_until
+from latentq.keys import queue_name
+from latentq.settings import ApiSettings
+
+BUCKET = "latentq-test"
+API_KEY = "test-key-1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3")).start(BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Redis:
+    return Redis.from_url(redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model, built once for the session."""
+    from worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+def service_env(redis_server: RedisServer, s3_server: S3Server, **settings: str) -> dict[str, str]:
+    """Return an environment pointing a latentq process at the test services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
+    env.update(s3_server.env(BUCKET))
+    env["LATENTQ_REDIS_URL"] = redis_server.url
+    env.update({f"LATENTQ_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+@contextmanager
+def running_worker(env: dict[str, str], log_path: Path, model_id: str) -> Iterator[Process]:
+    """Run ``python -m worker`` with ``env`` until it listens on ``model_id``'s queue, then stop it."""
+    process = Process.start("worker", [sys.executable, "-m", "worker"], log_path, env)
+    redis = Redis.from_url(env["LATENTQ_REDIS_URL"])
+    queue = Queue(queue_name(model_id), connection=redis)
+    try:
+        wait_until(lambda: Worker.count(connection=redis, queue=queue) > 0, 120, "the worker", process)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server, s3_server, tiny_model, tmp_path_factory) -> Iterator[Process]:
+    """One worker serving the tiny model under model id ``default``, for the whole session."""
+    env = service_env(redis_server, s3_server, model=str(tiny_model), model_id="default", heartbeat_interval_s="1")
+    with running_worker(env, tmp_path_factory.mktemp("logs") / "worker.log", "default") as process:
+        yield process
+
+
+def api_settings(redis_server: RedisServer, s3_server: S3Server, **overrides) -> ApiSettings:
+    """Return API settings pointing at the test services (environment ignored)."""
+    values = {
+        "redis_url": redis_server.url,
+        "s3_endpoint_url": s3_server.endpoint_url,
+        "s3_bucket": BUCKET,
+        "s3_access_key_id": s3_server.access_key,
+        "s3_secret_access_key": s3_server.secret_key,
+        "api_keys": (API_KEY, "test-key-2"),
+    }
+    values.update(overrides)
+    return ApiSettings.model_validate(values)
+
+
+@contextmanager
+def serve(settings: ApiSettings) -> Iterator[str]:
+    """Serve the API with ``settings`` over real HTTP on a free port; yield its base URL."""
+    from api.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 20, "the API server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def api_url(redis_server, s3_server) -> Iterator[str]:
+    with serve(api_settings(redis_server, s3_server)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as c:
+        yield c
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = 60) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until the job is terminal; return it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")

@@ -1,0 +1,72 @@
+"""The stack as ``make run`` starts it: ready, the printed curl example works, Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from latentq.devstack import free_port
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def stack(tmp_path, tiny_model):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
+    env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(tiny_model)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "latentq.devrun", "--state", str(tmp_path / "state"), "--port", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    deadline = time.monotonic() + 240
+    assert process.stdout is not None
+    while not any(line.startswith("  curl") and "/v1/jobs/" in line for line in lines):
+        line = process.stdout.readline()
+        assert line or process.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        lines.append(line)
+    yield process, lines, tmp_path / "state"
+    if process.poll() is None:
+        process.kill()
+
+
+def children_of(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in result.stdout.split()]
+
+
+@pytest.mark.slow
+def test_make_run_serves_the_printed_example_and_stops_everything_on_ctrl_c(stack):
+    process, lines, state = stack
+    text = "".join(lines)
+    key = re.search(r"export KEY=(\S+)", text).group(1)
+    assert (state / "api_key").read_text().strip() == key
+    submit = next(line for line in lines if "/v1/generate" in line).strip()
+    output = subprocess.run(["bash", "-c", submit], env={**os.environ, "KEY": key}, capture_output=True, text=True)
+    job = json.loads(output.stdout)
+    assert job["status"] == "queued"
+
+    read = next(line for line in lines if "/v1/jobs/" in line).strip().replace("<id>", job["id"])
+    for _ in range(200):
+        job = json.loads(subprocess.run(shlex.split(read.replace("$KEY", key)), capture_output=True).stdout)
+        if job["status"] == "succeeded":
+            break
+        time.sleep(0.05)
+    assert job["status"] == "succeeded"
+    assert httpx.get(job["images"][0]["url"]).headers["content-type"] == "image/png"
+
+    servers = children_of(process.pid)
+    assert len(servers) == 4  # redis, s3, worker, api
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in servers)

@@ -1,0 +1,45 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import api_settings, serve
+
+
+def test_healthz_needs_no_key(api_url):
+    response = httpx.get(api_url + "/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_ready_with_redis_s3_and_a_live_worker(api_url, worker):
+    response = httpx.get(api_url + "/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"redis": "ok", "workers": "1 live", "s3": "ok"}
+
+
+def test_not_ready_without_a_worker_for_the_model(redis_server, s3_server):
+    with serve(api_settings(redis_server, s3_server, model_id="nobody-serves-this")) as url:
+        response = httpx.get(url + "/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["workers"] == "no live worker for this model"
+
+
+def test_not_ready_when_s3_refuses_our_credentials(redis_server, s3_server, worker):
+    with serve(api_settings(redis_server, s3_server, s3_secret_access_key="wrong")) as url:
+        response = httpx.get(url + "/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["s3"].startswith("unreachable")
+
+
+def test_not_ready_and_submits_refused_when_redis_is_down(s3_server, redis_server):
+    settings = api_settings(redis_server, s3_server, redis_url="redis://127.0.0.1:1/0")
+    with serve(settings) as url:
+        assert httpx.get(url + "/readyz").status_code == 503
+        response = httpx.post(
+            url + "/v1/generate", json={"prompt": "a", "width": 64, "height": 64},
+            headers={"Authorization": "Bearer test-key-1"},
+        )
+    assert response.status_code == 503
+    assert response.json()["error"]["name"] == "service_unavailable"

@@ -1,0 +1,44 @@
+"""Settings come from LATENTQ_* variables, with checked values."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from latentq.settings import ApiSettings, WorkerSettings
+
+
+def test_api_keys_are_comma_separated(monkeypatch):
+    monkeypatch.setenv("LATENTQ_API_KEYS", " key-a, key-b ,,")
+    assert ApiSettings().api_keys == ("key-a", "key-b")
+
+
+def test_worker_reads_its_settings(monkeypatch):
+    monkeypatch.setenv("LATENTQ_MODEL", "/models/sd15")
+    monkeypatch.setenv("LATENTQ_DEVICE", "cpu")
+    monkeypatch.setenv("LATENTQ_WARMUP", "false")
+    settings = WorkerSettings()
+    assert (settings.model, settings.device, settings.warmup) == ("/models/sd15", "cpu", False)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("LATENTQ_MODEL_ID", "has space"), ("LATENTQ_MODEL_ID", "../x"), ("LATENTQ_S3_URL_EXPIRES_S", "0"),
+     ("LATENTQ_S3_URL_EXPIRES_S", "604801"), ("LATENTQ_DEVICE", "tpu")],
+)  # fmt: skip
+def test_bad_values_are_refused(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        WorkerSettings()
+
+
+def test_settings_are_frozen():
+    with pytest.raises(ValidationError):
+        ApiSettings(api_keys=("k",)).api_keys = ()  # type: ignore[misc]
+
+
+def test_api_refuses_to_start_without_keys():
+    from api.app import create_app
+
+    with pytest.raises(RuntimeError, match="LATENTQ_API_KEYS"):
+        create_app(ApiSettings(api_keys=()))
