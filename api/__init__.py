@@ -1,1 +1,1 @@
-"""latentq's HTTP API (FastAPI). It validates, enqueues and reads jobs; it never imports torch or the worker."""
+"""latentq's HTTP API (FastAPI): validates, enqueues and reads jobs; never imports torch or the worker."""

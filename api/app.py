@@ -39,7 +39,9 @@ async def _on_validation_error(_: Request, error: Exception) -> JSONResponse:
 
 async def _on_http_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
-    name = _HTTP_NAMES.get(error.status_code, "invalid_request" if error.status_code < 500 else "internal_error")
+    name = _HTTP_NAMES.get(
+        error.status_code, "invalid_request" if error.status_code < 500 else "internal_error"
+    )
     return error_response(LatentqError(name, str(error.detail)))
 
 

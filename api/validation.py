@@ -42,7 +42,11 @@ def _describe(error: Any, model: type[BaseModel] | None) -> tuple[str, str | Non
     loc = [part for part in error["loc"] if part != "body"]
     field = ".".join(str(part) for part in loc) or None
     if kind == "json_invalid":
-        return "invalid_json", None, f"The request body is not valid JSON: {error.get('ctx', {}).get('error', '')}"
+        return (
+            "invalid_json",
+            None,
+            f"The request body is not valid JSON: {error.get('ctx', {}).get('error', '')}",
+        )
     if field is None:
         return "invalid_request", None, "The request body must be a JSON object."
     if kind == "extra_forbidden":

@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         while all(process.popen.poll() is None for process in processes):
             time.sleep(0.5)
         failed = next(p for p in processes if p.popen.poll() is not None)
-        print(f"{failed.name} exited with code {failed.popen.returncode}; see {failed.log_path}", file=sys.stderr)
+        print(
+            f"{failed.name} exited with code {failed.popen.returncode}; see {failed.log_path}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("\nstopping...", file=sys.stderr)

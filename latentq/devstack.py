@@ -55,7 +55,9 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, process: Process | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, process: Process | None = None
+) -> None:
     """Poll ``check`` every 0.1 s until it returns True; raise after ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -151,7 +153,9 @@ class RedisServer:
 class S3Server:
     """A private SeaweedFS server with its S3 gateway, checking signatures with one access key."""
 
-    def __init__(self, directory: Path, access_key: str = "latentq-dev", secret_key: str = "latentq-dev-secret"):
+    def __init__(
+        self, directory: Path, access_key: str = "latentq-dev", secret_key: str = "latentq-dev-secret"
+    ):
         self.directory = Path(directory)
         self.access_key = access_key
         self.secret_key = secret_key
@@ -177,7 +181,9 @@ class S3Server:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         ]  # fmt: skip
         self.process = Process.start("s3", argv, self.directory / "weed.log")
-        wait_until(lambda: self._probe(bucket), timeout_s, f"SeaweedFS S3 on port {self.s3_port}", self.process)
+        wait_until(
+            lambda: self._probe(bucket), timeout_s, f"SeaweedFS S3 on port {self.s3_port}", self.process
+        )
         return self
 
     def _identities(self) -> dict:
@@ -196,7 +202,9 @@ class S3Server:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 0}),
+            config=Config(
+                signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 0}
+            ),
         )
 
     def _probe(self, bucket: str) -> bool:

@@ -90,10 +90,10 @@ class JobRecords:
             job_id, status=JobStatus.FAILED.value, error=error.model_dump_json(), finished_at=utc_now()
         )
 
-    def _update(self, job_id: str, **fields: Any) -> None:
+    def _update(self, job_id: str, **fields: str) -> None:
         key = job_key(job_id)
         with self.redis.pipeline() as pipeline:
-            pipeline.hset(key, mapping=fields)
+            pipeline.hset(key, mapping=dict[Any, str](fields))
             # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
             pipeline.expire(key, self.retention_s, nx=True)
             pipeline.execute()

@@ -18,7 +18,9 @@ from latentq.settings import CommonSettings
 STORAGE_ERRORS = (BotoCoreError, ClientError)
 
 
-def _client(settings: CommonSettings, endpoint_url: str | None, attempts: int = 5, timeout_s: float = 30) -> Any:
+def _client(
+    settings: CommonSettings, endpoint_url: str | None, attempts: int = 5, timeout_s: float = 30
+) -> Any:
     secret = settings.s3_secret_access_key
     return boto3.session.Session().client(
         "s3",

@@ -77,7 +77,9 @@ def running_worker(env: dict[str, str], log_path: Path, model_id: str) -> Iterat
 @pytest.fixture(scope="session")
 def worker(redis_server, s3_server, tiny_model, tmp_path_factory) -> Iterator[Process]:
     """One worker serving the tiny model under model id ``default``, for the whole session."""
-    env = service_env(redis_server, s3_server, model=str(tiny_model), model_id="default", heartbeat_interval_s="1")
+    env = service_env(
+        redis_server, s3_server, model=str(tiny_model), model_id="default", heartbeat_interval_s="1"
+    )
     with running_worker(env, tmp_path_factory.mktemp("logs") / "worker.log", "default") as process:
         yield process
 
@@ -102,7 +104,9 @@ def serve(settings: ApiSettings) -> Iterator[str]:
     from api.app import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -37,4 +37,6 @@ def readyz(settings: SettingsDep, redis: RedisDep, store: ImageStoreDep) -> JSON
     except Exception as error:  # noqa: BLE001
         checks["s3"] = f"unreachable: {type(error).__name__}: {error}"
     ready = checks["redis"] == "ok" and checks["s3"] == "ok" and workers > 0
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+    )

@@ -52,7 +52,9 @@ def test_make_run_serves_the_printed_example_and_stops_everything_on_ctrl_c(stac
     key = re.search(r"export KEY=(\S+)", text).group(1)
     assert (state / "api_key").read_text().strip() == key
     submit = next(line for line in lines if "/v1/generate" in line).strip()
-    output = subprocess.run(["bash", "-c", submit], env={**os.environ, "KEY": key}, capture_output=True, text=True)
+    output = subprocess.run(
+        ["bash", "-c", submit], env={**os.environ, "KEY": key}, capture_output=True, text=True
+    )
     job = json.loads(output.stdout)
     assert job["status"] == "queued"
 

@@ -89,15 +89,26 @@ def test_malformed_bodies(client, body, status, name):
 def test_json_is_read_whatever_the_content_type(client, worker):
     # curl -d sends application/x-www-form-urlencoded; the README's example relies on this.
     response = client.post(
-        "/v1/generate", content=b'{"prompt": "a", "width": 64, "height": 64, "steps": 1}',
+        "/v1/generate",
+        content=b'{"prompt": "a", "width": 64, "height": 64, "steps": 1}',
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 202
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "test-key-1"},
-                                     {"Authorization": "Basic dGVzdA=="}, {"Authorization": "Bearer"}])
-@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/generate"), ("GET", "/v1/jobs/0b4f3c1e-0000-4000-8000-000000000000")])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "test-key-1"},
+        {"Authorization": "Basic dGVzdA=="},
+        {"Authorization": "Bearer"},
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/v1/generate"), ("GET", "/v1/jobs/0b4f3c1e-0000-4000-8000-000000000000")]
+)
 def test_requests_without_a_valid_key_are_refused(api_url, queue_length, headers, method, path):
     before = queue_length()
     response = httpx.request(method, api_url + path, headers=headers, json=VALID)
@@ -108,7 +119,9 @@ def test_requests_without_a_valid_key_are_refused(api_url, queue_length, headers
 
 
 def test_every_configured_key_is_accepted(api_url, worker):
-    response = httpx.post(api_url + "/v1/generate", json=VALID, headers={"Authorization": "Bearer test-key-2"})
+    response = httpx.post(
+        api_url + "/v1/generate", json=VALID, headers={"Authorization": "Bearer test-key-2"}
+    )
     assert response.status_code == 202
 
 

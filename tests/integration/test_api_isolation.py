@@ -13,15 +13,19 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from latentq.settings import ApiSettings
 
-settings = ApiSettings(redis_url=sys.argv[1], s3_endpoint_url=sys.argv[2], s3_bucket="{BUCKET}",
-                       s3_access_key_id=sys.argv[3], s3_secret_access_key=sys.argv[4], api_keys=("{API_KEY}",))
+settings = ApiSettings(
+    redis_url=sys.argv[1], s3_endpoint_url=sys.argv[2], s3_bucket="{BUCKET}",
+    s3_access_key_id=sys.argv[3], s3_secret_access_key=sys.argv[4], api_keys=("{API_KEY}",),
+)
 client = TestClient(create_app(settings))
 headers = {{"Authorization": "Bearer {API_KEY}"}}
-job = client.post("/v1/generate", json={{"prompt": "a", "width": 64, "height": 64, "steps": 1}}, headers=headers)
+body = {{"prompt": "a", "width": 64, "height": 64, "steps": 1}}
+job = client.post("/v1/generate", json=body, headers=headers)
 assert job.status_code == 202, job.text
 assert client.get("/v1/jobs/" + job.json()["id"], headers=headers).status_code == 200
 client.get("/readyz")
-loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "diffusers", "transformers", "worker"))
+forbidden = ("torch", "diffusers", "transformers", "worker")
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in forbidden)
 print(",".join(loaded))
 """
 

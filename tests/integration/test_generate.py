@@ -30,7 +30,13 @@ def diffusers_reference(model_dir, seed: int, **overrides) -> Image.Image:
     pipe = AutoPipelineForText2Image.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    args = {"prompt": BODY["prompt"], "width": 64, "height": 64, "num_inference_steps": 20, "guidance_scale": 7.0}
+    args = {
+        "prompt": BODY["prompt"],
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 20,
+        "guidance_scale": 7.0,
+    }
     args.update(overrides)
     return pipe(**args, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
 
@@ -65,7 +71,9 @@ def test_negative_prompt_and_cfg_reach_the_pipeline(client, worker, tiny_model):
 
 
 def test_samples_use_consecutive_seeds_and_distinct_keys(client, worker):
-    job = wait_for_job(client, client.post("/v1/generate", json={**BODY, "samples": 3, "seed": 100}).json()["id"])
+    job = wait_for_job(
+        client, client.post("/v1/generate", json={**BODY, "samples": 3, "seed": 100}).json()["id"]
+    )
     assert job["status"] == "succeeded"
     assert [image["seed"] for image in job["images"]] == [100, 101, 102]
     pixels = [np.asarray(download_image(image["url"])) for image in job["images"]]
@@ -83,13 +91,18 @@ def test_seed_zero_is_replaced_by_a_reported_random_seed(client, worker):
 
 @pytest.mark.parametrize("sampler", ["K_EULER_ANCESTRAL", "DDIM", "K_DPMPP_2M"])
 def test_every_sampler_produces_an_image(client, worker, sampler):
-    job = wait_for_job(client, client.post("/v1/generate", json={**BODY, "sampler": sampler, "steps": 4}).json()["id"])
+    job = wait_for_job(
+        client, client.post("/v1/generate", json={**BODY, "sampler": sampler, "steps": 4}).json()["id"]
+    )
     assert job["status"] == "succeeded", job["error"]
     assert download_image(job["images"][0]["url"]).size == (64, 64)
 
 
 def test_non_square_size_is_honoured(client, worker):
-    job = wait_for_job(client, client.post("/v1/generate", json={**BODY, "width": 136, "height": 72, "steps": 2}).json()["id"])
+    job = wait_for_job(
+        client,
+        client.post("/v1/generate", json={**BODY, "width": 136, "height": 72, "steps": 2}).json()["id"],
+    )
     assert download_image(job["images"][0]["url"]).size == (136, 72)
 
 

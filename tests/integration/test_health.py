@@ -38,7 +38,8 @@ def test_not_ready_and_submits_refused_when_redis_is_down(s3_server, redis_serve
     with serve(settings) as url:
         assert httpx.get(url + "/readyz").status_code == 503
         response = httpx.post(
-            url + "/v1/generate", json={"prompt": "a", "width": 64, "height": 64},
+            url + "/v1/generate",
+            json={"prompt": "a", "width": 64, "height": 64},
             headers={"Authorization": "Bearer test-key-1"},
         )
     assert response.status_code == 503

@@ -14,9 +14,7 @@ SMALL = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 
 
 @pytest.mark.slow
-def test_job_over_its_time_limit_fails_with_timeout_and_the_worker_serves_on(
-    redis_server, s3_server, worker
-):
+def test_job_over_its_time_limit_fails_with_timeout_and_the_worker_serves_on(redis_server, s3_server, worker):
     # A second API front end with a one-second job limit, on the same Redis and queue.
     with serve(api_settings(redis_server, s3_server, job_timeout_s=1)) as url:
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
@@ -51,9 +49,10 @@ def test_pipeline_error_fails_the_job_with_its_reason_and_the_worker_serves_on(
     redis_server, s3_server, broken_model, tmp_path
 ):
     env = service_env(redis_server, s3_server, model=str(broken_model), model_id="broken", warmup="false")
-    with running_worker(env, tmp_path / "worker.log", "broken") as process, serve(
-        api_settings(redis_server, s3_server, model_id="broken")
-    ) as url:
+    with (
+        running_worker(env, tmp_path / "worker.log", "broken") as process,
+        serve(api_settings(redis_server, s3_server, model_id="broken")) as url,
+    ):
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
         ids = [client.post("/v1/generate", json=SMALL).json()["id"] for _ in range(2)]
         for job_id in ids:

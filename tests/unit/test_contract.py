@@ -59,7 +59,11 @@ def test_rq_statuses_map_to_ours(rq_status, ours):
 
 
 def test_terminal_statuses():
-    assert {s for s in JobStatus if s.is_terminal} == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
+    assert {s for s in JobStatus if s.is_terminal} == {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.CANCELED,
+    }
 
 
 def test_error_names_are_unique_and_have_statuses():
