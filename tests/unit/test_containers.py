@@ -1,0 +1,92 @@
+"""Dockerfile and docker-compose.yml, checked statically (no Docker engine runs here):
+every file they copy, command they run and module they name exists."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+
+import pytest
+import yaml
+
+from latentq.settings import ApiSettings, WorkerSettings
+from tests.conftest import REPO
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def stages() -> dict[str, str]:
+    """Return each build stage's text by its name."""
+    parts = re.split(r"^FROM .* AS (\w+)\s*$", DOCKERFILE, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_three_targets():
+    assert set(stages()) == {"api", "worker", "s3"}
+    assert "nvidia/cuda" in re.search(r"ARG CUDA_IMAGE=(\S+)", DOCKERFILE).group(1)
+
+
+@pytest.mark.parametrize("stage", ["api", "worker", "s3"])
+def test_copied_paths_exist(stage):
+    for line in re.findall(r"^COPY (.+)$", stages()[stage], flags=re.MULTILINE):
+        for source in shlex.split(line)[:-1]:
+            assert (REPO / source).exists(), source
+
+
+def test_api_image_installs_no_worker_code_or_torch():
+    api = stages()["api"]
+    assert "COPY worker" not in api and "torch" not in api.replace("never imports torch", "")
+    assert re.search(r"pip install \.(\s|$)", api)
+
+
+def test_api_command_names_a_real_app_factory():
+    command = json_command(stages()["api"], "CMD")
+    assert command[0] == "uvicorn" and "--factory" in command
+    module, attribute = command[1].split(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_worker_command_runs_the_worker_module():
+    assert json_command(stages()["worker"], "CMD") == ["python", "-m", "worker"]
+    assert (REPO / "worker" / "__main__.py").exists()
+    assert "python -m worker.tiny_model" in stages()["worker"]
+
+
+def test_s3_entrypoint_is_executable_and_configures_signatures():
+    script = REPO / "deploy" / "docker" / "s3-entrypoint.sh"
+    assert os.access(script, os.X_OK)
+    assert "-s3.config=" in script.read_text()
+
+
+def json_command(stage: str, instruction: str) -> list[str]:
+    import json
+
+    return json.loads(re.search(rf"^{instruction} (\[.*\])$", stage, flags=re.MULTILINE).group(1))
+
+
+def test_compose_services():
+    services = COMPOSE["services"]
+    assert set(services) == {"redis", "s3", "api", "worker"}
+    assert services["api"]["build"]["target"] == "api"
+    assert services["worker"]["build"]["target"] == "worker"
+    assert services["s3"]["build"]["target"] == "s3"
+
+
+def test_compose_redis_keeps_jobs():
+    command = COMPOSE["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_compose_worker_reserves_a_gpu():
+    [device] = COMPOSE["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+@pytest.mark.parametrize(("service", "settings"), [("api", ApiSettings), ("worker", WorkerSettings)])
+def test_compose_sets_only_real_settings(service, settings):
+    names = {name.removeprefix("LATENTQ_").lower() for name in COMPOSE["services"][service]["environment"]}
+    assert names <= set(settings.model_fields)
