@@ -38,7 +38,8 @@ model: $(STATE)/models/tiny-sd/model_index.json
 $(STATE)/models/tiny-sd/model_index.json: | $(STAMP)
 	$(PY) -m worker.tiny_model $(STATE)/models/tiny-sd
 
-run: install redis-server model
+# The embedded model is built only when no other model is configured.
+run: install redis-server $(if $(LATENTQ_MODEL),,model)
 	PORT=$(PORT) $(PY) -m latentq.devrun --state $(STATE)
 
 test: install redis-server

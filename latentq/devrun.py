@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models" / "tiny-sd"))
     services: list = []
     processes: list[Process] = []
+    # Explicit, because a shell starting us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         start_services(state, env, services)
