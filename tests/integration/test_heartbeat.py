@@ -13,7 +13,8 @@ from tests.conftest import wait_for_job
 @pytest.mark.slow
 def test_job_heartbeat_advances_during_sampling(client, redis, worker):
     # About 5 s of sampling on 2 cores; the session worker beats every second.
-    job_id = client.post("/v1/generate", json={"prompt": "a", "width": 512, "height": 512, "steps": 60}).json()["id"]
+    body = {"prompt": "a", "width": 512, "height": 512, "steps": 60}
+    job_id = client.post("/v1/generate", json=body).json()["id"]
     beats: set[bytes] = set()
     deadline = time.monotonic() + 120
     while client.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running"):
