@@ -25,13 +25,13 @@ from worker.tiny_model import ensure_tiny_model
 log = logging.getLogger("latentq.worker")
 
 
-def load_generator(settings: WorkerSettings) -> TextToImage:
+def load_pipeline(settings: WorkerSettings) -> TextToImage:
     """Load the configured model (building the embedded one if needed) and warm it up."""
     model = settings.model or str(ensure_tiny_model(settings.embedded_model_dir))
-    generator = TextToImage.load(model, settings.device)
+    pipeline = TextToImage.load(model, settings.device)
     if settings.warmup:
-        log.info("warm-up generation took %.2f s", generator.warm_up())
-    return generator
+        log.info("warm-up generation took %.2f s", pipeline.warm_up())
+    return pipeline
 
 
 def build_worker(settings: WorkerSettings, redis: Redis) -> WarmWorker:
@@ -52,8 +52,8 @@ def main() -> int:
     store.ensure_bucket()
     redis = Redis.from_url(settings.redis_url)
     redis.ping()
-    generator = load_generator(settings)
-    runtime.install(runtime.Runtime(generator, store, JobRecords(redis, settings.job_retention_s)))
+    pipeline = load_pipeline(settings)
+    runtime.install(runtime.Runtime(pipeline, store, JobRecords(redis, settings.job_retention_s)))
     worker = build_worker(settings, redis)
     log.info("worker ready for model %r in %.1f s", settings.model_id, time.perf_counter() - started)
     worker.work(logging_level="INFO")

@@ -30,7 +30,7 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
     try:
-        images = runtime.generator.generate(spec)
+        images = runtime.pipeline.generate(spec)
         stored = store_images(runtime.store, spec, images)
     except BaseException as error:
         job_error = classify_error(error)

@@ -11,7 +11,7 @@ from latentq.contract import JobSpec
 from latentq.jobs import JobRecords
 
 
-class Generator(Protocol):
+class ImagePipeline(Protocol):
     """What the job loop needs of a pipeline."""
 
     def generate(self, spec: JobSpec) -> list[Image]:
@@ -31,7 +31,7 @@ class ObjectStore(Protocol):
 class Runtime:
     """Everything a job needs that outlives it: the warm pipeline, storage, job records."""
 
-    generator: Generator
+    pipeline: ImagePipeline
     store: ObjectStore
     records: JobRecords
 
