@@ -56,10 +56,6 @@ class ImageStore:
         """Store ``data`` under ``key``."""
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
-    def get(self, key: str) -> bytes:
-        """Return the bytes stored under ``key``."""
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-
     def url(self, key: str) -> str:
         """Return a URL that serves ``key`` over plain HTTP: public, or presigned for ``url_expires_s``."""
         if self.public_base_url:
