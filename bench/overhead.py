@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from latentq.devstack import Process, RedisServer, S3Server, free_port, wait_until
+from latentq.devrun import start_stack, stop_all
+from latentq.devstack import environment_without_settings, free_port
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
 KEY = "bench-key"
@@ -78,23 +79,6 @@ def run_direct_calls(model_dir: Path, count: int) -> list[float]:
     return times
 
 
-def start_stack(state: Path, model_dir: Path) -> tuple[str, list]:
-    """Start Redis, S3, one worker and the API; return the API URL and what to stop."""
-    redis = RedisServer(state / "redis").start()
-    s3 = S3Server(state / "s3").start("bench")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
-    env.update(
-        s3.env("bench"), LATENTQ_REDIS_URL=redis.url, LATENTQ_MODEL=str(model_dir), LATENTQ_API_KEYS=KEY
-    )
-    port = free_port()
-    worker = Process.start("worker", [sys.executable, "-m", "worker"], state / "worker.log", env)
-    api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port)]
-    api = Process.start("api", [*api_argv, "--log-level", "warning"], state / "api.log", env)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 120, "the stack", worker)
-    return url, [api, worker, s3, redis]
-
-
 def summarize(name: str, times: list[float]) -> dict:
     """Return throughput and latency figures (ms) for ``times`` (s)."""
     return {
@@ -117,12 +101,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
         state = Path(temp)
         model_dir = build_tiny_model(state / "tiny-sd")
-        url, stop = start_stack(state, model_dir)
+        env = environment_without_settings()
+        env.update(LATENTQ_MODEL=str(model_dir), LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench")
+        port, started = free_port(), []
         try:
-            times, server_times = run_service_jobs(url, args.jobs)
+            start_stack(state, env, port, started, access_log=False)
+            times, server_times = run_service_jobs(f"http://127.0.0.1:{port}", args.jobs)
         finally:
-            for item in stop:
-                item.stop()
+            stop_all(started)
         direct = summarize("direct diffusers call", run_direct_calls(model_dir, args.jobs))
     service = summarize(f"service, client view (poll {POLL_S * 1000:g} ms)", times)
     server = summarize("service, job record (created→finished)", server_times)

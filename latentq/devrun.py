@@ -31,17 +31,44 @@ def dev_api_key(state: Path) -> str:
     return path.read_text().strip()
 
 
-def start_services(state: Path, env: dict[str, str], services: list) -> None:
+def start_services(state: Path, env: dict[str, str], started: list) -> None:
     """Start Redis and S3 unless configured, adding their settings to ``env``."""
     if not env.get("LATENTQ_REDIS_URL"):
         redis = RedisServer(state / "redis").start()
-        services.append(redis)
+        started.append(redis)
         env["LATENTQ_REDIS_URL"] = redis.url
     if not env.get("LATENTQ_S3_ENDPOINT_URL"):
+        bucket = env.setdefault("LATENTQ_S3_BUCKET", "latentq")
         s3 = S3Server(state / "s3")
-        services.append(s3)
-        s3.start(env.get("LATENTQ_S3_BUCKET", "latentq"))
-        env.update(s3.env(env.get("LATENTQ_S3_BUCKET", "latentq")))
+        started.append(s3)
+        s3.start(bucket)
+        env.update(s3.env(bucket))
+
+
+def start_stack(state: Path, env: dict[str, str], port: int, started: list, access_log: bool = True) -> None:
+    """Start services (unless configured), one worker and the API on ``port``; wait until ready.
+
+    Everything started is appended to ``started`` as it starts, so the caller can stop it all
+    (in reverse order) even when a later step fails.
+    """
+    start_services(state, env, started)
+    logs = state / "logs"
+    worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
+    started.append(worker)
+    api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+                "--port", str(port)] + ([] if access_log else ["--no-access-log"])  # fmt: skip
+    api = Process.start("api", api_argv, logs / "api.log", env)
+    started.append(api)
+    ready = f"http://127.0.0.1:{port}/readyz"
+    for process in (worker, api):
+        wait_until(lambda: urllib.request.urlopen(ready, timeout=2).status == 200, READY_TIMEOUT_S,
+                   "the API and a worker", process)  # fmt: skip
+
+
+def stop_all(started: list) -> None:
+    """Stop everything ``start_stack`` started, last first."""
+    for item in reversed(started):
+        item.stop()
 
 
 def curl_example(port: int, key: str) -> str:
@@ -72,23 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("LATENTQ_API_KEYS", dev_api_key(state))
     env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models" / "tiny-sd"))
-    services: list = []
-    processes: list[Process] = []
+    started: list = []
     # Explicit, because a shell starting us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        start_services(state, env, services)
-        logs = state / "logs"
-        processes.append(Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env))
-        api = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(args.port)]  # fmt: skip
-        processes.append(Process.start("api", api, logs / "api.log", env))
-        ready = f"http://127.0.0.1:{args.port}/readyz"
-        for process in processes:
-            wait_until(lambda: urllib.request.urlopen(ready, timeout=2).status == 200, READY_TIMEOUT_S,
-                       "the API and a worker", process)  # fmt: skip
+        start_stack(state, env, args.port, started)
         print(curl_example(args.port, env["LATENTQ_API_KEYS"].split(",")[0]), flush=True)
+        processes = [item for item in started if isinstance(item, Process)]
         while all(process.popen.poll() is None for process in processes):
             time.sleep(0.5)
         failed = next(p for p in processes if p.popen.poll() is not None)
@@ -104,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C must not cut the clean-up short and leave servers running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for item in reversed(processes + services):
-            item.stop()
+        stop_all(started)
 
 
 if __name__ == "__main__":

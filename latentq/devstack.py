@@ -106,6 +106,12 @@ class Process:
         return self.popen.returncode
 
 
+def environment_without_settings() -> dict[str, str]:
+    """Return this process's environment minus every ``LATENTQ_*`` variable, for child processes
+    whose settings must come only from the caller."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("LATENTQ_")}
+
+
 def find_binary(name: str) -> str | None:
     """Return the path of executable ``name``: beside this Python first, then on PATH."""
     beside = Path(sys.executable).parent / name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -16,7 +15,14 @@ import uvicorn
 from redis import Redis
 from rq import Queue, Worker
 
-from latentq.devstack import Process, RedisServer, S3Server, free_port, wait_until
+from latentq.devstack import (
+    Process,
+    RedisServer,
+    S3Server,
+    environment_without_settings,
+    free_port,
+    wait_until,
+)
 from latentq.keys import queue_name
 from latentq.settings import ApiSettings
 
@@ -54,7 +60,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def service_env(redis_server: RedisServer, s3_server: S3Server, **settings: str) -> dict[str, str]:
     """Return an environment pointing a latentq process at the test services."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
+    env = environment_without_settings()
     env.update(s3_server.env(BUCKET))
     env["LATENTQ_REDIS_URL"] = redis_server.url
     env.update({f"LATENTQ_{key.upper()}": value for key, value in settings.items()})

@@ -14,14 +14,14 @@ import time
 import httpx
 import pytest
 
-from latentq.devstack import free_port
+from latentq.devstack import environment_without_settings, free_port
 from tests.conftest import REPO
 
 
 @pytest.fixture
 def stack(tmp_path, tiny_model):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
+    env = environment_without_settings()
     env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(tiny_model)
     process = subprocess.Popen(
         [sys.executable, "-m", "latentq.devrun", "--state", str(tmp_path / "state"), "--port", str(port)],

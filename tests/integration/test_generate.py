@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 import numpy as np
@@ -115,8 +116,6 @@ def test_image_url_needs_its_signature(client, worker):
 def test_each_read_signs_a_fresh_url(client, worker):
     job_id = client.post("/v1/generate", json={**BODY, "steps": 2}).json()["id"]
     first = wait_for_job(client, job_id)["images"][0]["url"]
-    import time
-
     time.sleep(1.1)  # X-Amz-Date has one-second resolution
     second = client.get(f"/v1/jobs/{job_id}").json()["images"][0]["url"]
     assert first != second
