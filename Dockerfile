@@ -28,7 +28,7 @@ ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    LATENTQ_EMBEDDED_MODEL_DIR=/opt/latentq/models/tiny-sd HF_HOME=/models/hf
+    LATENTQ_EMBEDDED_MODEL_DIR=/opt/latentq/models HF_HOME=/models/hf
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
@@ -40,10 +40,12 @@ COPY pyproject.toml README.md ./
 COPY latentq ./latentq
 COPY worker ./worker
 RUN pip install ".[worker]" \
- && python -m worker.tiny_model /opt/latentq/models/tiny-sd \
+ && python -m worker.tiny_model /opt/latentq/models/tiny-sd --name tiny-sd \
+ && python -m worker.tiny_model /opt/latentq/models/tiny-sdxl --name tiny-sdxl \
  && useradd --system --uid 10001 latentq && mkdir -p /models && chown 10001 /models
 USER 10001
-# Real weights: mount them and set LATENTQ_MODEL=/models/<folder> (or a hub id with HF_HOME on a volume).
+# Real weights: mount them under /models, register them (LATENTQ_MODELS_FILE or LATENTQ_MODELS; see
+# deploy/models.example.toml) and name them in LATENTQ_WORKER_MODELS.
 CMD ["python", "-m", "worker"]
 
 # ---------------------------------------------------------------------------------------------

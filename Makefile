@@ -33,13 +33,15 @@ redis-server:
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server' or set LATENTQ_REDIS_URL"; exit 1; \
 	  fi; }
 
-model: $(STATE)/models/tiny-sd/model_index.json
+EMBEDDED := tiny-sd tiny-sdxl
 
-$(STATE)/models/tiny-sd/model_index.json: | $(STAMP)
-	$(PY) -m worker.tiny_model $(STATE)/models/tiny-sd
+model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
 
-# The embedded model is built only when no other model is configured.
-run: install redis-server $(if $(LATENTQ_MODEL),,model)
+$(STATE)/models/%/model_index.json: | $(STAMP)
+	$(PY) -m worker.tiny_model $(STATE)/models/$* --name $*
+
+# The embedded models are built up front (a worker would build them on first start anyway).
+run: install redis-server model
 	PORT=$(PORT) $(PY) -m latentq.devrun --state $(STATE)
 
 test: install redis-server

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 import latentq
-from api.routes import health, jobs
+from api.routes import health, jobs, models, stability
 from api.validation import validation_error
 from latentq.errors import LatentqError
-from latentq.settings import ApiSettings, get_api_settings
+from latentq.settings import ApiSettings, get_api_settings, get_registry
 
 log = logging.getLogger("latentq.api")
 
@@ -60,7 +63,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or get_api_settings()
     if not settings.api_keys:
         raise RuntimeError("LATENTQ_API_KEYS is empty: set at least one API key (comma-separated)")
+    get_registry(settings)  # a broken registry stops start-up, not the first request
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Made per app (and so per event loop): asyncio clients must not cross loops.
+        app.state.async_redis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            yield
+        finally:
+            await app.state.async_redis.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="latentq",
         version=latentq.__version__,
         summary="Self-hostable Stable Diffusion image generation over a job queue.",
@@ -68,6 +83,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.dependency_overrides[get_api_settings] = lambda: settings
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(stability.router)
     app.add_exception_handler(LatentqError, _on_latentq_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)

@@ -8,10 +8,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecords
-from latentq.settings import ApiSettings, get_api_settings
+from latentq.models import ModelRegistry
+from latentq.settings import ApiSettings, get_api_settings, get_registry
 from latentq.storage import ImageStore
 
 SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
@@ -31,6 +33,14 @@ def get_redis(settings: SettingsDep) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
+def get_model_registry(settings: SettingsDep) -> ModelRegistry:
+    """Return the model registry of the settings."""
+    return get_registry(settings)
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_model_registry)]
+
+
 def get_job_records(redis: RedisDep, settings: SettingsDep) -> JobRecords:
     """Return the job-record store."""
     return JobRecords(redis, settings.job_retention_s)
@@ -48,12 +58,8 @@ def get_image_store(settings: SettingsDep) -> ImageStore:
 ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> str:
-    """Return the caller's API key; raise ``unauthorized`` unless it is a configured one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise LatentqError("unauthorized")
+def check_api_key(token: str, settings: ApiSettings) -> str:
+    """Return ``token`` if it is a configured API key; raise ``unauthorized`` otherwise."""
     # Compare against every key, in constant time each, so timing reveals nothing.
     matches = [hmac.compare_digest(token.encode(), key.encode()) for key in settings.api_keys]
     if not any(matches):
@@ -61,4 +67,22 @@ def require_api_key(request: Request, settings: SettingsDep) -> str:
     return token
 
 
+def require_api_key(request: Request, settings: SettingsDep) -> str:
+    """Return the caller's API key (``Authorization: Bearer <key>``); raise ``unauthorized``."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise LatentqError("unauthorized")
+    return check_api_key(token, settings)
+
+
 ApiKeyDep = Annotated[str, Depends(require_api_key)]
+
+
+def get_async_redis(request: Request) -> AsyncRedis:
+    """Return the app's asyncio Redis client (made at start-up), for waits that must not hold a thread."""
+    client: AsyncRedis = request.app.state.async_redis
+    return client
+
+
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]

@@ -50,8 +50,13 @@ def _describe(error: Any, model: type[BaseModel] | None) -> tuple[str, str | Non
     if field is None:
         return "invalid_request", None, "The request body must be a JSON object."
     if kind == "extra_forbidden":
-        accepted = ", ".join(model.model_fields) if model else ""
-        return "unknown_field", field, f"Unknown field '{field}'; accepted fields: {accepted}."
+        if model is None or len(loc) > 1:
+            return "unknown_field", field, f"Unknown field '{field}'."
+        return (
+            "unknown_field",
+            field,
+            f"Unknown field '{field}'; accepted fields: {', '.join(model.model_fields)}.",
+        )
     text = error["msg"].removeprefix("Value error, ")
     if kind == "missing":
         text = "is required"

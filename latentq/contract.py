@@ -10,17 +10,33 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 #: Dotted path of the worker task; the API enqueues by this name and never imports the worker.
 GENERATE_TASK = "worker.tasks.generate"
 
-#: Samplers a request may name (Stability's names), each mapped to a diffusers scheduler.
-Sampler = Literal["K_EULER", "K_EULER_ANCESTRAL", "DDIM", "K_DPMPP_2M"]
+#: Samplers a request may name: Stability v1's ten, their Karras-sigma variants where diffusers
+#: has them, UniPC and LCM. Each maps to a diffusers scheduler (worker/schedulers.py).
+Sampler = Literal[
+    "DDIM", "DDPM", "K_DPMPP_2M", "K_DPMPP_2S_ANCESTRAL", "K_DPM_2", "K_DPM_2_ANCESTRAL",
+    "K_EULER", "K_EULER_ANCESTRAL", "K_HEUN", "K_LMS",
+    "K_DPMPP_2M_KARRAS", "K_DPMPP_2S_ANCESTRAL_KARRAS", "K_DPM_2_KARRAS", "K_DPM_2_ANCESTRAL_KARRAS",
+    "K_EULER_KARRAS", "K_HEUN_KARRAS", "K_LMS_KARRAS",
+    "UNIPC", "LCM",
+]  # fmt: skip
 SAMPLERS: tuple[str, ...] = Sampler.__args__  # type: ignore[attr-defined]
+
+#: Image file formats a job can produce.
+OutputFormat = Literal["png", "jpeg", "webp"]
 
 #: Largest seed; 0 asks the service to choose one.
 MAX_SEED = 4_294_967_295
+
+#: Most prompts one request may carry.
+MAX_PROMPTS = 16
+
+#: Longest prompt text, characters (Stability's limit).
+MAX_PROMPT_CHARS = 2000
 
 
 class JobStatus(StrEnum):
@@ -57,56 +73,62 @@ def status_from_rq(rq_status: str) -> JobStatus:
     return _RQ_STATUS[rq_status]
 
 
-class ModelLimits(BaseModel):
-    """What sizes a model accepts, in pixels."""
+class TextPrompt(BaseModel):
+    """One weighted prompt, as in Stability v1: a negative weight makes it a negative prompt."""
 
-    min_side: int = 64
-    max_side: int = 1024
-    multiple: int = 8
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt text.")
+    weight: float = Field(
+        1.0, allow_inf_nan=False, ge=-100, le=100,
+        description="Relative weight among prompts of the same sign; negative: a negative prompt.",
+    )  # fmt: skip
 
 
-#: Limits of the served model. (Issue 3's model registry makes these per model.)
-DEFAULT_LIMITS = ModelLimits()
+class WeightedPrompt(BaseModel):
+    """A prompt of a job spec: validated text (no length limit: a style may lengthen it) and weight."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    weight: float
 
 
 class GenerateRequest(BaseModel):
-    """Body of ``POST /v1/generate``: one text-to-image job."""
+    """Body of ``POST /v1/generate``: one text-to-image job. Omitted fields take the model's defaults."""
 
     # strict: "7" is not a number and true is not 1; a client bug should surface, not be guessed at.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, max_length=2000, description="What to draw.")
-    negative_prompt: str | None = Field(None, max_length=2000, description="What to steer away from.")
-    width: int = Field(512, description="Image width, pixels: a multiple of 8 within the model's limits.")
-    height: int = Field(512, description="Image height, pixels: a multiple of 8 within the model's limits.")
-    steps: int = Field(30, ge=1, le=150, description="Denoising steps.")
-    cfg_scale: float = Field(7.0, ge=0, le=35, description="Classifier-free guidance scale.")
+    model: str | None = Field(None, description="Registered model id; omitted: the default model.")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    negative_prompt: str | None = Field(
+        None, min_length=1, max_length=MAX_PROMPT_CHARS, description="What to steer away from."
+    )
+    text_prompts: list[TextPrompt] | None = Field(
+        None, min_length=1, max_length=MAX_PROMPTS, description="Weighted prompts (instead of prompt)."
+    )
+    width: int | None = Field(None, description="Image width, pixels, within the model's limits.")
+    height: int | None = Field(None, description="Image height, pixels: as width.")
+    steps: int | None = Field(None, ge=1, le=150, description="Denoising steps; omitted: the model's.")
+    cfg_scale: float | None = Field(None, ge=0, le=35, description="Classifier-free guidance scale.")
     samples: int = Field(1, ge=1, le=10, description="Images to generate; image i uses seed + i.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Random seed; 0 lets the service choose.")
-    sampler: Sampler = Field("K_EULER", description="Sampler (diffusers scheduler) to use.")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _check_side(cls, value: int, info: ValidationInfo) -> int:
-        check_side(str(info.field_name), value, DEFAULT_LIMITS)
-        return value
-
-
-def check_side(field: str, value: int, limits: ModelLimits) -> None:
-    """Raise ``ValueError`` unless ``value`` pixels is a valid ``field`` (width/height) for ``limits``."""
-    if value % limits.multiple:
-        raise ValueError(f"{field} must be a multiple of {limits.multiple}")
-    if not limits.min_side <= value <= limits.max_side:
-        raise ValueError(f"{field} must be between {limits.min_side} and {limits.max_side}")
+    sampler: Sampler | None = Field(None, description="Sampler (diffusers scheduler); omitted: the model's.")
+    style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
+    output_format: OutputFormat = Field("png", description="File format of the images.")
 
 
 class JobSpec(BaseModel):
-    """What a worker receives: a validated request with its job id, model and a concrete seed."""
+    """What a worker receives: a request resolved against its model, with a concrete seed.
+
+    ``prompts`` are final: defaults filled, the style preset applied, ``prompt`` and
+    ``negative_prompt`` turned into weights 1 and -1.
+    """
 
     job_id: str
     model: str
-    prompt: str
-    negative_prompt: str | None
+    prompts: list[WeightedPrompt] = Field(min_length=1)
     width: int
     height: int
     steps: int
@@ -114,10 +136,12 @@ class JobSpec(BaseModel):
     samples: int
     seed: int = Field(ge=1, le=MAX_SEED)
     sampler: Sampler
+    style_preset: str | None = None
+    output_format: OutputFormat = "png"
 
     def image_seeds(self) -> list[int]:
-        """Return the seed of each image: image i uses seed + i."""
-        return [self.seed + index for index in range(self.samples)]
+        """Return the seed of each image: image i uses seed + i, wrapping past MAX_SEED to 1."""
+        return [(self.seed - 1 + index) % MAX_SEED + 1 for index in range(self.samples)]
 
 
 class StoredImage(BaseModel):
@@ -127,6 +151,7 @@ class StoredImage(BaseModel):
     seed: int
     width: int
     height: int
+    content_type: str = "image/png"
 
 
 class JobError(BaseModel):
@@ -143,6 +168,7 @@ class ImagePublic(BaseModel):
     seed: int
     width: int
     height: int
+    content_type: str
 
 
 class JobPublic(BaseModel):
@@ -156,4 +182,6 @@ class JobPublic(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    request: dict = Field(description="The parameters the job runs with, the chosen seed included.")
+    request: dict = Field(
+        description="The parameters the job runs with: defaults filled, style applied, seed chosen."
+    )

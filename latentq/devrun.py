@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from latentq.devstack import Process, RedisServer, S3Server, wait_until
+from latentq.settings import CommonSettings, get_registry
 
 #: Seconds the whole stack may take to become ready.
 READY_TIMEOUT_S = 300.0
@@ -74,12 +75,18 @@ def stop_all(started: list) -> None:
 def curl_example(port: int, key: str) -> str:
     """Return the walk-through a user pastes into a shell."""
     body = '{"prompt":"a lighthouse at dusk","width":64,"height":64,"steps":20,"seed":42}'
+    stability_body = '{"text_prompts":[{"text":"a lighthouse at dusk"}],"width":128,"height":128,"steps":20}'
     return f"""
 latentq is ready on http://127.0.0.1:{port}  (Ctrl-C stops everything; logs in .run/logs/)
 
   export KEY={key}
   curl -s -H "Authorization: Bearer $KEY" -d '{body}' http://127.0.0.1:{port}/v1/generate
   curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{port}/v1/jobs/<id>
+
+  Models: curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{port}/v1/models
+  Stability v1 (waits, answers with the PNG):
+  curl -s -H "Authorization: Bearer $KEY" -H "Accept: image/png" -o out.png \\
+    -d '{stability_body}' http://127.0.0.1:{port}/v1/generation/tiny-sd/text-to-image
 """
 
 
@@ -98,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("LATENTQ_API_KEYS", dev_api_key(state))
-    env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models" / "tiny-sd"))
+    env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models"))
+    # One worker serving every registered model, unless told otherwise.
+    env.setdefault("LATENTQ_WORKER_MODELS", ",".join(get_registry(CommonSettings()).ids()))
     started: list = []
     # Explicit, because a shell starting us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)

@@ -21,8 +21,10 @@ class ErrorSpec:
 
 #: Fields of a generation request; each has its own ``invalid_<field>`` error name.
 REQUEST_FIELDS = (
+    "model",
     "prompt",
     "negative_prompt",
+    "text_prompts",
     "width",
     "height",
     "steps",
@@ -30,14 +32,18 @@ REQUEST_FIELDS = (
     "samples",
     "seed",
     "sampler",
+    "style_preset",
+    "output_format",
 )
 
 _ROWS = [
     ErrorSpec(400, "invalid_json", "The request body is not valid JSON."),
-    ErrorSpec(422, "invalid_request", "The request is not valid."),
+    ErrorSpec(400, "invalid_request", "The request is not valid."),
     ErrorSpec(413, "payload_too_large", "The request body is too large."),
-    ErrorSpec(422, "unknown_field", "The request has a field this endpoint does not accept."),
-    *(ErrorSpec(422, f"invalid_{field}", f"The field {field} is not valid.") for field in REQUEST_FIELDS),
+    ErrorSpec(400, "unknown_field", "The request has a field this endpoint does not accept."),
+    *(ErrorSpec(400, f"invalid_{field}", f"The field {field} is not valid.") for field in REQUEST_FIELDS),
+    ErrorSpec(400, "invalid_size", "width x height is not a size this model accepts."),
+    ErrorSpec(400, "invalid_pixel_count", "width x height is outside the model's pixel-count limits."),
     ErrorSpec(401, "unauthorized", "A valid API key is required: send 'Authorization: Bearer <key>'."),
     ErrorSpec(403, "permission_denied", "This API key may not do that."),
     ErrorSpec(404, "not_found", "No such resource."),
@@ -68,6 +74,11 @@ class LatentqError(Exception):
         self.details = details
         super().__init__(f"{name}: {self.message}")
 
+    @classmethod
+    def for_field(cls, name: str, field: str, message: str) -> LatentqError:
+        """Return error ``name`` about one request ``field``, shaped like the validator's errors."""
+        return cls(name, message, field=field, errors=[{"field": field, "message": message}])
+
     @property
     def status(self) -> int:
         """The HTTP status this error answers with."""
@@ -76,3 +87,27 @@ class LatentqError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """Return the error as ``{"name", "message", **details}``."""
         return {"name": self.name, "message": self.message, **self.details}
+
+
+# Stability v1's view of the table: its error names for ours. Other 4xx names pass through;
+# any other invalid_* is "bad_request" and every 5xx is "server_error".
+_STABILITY_NAMES = {
+    "invalid_width": "invalid_height_or_width",
+    "invalid_height": "invalid_height_or_width",
+    "invalid_size": "invalid_height_or_width",
+    "invalid_pixel_count": "invalid_pixel_count",
+    "invalid_samples": "invalid_samples",
+    "invalid_text_prompts": "invalid_prompts",
+    "invalid_json": "bad_request",
+    "invalid_request": "bad_request",
+    "unknown_field": "bad_request",
+}
+
+
+def stability_name(name: str) -> str:
+    """Return Stability v1's error name for our error ``name``."""
+    if name in _STABILITY_NAMES:
+        return _STABILITY_NAMES[name]
+    if ERRORS[name].status >= 500:
+        return "server_error"
+    return "bad_request" if name.startswith("invalid_") else name

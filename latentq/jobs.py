@@ -15,7 +15,10 @@ from redis.client import Pipeline
 
 from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, status_from_rq
 from latentq.errors import ERRORS
-from latentq.keys import job_key, rq_job_key
+from latentq.keys import job_events_key, job_key, rq_job_key
+
+#: Most events kept in a job's stream.
+MAX_EVENTS = 1000
 
 
 def utc_now() -> str:
@@ -96,6 +99,11 @@ class JobRecords:
             pipeline.hset(key, mapping=dict[Any, str](fields))
             # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
             pipeline.expire(key, self.retention_s, nx=True)
+            if JobStatus(fields["status"]).is_terminal:
+                # Waiters (the synchronous routes) block on this stream instead of polling.
+                events = job_events_key(job_id)
+                pipeline.xadd(events, {"event": fields["status"]}, maxlen=MAX_EVENTS, approximate=True)
+                pipeline.expire(events, self.retention_s)
             pipeline.execute()
 
 

@@ -11,6 +11,11 @@ def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def job_events_key(job_id: str) -> str:
+    """Return the Redis key of a job's event stream (a Stream; terminal events today)."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
 def queue_name(model_id: str) -> str:
     """Return the RQ queue name for jobs of model ``model_id`` (one queue per model)."""
     return f"{PREFIX}:{model_id}"

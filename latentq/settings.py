@@ -13,6 +13,15 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from latentq.models import PACKAGED_REGISTRY, ModelRegistry, ModelSpec, build_registry
+
+
+def split_commas(value: object) -> object:
+    """Turn ``"a, b,,c"`` into ``("a", "b", "c")``; leave other values to pydantic."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
 
 class CommonSettings(BaseSettings):
     """Settings every latentq process reads."""
@@ -22,8 +31,12 @@ class CommonSettings(BaseSettings):
 
     #: Redis holding the queues and job records.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Id of the model served; names its queue. (A model registry replaces this later.)
-    model_id: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    #: The model registry file (TOML ``[[models]]`` tables); default: the embedded tiny models.
+    models_file: Path = PACKAGED_REGISTRY
+    #: More registry entries, as a JSON list; each adds to or replaces the file's entry of its id.
+    models: tuple[ModelSpec, ...] = ()
+    #: Model of requests that name none; default: the registry's first.
+    default_model: str | None = None
     #: S3-compatible endpoint; None means AWS S3 itself.
     s3_endpoint_url: str | None = None
     #: Endpoint used in presigned URLs, when clients reach S3 by another address than workers.
@@ -48,21 +61,20 @@ class ApiSettings(CommonSettings):
     #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
     job_timeout_s: int = Field(600, ge=1)
 
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(key.strip() for key in value.split(",") if key.strip())
-        return value
+    #: Longest the Stability-compatible routes wait for their job before answering 504, seconds.
+    sync_timeout_s: float = Field(300.0, gt=0)
+
+    _split_keys = field_validator("api_keys", mode="before")(split_commas)
 
 
 class WorkerSettings(CommonSettings):
     """Settings of a worker process."""
 
-    #: Model to serve: a local diffusers folder or a hub id. Unset: the embedded tiny model.
-    model: str | None = None
-    #: Where the embedded tiny model is built (if missing) when ``model`` is unset.
-    embedded_model_dir: Path = Path.home() / ".cache" / "latentq" / "tiny-sd"
+    #: Registered model ids this worker keeps warm and takes jobs for (comma-separated);
+    #: empty: the default model.
+    worker_models: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Where embedded models (``source = "embedded:<name>"``) are built, if missing.
+    embedded_model_dir: Path = Path.home() / ".cache" / "latentq" / "models"
     #: Torch device: ``auto`` picks CUDA when available, else CPU.
     device: Literal["auto", "cuda", "cpu"] = "auto"
     #: Run one small generation at start-up, before taking jobs.
@@ -71,6 +83,14 @@ class WorkerSettings(CommonSettings):
     worker_name: str | None = None
     #: Seconds between heartbeats while a job runs (a dead worker's jobs are detected by their absence).
     heartbeat_interval_s: float = Field(10.0, gt=0)
+
+    _split_models = field_validator("worker_models", mode="before")(split_commas)
+
+
+@lru_cache
+def get_registry(settings: CommonSettings) -> ModelRegistry:
+    """Return the model registry ``settings`` describe (read once per settings)."""
+    return build_registry(settings.models_file, settings.models, settings.default_model)
 
 
 @lru_cache

@@ -56,6 +56,13 @@ class ImageStore:
         """Store ``data`` under ``key``."""
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
+    def get(self, key: str) -> bytes:
+        """Return the bytes stored under ``key``."""
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        with body:
+            data: bytes = body.read()
+        return data
+
     def url(self, key: str) -> str:
         """Return a URL that serves ``key`` over plain HTTP: public, or presigned for ``url_expires_s``."""
         if self.public_base_url:

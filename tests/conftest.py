@@ -51,11 +51,25 @@ def redis(redis_server: RedisServer) -> Redis:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model, built once for the session."""
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's embedded models are built (``LATENTQ_EMBEDDED_MODEL_DIR`` of its workers)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir: Path) -> Path:
+    """The embedded SD 1.x model (``tiny-sd``), built once for the session."""
     from worker.tiny_model import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return build_tiny_model(models_dir / "tiny-sd", "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(models_dir: Path) -> Path:
+    """The embedded SDXL model (``tiny-sdxl``), built once for the session."""
+    from worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(models_dir / "tiny-sdxl", "tiny-sdxl")
 
 
 def service_env(redis_server: RedisServer, s3_server: S3Server, **settings: str) -> dict[str, str]:
@@ -80,13 +94,27 @@ def running_worker(env: dict[str, str], log_path: Path, model_id: str) -> Iterat
         process.stop()
 
 
+def worker_env(redis_server: RedisServer, s3_server: S3Server, models_dir: Path, model_id: str, **settings):
+    """Return the environment of a worker serving ``model_id`` from the session's embedded models."""
+    return service_env(
+        redis_server, s3_server, embedded_model_dir=str(models_dir), worker_models=model_id,
+        heartbeat_interval_s="1", **settings,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def worker(redis_server, s3_server, tiny_model, tmp_path_factory) -> Iterator[Process]:
-    """One worker serving the tiny model under model id ``default``, for the whole session."""
-    env = service_env(
-        redis_server, s3_server, model=str(tiny_model), model_id="default", heartbeat_interval_s="1"
-    )
-    with running_worker(env, tmp_path_factory.mktemp("logs") / "worker.log", "default") as process:
+def worker(redis_server, s3_server, models_dir, tiny_model, tmp_path_factory) -> Iterator[Process]:
+    """One worker serving ``tiny-sd`` (the default model), for the whole session."""
+    env = worker_env(redis_server, s3_server, models_dir, "tiny-sd")
+    with running_worker(env, tmp_path_factory.mktemp("logs") / "worker.log", "tiny-sd") as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def sdxl_worker(redis_server, s3_server, models_dir, tiny_sdxl_model, tmp_path_factory) -> Iterator[Process]:
+    """A second worker, serving ``tiny-sdxl`` only, for the whole session."""
+    env = worker_env(redis_server, s3_server, models_dir, "tiny-sdxl")
+    with running_worker(env, tmp_path_factory.mktemp("logs") / "sdxl-worker.log", "tiny-sdxl") as process:
         yield process
 
 

@@ -12,32 +12,51 @@ import time
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
+from rq.worker import DequeueStrategy
 
 from latentq.jobs import JobRecords
 from latentq.keys import queue_name
-from latentq.settings import WorkerSettings, get_worker_settings
+from latentq.models import ModelRegistry, ModelSpec
+from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import ImageStore
 from worker import runtime
 from worker.pipeline import TextToImage
 from worker.rq_worker import WarmWorker
-from worker.tiny_model import ensure_tiny_model
+from worker.tiny_model import BUILDERS, ensure_tiny_model
 
 log = logging.getLogger("latentq.worker")
 
 
-def load_pipeline(settings: WorkerSettings) -> TextToImage:
-    """Load the configured model (building the embedded one if needed) and warm it up."""
-    model = settings.model or str(ensure_tiny_model(settings.embedded_model_dir))
-    pipeline = TextToImage.load(model, settings.device)
+def served_models(settings: WorkerSettings, registry: ModelRegistry) -> list[ModelSpec]:
+    """Return the registry entries this worker serves; refuse ids the registry lacks."""
+    ids = settings.worker_models or (registry.default_id,)
+    unknown = [model_id for model_id in ids if registry.get(model_id) is None]
+    if unknown:
+        raise SystemExit(f"LATENTQ_WORKER_MODELS names unregistered models {unknown}; known {registry.ids()}")
+    return [registry.models[model_id] for model_id in ids]
+
+
+def model_source(model: ModelSpec, settings: WorkerSettings) -> str:
+    """Return what ``from_pretrained`` loads for ``model``, building an embedded model if needed."""
+    if model.embedded_name is None:
+        return model.source
+    if model.embedded_name not in BUILDERS:
+        raise SystemExit(f"model {model.id!r}: unknown embedded model; embedded: {sorted(BUILDERS)}")
+    return str(ensure_tiny_model(settings.embedded_model_dir / model.embedded_name, model.embedded_name))
+
+
+def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> TextToImage:
+    """Load ``model`` and warm it up."""
+    pipeline = TextToImage.load(model_source(model, settings), settings.device)
     if settings.warmup:
-        log.info("warm-up generation took %.2f s", pipeline.warm_up())
+        log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up())
     return pipeline
 
 
-def build_worker(settings: WorkerSettings, redis: Redis) -> WarmWorker:
-    """Return an RQ worker listening on the queue of the configured model."""
-    queue = Queue(queue_name(settings.model_id), connection=redis, serializer=JSONSerializer)
-    worker = WarmWorker([queue], connection=redis, serializer=JSONSerializer, name=settings.worker_name)
+def build_worker(settings: WorkerSettings, redis: Redis, model_ids: list[str]) -> WarmWorker:
+    """Return an RQ worker listening on the queue of each served model."""
+    queues = [Queue(queue_name(id_), connection=redis, serializer=JSONSerializer) for id_ in model_ids]
+    worker = WarmWorker(queues, connection=redis, serializer=JSONSerializer, name=settings.worker_name)
     worker.heartbeat_interval_s = settings.heartbeat_interval_s
     worker.job_monitoring_interval = max(1, int(settings.heartbeat_interval_s))
     return worker
@@ -52,11 +71,13 @@ def main() -> int:
     store.ensure_bucket()
     redis = Redis.from_url(settings.redis_url)
     redis.ping()
-    pipeline = load_pipeline(settings)
-    runtime.install(runtime.Runtime(pipeline, store, JobRecords(redis, settings.job_retention_s)))
-    worker = build_worker(settings, redis)
-    log.info("worker ready for model %r in %.1f s", settings.model_id, time.perf_counter() - started)
-    worker.work(logging_level="INFO")
+    models = served_models(settings, get_registry(settings))
+    pipelines = {model.id: load_pipeline(model, settings) for model in models}
+    runtime.install(runtime.Runtime(dict(pipelines), store, JobRecords(redis, settings.job_retention_s)))
+    worker = build_worker(settings, redis, list(pipelines))
+    log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
+    # Round robin: with several models, no model's queue starves the others.
+    worker.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
     return 0
 
 

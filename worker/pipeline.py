@@ -1,6 +1,6 @@
 """The pipeline wrapper: loads a diffusers text-to-image pipeline and runs one job's sampling.
 
-The only module of the job path that imports torch and diffusers.
+With ``prompts`` and ``schedulers`` beside it, the only modules that touch torch and diffusers.
 """
 
 from __future__ import annotations
@@ -9,22 +9,15 @@ import logging
 import time
 from typing import Any
 
-import diffusers
 import torch
 from diffusers import AutoPipelineForText2Image
 from PIL.Image import Image
 
-from latentq.contract import JobSpec
+from latentq.contract import JobSpec, WeightedPrompt
+from worker.prompts import prompt_arguments
+from worker.schedulers import make_scheduler
 
 log = logging.getLogger("latentq.worker")
-
-#: Stability's sampler names mapped to the diffusers scheduler classes that implement them.
-SCHEDULERS = {
-    "K_EULER": "EulerDiscreteScheduler",
-    "K_EULER_ANCESTRAL": "EulerAncestralDiscreteScheduler",
-    "DDIM": "DDIMScheduler",
-    "K_DPMPP_2M": "DPMSolverMultistepScheduler",
-}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -32,11 +25,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def make_scheduler(sampler: str, config: Any) -> Any:
-    """Return a fresh scheduler for ``sampler`` built from the model's scheduler ``config``."""
-    return getattr(diffusers, SCHEDULERS[sampler]).from_config(config)
 
 
 class TextToImage:
@@ -67,8 +55,7 @@ class TextToImage:
         self.pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
         with torch.inference_mode():
             result = self.pipe(
-                prompt=spec.prompt,
-                negative_prompt=spec.negative_prompt,
+                **prompt_arguments(self.pipe, spec.prompts),
                 width=spec.width,
                 height=spec.height,
                 num_inference_steps=spec.steps,
@@ -84,7 +71,8 @@ class TextToImage:
         """Run one small generation so the first job is not slow; return its seconds."""
         started = time.perf_counter()
         spec = JobSpec(
-            job_id="warm-up", model="warm-up", prompt="warm-up", negative_prompt=None, width=64, height=64,
+            job_id="warm-up", model="warm-up", prompts=[WeightedPrompt(text="warm-up", weight=1.0)],
+            width=64, height=64,
             steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER",
         )  # fmt: skip
         self.generate(spec)

@@ -6,7 +6,6 @@ so RQ's registries tell the same story.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 
@@ -17,7 +16,8 @@ from latentq.contract import JobError, JobSpec, StoredImage
 from latentq.errors import ERRORS
 from latentq.keys import image_object_key
 from latentq.storage import STORAGE_ERRORS
-from worker.runtime import ObjectStore, Runtime
+from worker.encoding import CONTENT_TYPES, encode_image
+from worker.runtime import ImagePipeline, ObjectStore, Runtime
 
 log = logging.getLogger("latentq.worker")
 
@@ -30,7 +30,7 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
     try:
-        images = runtime.pipeline.generate(spec)
+        images = pipeline_for(runtime, spec.model).generate(spec)
         stored = store_images(runtime.store, spec, images)
     except BaseException as error:
         job_error = classify_error(error)
@@ -43,21 +43,24 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     return stored
 
 
+def pipeline_for(runtime: Runtime, model: str) -> ImagePipeline:
+    """Return the warm pipeline of ``model``; a job for a model this worker lacks fails clearly."""
+    if model not in runtime.pipelines:
+        raise LookupError(f"this worker serves {sorted(runtime.pipelines)}, not model '{model}'")
+    return runtime.pipelines[model]
+
+
 def store_images(store: ObjectStore, spec: JobSpec, images: list[Image]) -> list[StoredImage]:
-    """Encode each image as PNG, upload it under its server-made key and describe it."""
+    """Encode each image in the job's format, upload it under its server-made key and describe it."""
     stored = []
+    content_type = CONTENT_TYPES[spec.output_format]
     for index, (image, seed) in enumerate(zip(images, spec.image_seeds(), strict=True)):
-        key = image_object_key(spec.job_id, index)
-        store.put(key, encode_png(image), "image/png")
-        stored.append(StoredImage(key=key, seed=seed, width=image.width, height=image.height))
+        key = image_object_key(spec.job_id, index, spec.output_format)
+        store.put(key, encode_image(image, spec, seed), content_type)
+        stored.append(
+            StoredImage(key=key, seed=seed, width=image.width, height=image.height, content_type=content_type)
+        )
     return stored
-
-
-def encode_png(image: Image) -> bytes:
-    """Return ``image`` as PNG bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def classify_error(error: BaseException) -> JobError:

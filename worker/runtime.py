@@ -29,9 +29,9 @@ class ObjectStore(Protocol):
 
 @dataclass
 class Runtime:
-    """Everything a job needs that outlives it: the warm pipeline, storage, job records."""
+    """Everything a job needs that outlives it: the warm pipelines by model id, storage, job records."""
 
-    pipeline: ImagePipeline
+    pipelines: dict[str, ImagePipeline]
     store: ObjectStore
     records: JobRecords
 

@@ -1,12 +1,13 @@
-"""Build the embedded default model: a tiny, randomly initialised Stable Diffusion pipeline.
+"""Build the embedded models: tiny, randomly initialised Stable Diffusion pipelines.
 
-No model hub is reachable where latentq is developed and tested, so the worker ships a
-builder for a structurally real SD 1.x checkpoint (UNet with cross-attention, a VAE with
-scale factor 8, a CLIP text encoder and a complete byte-level CLIP tokenizer) that
-``from_pretrained`` loads like any checkpoint. Its weights are random: it draws noise.
-The same bytes come out on every run, so its images are reproducible across machines.
+No model hub is reachable where latentq is developed and tested, so the worker ships
+builders for structurally real checkpoints that ``from_pretrained`` loads like any other:
+``tiny-sd`` (SD 1.x: UNet with cross-attention, a VAE with scale factor 8, a CLIP text
+encoder and a complete byte-level CLIP tokenizer) and ``tiny-sdxl`` (SDXL: two text
+encoders, pooled-text and size micro-conditioning). Their weights are random: they draw
+noise. The same bytes come out on every run, so their images are reproducible anywhere.
 
-Usage: ``python -m worker.tiny_model DIR``
+Usage: ``python -m worker.tiny_model DIR [--name tiny-sd|tiny-sdxl]``
 """
 
 from __future__ import annotations
@@ -127,11 +128,45 @@ def build_tokenizer():  # -> CLIPTokenizer
     return CLIPTokenizer(vocab=build_vocab(merges), merges=merges, model_max_length=77)
 
 
-def build_pipeline():  # -> StableDiffusionPipeline
+def _tiny_vae():  # -> AutoencoderKL
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        # Four blocks give the SD VAE's spatial factor of 2**3 = 8.
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=512,
+    )
+
+
+def _tiny_text_encoder(tokenizer, with_projection: bool = False):  # -> CLIPTextModel(WithProjection)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+
+
+def build_sd_pipeline():  # -> StableDiffusionPipeline
     """Return the tiny SD 1.x-shaped pipeline with seeded random weights (fp32, CPU)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = build_tokenizer()
     torch.manual_seed(BUILD_SEED)
@@ -148,32 +183,9 @@ def build_pipeline():  # -> StableDiffusionPipeline
         norm_num_groups=32,
     )
     torch.manual_seed(BUILD_SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        # Four blocks give the SD VAE's spatial factor of 2**3 = 8.
-        block_out_channels=(32, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=512,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(BUILD_SEED)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer.get_vocab()),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _tiny_text_encoder(tokenizer)
     # The scheduler configuration of Stable Diffusion 1.5.
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -196,13 +208,73 @@ def build_pipeline():  # -> StableDiffusionPipeline
     )
 
 
-def build_tiny_model(directory: Path) -> Path:
-    """Write the embedded model to ``directory`` (created if needed) and return it."""
+def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
+    """Return the tiny SDXL-shaped pipeline: two text encoders (one projecting the pooled output
+    that SDXL's "text_time" micro-conditioning consumes), linear-projection attention."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(BUILD_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        # Six micro-conditioning values of 8 dims each, plus the 32-dim pooled text embedding.
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        # The two encoders' hidden states (32 + 32) are concatenated.
+        cross_attention_dim=64,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(BUILD_SEED)
+    vae = _tiny_vae()
+    torch.manual_seed(BUILD_SEED)
+    text_encoder = _tiny_text_encoder(tokenizer)
+    torch.manual_seed(BUILD_SEED + 1)
+    text_encoder_2 = _tiny_text_encoder(tokenizer, with_projection=True)
+    # The scheduler configuration of SDXL 1.0 base.
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=build_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+#: Embedded models by the name an ``embedded:<name>`` source gives.
+BUILDERS = {"tiny-sd": build_sd_pipeline, "tiny-sdxl": build_sdxl_pipeline}
+
+
+def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
+    """Write embedded model ``name`` to ``directory`` (created if needed) and return it."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".partial")
-    pipeline = build_pipeline()
+    pipeline = BUILDERS[name]()
     pipeline.save_pretrained(staging, safe_serialization=True)
-    _write_slow_tokenizer_files(pipeline.tokenizer, staging / "tokenizer")
+    for folder in ("tokenizer", "tokenizer_2"):
+        if (staging / folder).is_dir():
+            _write_slow_tokenizer_files(pipeline.tokenizer, staging / folder)
     # model_index.json moves last: its presence means the folder is complete.
     directory.mkdir(parents=True, exist_ok=True)
     for path in sorted(staging.rglob("*"), key=lambda p: p.name == COMPLETE_MARKER):
@@ -233,24 +305,25 @@ def is_complete(directory: Path) -> bool:
     return (Path(directory) / COMPLETE_MARKER).is_file()
 
 
-def ensure_tiny_model(directory: Path) -> Path:
-    """Build the embedded model in ``directory`` unless it is already there."""
+def ensure_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
+    """Build embedded model ``name`` in ``directory`` unless it is already there."""
     if not is_complete(directory):
-        build_tiny_model(directory)
+        build_tiny_model(directory, name)
     return Path(directory)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``python -m worker.tiny_model DIR [--force]``."""
+    """Command-line entry point: ``python -m worker.tiny_model DIR [--name NAME] [--force]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="folder to write the model to")
+    parser.add_argument("--name", choices=sorted(BUILDERS), default="tiny-sd", help="which embedded model")
     parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
     args = parser.parse_args(argv)
     if args.force or not is_complete(args.directory):
-        build_tiny_model(args.directory)
+        build_tiny_model(args.directory, args.name)
     files = sorted(p for p in args.directory.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in files)
-    print(f"embedded model at {args.directory} ({len(files)} files, {size / 1e6:.1f} MB)")
+    print(f"embedded model {args.name} at {args.directory} ({len(files)} files, {size / 1e6:.1f} MB)")
     return 0
 
 

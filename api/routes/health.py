@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from rq import Queue, Worker
 
-from api.deps import ImageStoreDep, RedisDep, SettingsDep
+from api.deps import ImageStoreDep, RedisDep, RegistryDep
 from latentq.keys import queue_name
 
 router = APIRouter(tags=["health"])
@@ -19,24 +21,28 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is not ready"}})
-def readyz(settings: SettingsDep, redis: RedisDep, store: ImageStoreDep) -> JSONResponse:
-    """Answer 200 when Redis and S3 are reachable and a worker serves the model; else 503 with reasons."""
-    checks: dict[str, str] = {}
+def readyz(registry: RegistryDep, redis: RedisDep, store: ImageStoreDep) -> JSONResponse:
+    """Answer 200 when Redis and S3 are reachable and a worker serves the default model; else 503.
+
+    ``checks.workers`` counts live workers per registered model.
+    """
+    checks: dict[str, Any] = {}
+    workers: dict[str, int] = {}
     try:
         redis.ping()
-        queue = Queue(queue_name(settings.model_id), connection=redis)
-        workers = Worker.count(connection=redis, queue=queue)
+        for model_id in registry.ids():
+            queue = Queue(queue_name(model_id), connection=redis)
+            workers[model_id] = Worker.count(connection=redis, queue=queue)
         checks["redis"] = "ok"
-        checks["workers"] = f"{workers} live" if workers else "no live worker for this model"
     except Exception as error:  # noqa: BLE001 - any failure is "not ready", with its reason
         checks["redis"] = f"unreachable: {type(error).__name__}"
-        workers = 0
+    checks["workers"] = {model: f"{count} live" if count else "none" for model, count in workers.items()}
     try:
         store.check()
         checks["s3"] = "ok"
     except Exception as error:  # noqa: BLE001
         checks["s3"] = f"unreachable: {type(error).__name__}: {error}"
-    ready = checks["redis"] == "ok" and checks["s3"] == "ok" and workers > 0
+    ready = checks["redis"] == "ok" and checks["s3"] == "ok" and workers.get(registry.default_id, 0) > 0
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
     )

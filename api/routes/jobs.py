@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from rq import Queue
-from rq.serializers import JSONSerializer
 
-from api.deps import ApiKeyDep, ImageStoreDep, JobRecordsDep, RedisDep, SettingsDep
+from api.deps import ApiKeyDep, ImageStoreDep, JobRecordsDep, RedisDep, RegistryDep, SettingsDep
+from api.submission import build_spec, enqueue_job, resolve_model
 from api.validation import parse_body
-from latentq.contract import (
-    GENERATE_TASK,
-    MAX_SEED,
-    GenerateRequest,
-    ImagePublic,
-    JobPublic,
-    JobSpec,
-    JobStatus,
-)
+from latentq.contract import GenerateRequest, ImagePublic, JobPublic, JobSpec, JobStatus
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecord
-from latentq.keys import queue_name
 from latentq.storage import ImageStore
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -46,7 +35,7 @@ GenerateBody = Annotated[GenerateRequest, Depends(read_generate_request)]
     "/generate",
     status_code=202,
     response_model=JobPublic,
-    responses={**_ERROR_RESPONSES, 422: {"description": "Invalid request: the error names the field"}},
+    responses={**_ERROR_RESPONSES, 400: {"description": "Invalid request: the error names the field"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -59,32 +48,13 @@ def submit_generate(
     response: Response,
     _key: ApiKeyDep,
     settings: SettingsDep,
+    registry: RegistryDep,
     redis: RedisDep,
     records: JobRecordsDep,
 ) -> JobPublic:
     """Queue a text-to-image job; answer 202 with the job and its ``Location``."""
-    spec = JobSpec(
-        job_id=str(uuid.uuid4()),
-        model=settings.model_id,
-        **body.model_dump(exclude={"seed"}),
-        seed=body.seed or secrets.randbelow(MAX_SEED) + 1,
-    )
-    queue = Queue(queue_name(spec.model), connection=redis, serializer=JSONSerializer)
-    with redis.pipeline() as pipeline:
-        # One MULTI/EXEC: the RQ job and our record exist together or not at all. RQ calls
-        # pipeline.multi() itself, so it must queue its commands before ours.
-        queue.enqueue_call(
-            GENERATE_TASK,
-            kwargs={"spec": spec.model_dump(mode="json")},
-            job_id=spec.job_id,
-            timeout=settings.job_timeout_s,
-            result_ttl=settings.job_retention_s,
-            failure_ttl=settings.job_retention_s,
-            description=f"generate {spec.job_id}",
-            pipeline=pipeline,
-        )
-        created_at = records.create(spec, pipeline)
-        pipeline.execute()
+    spec = build_spec(body, resolve_model(registry, body.model))
+    created_at = enqueue_job(spec, settings, redis, records)
     response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
     return JobPublic(
         id=spec.job_id,
@@ -115,7 +85,13 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         status=record.status,
         model=record.model,
         images=[
-            ImagePublic(url=store.url(image.key), seed=image.seed, width=image.width, height=image.height)
+            ImagePublic(
+                url=store.url(image.key),
+                seed=image.seed,
+                width=image.width,
+                height=image.height,
+                content_type=image.content_type,
+            )
             for image in record.images
         ],
         error=record.error,

@@ -19,10 +19,10 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def stack(tmp_path, tiny_model):
+def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model):
     port = free_port()
     env = environment_without_settings()
-    env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(tiny_model)
+    env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(models_dir)
     process = subprocess.Popen(
         [sys.executable, "-m", "latentq.devrun", "--state", str(tmp_path / "state"), "--port", str(port)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -7,20 +7,21 @@ import pytest
 from rq import Queue
 
 from latentq.keys import queue_name
+from tests.conftest import API_KEY, api_settings, serve
 
 VALID = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture
 def queue_length(redis):
-    queue = Queue(queue_name("default"), connection=redis)
+    queue = Queue(queue_name("tiny-sd"), connection=redis)
     return lambda: queue.count
 
 
 @pytest.mark.parametrize(
     ("change", "name", "fragment"),
     [
-        ({"width": 100}, "invalid_width", "width must be a multiple of 8"),
+        ({"width": 100}, "invalid_width", "width must be a multiple of 8 (got 100) for model 'tiny-sd'"),
         ({"height": 2048}, "invalid_height", "height must be between 64 and 1024"),
         ({"width": 56}, "invalid_width", "between 64 and 1024"),
         ({"width": 64.5}, "invalid_width", "width: input should be a valid integer"),
@@ -33,40 +34,105 @@ def queue_length(redis):
         ({"samples": 0}, "invalid_samples", "greater than or equal to 1"),
         ({"seed": -1}, "invalid_seed", "seed: input should be greater than or equal to 0"),
         ({"seed": 4_294_967_296}, "invalid_seed", "less than or equal to 4294967295"),
-        ({"sampler": "K_NOPE"}, "invalid_sampler", "'K_EULER', 'K_EULER_ANCESTRAL', 'DDIM' or 'K_DPMPP_2M'"),
+        ({"sampler": "K_NOPE"}, "invalid_sampler", "'DDIM', 'DDPM', 'K_DPMPP_2M', "),
+        ({"sampler": "K_EULER_ANCESTRAL_KARRAS"}, "invalid_sampler", "'UNIPC' or 'LCM' (got"),
+        ({"model": "sd-99"}, "invalid_model", "unknown model 'sd-99'; registered models: tiny-sd, tiny-sdxl"),
+        ({"style_preset": "vaporwave"}, "invalid_style_preset", "valid presets: 3d-model, analog-film,"),
+        ({"output_format": "gif"}, "invalid_output_format", "'png', 'jpeg' or 'webp'"),
+        ({"text_prompts": []}, "invalid_text_prompts", "at least 1 item"),
+        ({"text_prompts": [{"text": "a", "weight": "1"}]}, "invalid_text_prompts", "valid number"),
+        (
+            {"text_prompts": [{"text": "a", "weight": 101}]},
+            "invalid_text_prompts",
+            "less than or equal to 100",
+        ),
+        (
+            {"text_prompts": [{"text": "a", "colour": 1}]},
+            "unknown_field",
+            "Unknown field 'text_prompts.0.colour'.",
+        ),
+        ({"text_prompts": [{"text": "a"}] * 17}, "invalid_text_prompts", "at most 16 items"),
+        ({"negative_prompt": ""}, "invalid_negative_prompt", "at least 1 character"),
+        ({"height": 1024 + 8, "width": 1024}, "invalid_height", "between 64 and 1024"),
         ({"prompt": ""}, "invalid_prompt", "prompt: string should have at least 1 character"),
         ({"prompt": "x" * 2001}, "invalid_prompt", "at most 2000 characters"),
         ({"prompt": 5}, "invalid_prompt", "prompt: input should be a valid string"),
         ({"negative_prompt": "x" * 2001}, "invalid_negative_prompt", "at most 2000 characters"),
-        ({"prompt": None}, "invalid_prompt", "valid string"),
         ({"colour": "blue"}, "unknown_field", "Unknown field 'colour'"),
     ],
 )
 def test_invalid_field_is_named(client, queue_length, change, name, fragment):
     before = queue_length()
     response = client.post("/v1/generate", json={**VALID, **change})
-    assert response.status_code == 422
+    assert response.status_code == 400
     error = response.json()["error"]
     assert error["name"] == name
     assert fragment in error["message"]
-    assert error["field"] == next(iter(change))
+    assert error["field"].split(".")[0] == next(iter(change))
     assert queue_length() == before
 
 
 def test_missing_prompt_is_named(client):
     response = client.post("/v1/generate", json={"width": 64})
-    assert response.status_code == 422
+    assert response.status_code == 400
+    message = "prompt: is required (or give text_prompts)"
     assert response.json()["error"] == {
         "name": "invalid_prompt",
-        "message": "prompt: is required",
+        "message": message,
         "field": "prompt",
-        "errors": [{"field": "prompt", "message": "prompt: is required"}],
+        "errors": [{"field": "prompt", "message": message}],
     }
 
 
+@pytest.mark.parametrize(
+    ("body", "name", "field", "fragment"),
+    [
+        ({"prompt": "a", "text_prompts": [{"text": "b"}]}, "invalid_prompt", "prompt", "not both"),
+        ({"text_prompts": [{"text": "fog", "weight": -1}]}, "invalid_text_prompts", "text_prompts",
+         "at least one prompt with text and a positive weight"),
+        ({"text_prompts": [{"text": "a", "weight": 0}]}, "invalid_text_prompts", "text_prompts",
+         "positive weight"),
+        ({"prompt": "   "}, "invalid_prompt", "prompt", "positive weight"),
+    ],
+)  # fmt: skip
+def test_prompt_combinations(client, queue_length, body, name, field, fragment):
+    before = queue_length()
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["name"], error["field"]) == (name, field)
+    assert fragment in error["message"]
+    assert queue_length() == before
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "name", "fragment"),
+    [
+        (
+            "strict-sd15",
+            (128, 1024),
+            "invalid_pixel_count",
+            "between 262,144 and 1,048,576 pixels (got 128x1024",
+        ),
+        ("strict-sd15", (1024, 1032), "invalid_pixel_count", "(got 1024x1032 = 1,056,768)"),
+        ("strict-sd15", (64, 512), "invalid_width", "width must be between 128 and 2048"),
+        ("strict-sdxl", (1024, 960), "invalid_size", "not one of this model's sizes: 1024x1024, 1152x896"),
+    ],
+)
+def test_size_rules_come_from_the_registry_entry(redis_server, s3_server, model, size, name, fragment):
+    entries = [{"id": "strict-sd15", "source": "/x", "family": "sd1"},
+               {"id": "strict-sdxl", "source": "/x", "family": "sdxl"}]  # fmt: skip
+    with serve(api_settings(redis_server, s3_server, models=entries)) as url:
+        body = {"prompt": "a", "model": model, "width": size[0], "height": size[1]}
+        response = httpx.post(url + "/v1/generate", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["name"] == name and fragment in error["message"] and f"model '{model}'" in error["message"]
+
+
 def test_every_problem_is_listed(client):
-    error = client.post("/v1/generate", json={"prompt": "a", "width": 100, "steps": 0}).json()["error"]
-    assert [item["field"] for item in error["errors"]] == ["width", "steps"]
+    error = client.post("/v1/generate", json={"prompt": "a", "samples": 0, "steps": 0}).json()["error"]
+    assert [item["field"] for item in error["errors"]] == ["steps", "samples"]
 
 
 @pytest.mark.parametrize(
@@ -74,8 +140,8 @@ def test_every_problem_is_listed(client):
     [
         (b"{not json", 400, "invalid_json"),
         (b"", 400, "invalid_json"),
-        (b"[1, 2]", 422, "invalid_request"),
-        (b'"prompt"', 422, "invalid_request"),
+        (b"[1, 2]", 400, "invalid_request"),
+        (b'"prompt"', 400, "invalid_request"),
         (b"\xff\xfe", 400, "invalid_json"),
         (b"x" * 1_000_001, 413, "payload_too_large"),
     ],

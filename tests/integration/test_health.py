@@ -16,14 +16,17 @@ def test_healthz_needs_no_key(api_url):
 def test_ready_with_redis_s3_and_a_live_worker(api_url, worker):
     response = httpx.get(api_url + "/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"redis": "ok", "workers": "1 live", "s3": "ok"}
+    checks = response.json()["checks"]
+    assert (checks["redis"], checks["s3"], checks["workers"]["tiny-sd"]) == ("ok", "ok", "1 live")
 
 
-def test_not_ready_without_a_worker_for_the_model(redis_server, s3_server):
-    with serve(api_settings(redis_server, s3_server, model_id="nobody-serves-this")) as url:
+def test_not_ready_without_a_worker_for_the_default_model(redis_server, s3_server):
+    entry = {"id": "nobody-serves-this", "source": "/nowhere", "family": "sd1"}
+    settings = api_settings(redis_server, s3_server, models=[entry], default_model="nobody-serves-this")
+    with serve(settings) as url:
         response = httpx.get(url + "/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"]["workers"] == "no live worker for this model"
+    assert response.json()["checks"]["workers"]["nobody-serves-this"] == "none"
 
 
 def test_not_ready_when_s3_refuses_our_credentials(redis_server, s3_server, worker):

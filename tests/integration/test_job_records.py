@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from latentq.contract import JobSpec, JobStatus
+from latentq.contract import JobSpec, JobStatus, WeightedPrompt
 from latentq.jobs import JobRecords
 from latentq.keys import job_key, rq_job_key
 
 
 def make_spec() -> JobSpec:
     return JobSpec(
-        job_id=str(uuid.uuid4()), model="default", prompt="a", negative_prompt=None, width=64, height=64,
+        job_id=str(uuid.uuid4()), model="tiny-sd", prompts=[WeightedPrompt(text="a", weight=1.0)],
+        width=64, height=64,
         steps=2, cfg_scale=7.0, samples=1, seed=5, sampler="K_EULER",
     )  # fmt: skip
 

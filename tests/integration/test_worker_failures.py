@@ -48,10 +48,14 @@ def broken_model(tiny_model, tmp_path):
 def test_pipeline_error_fails_the_job_with_its_reason_and_the_worker_serves_on(
     redis_server, s3_server, broken_model, tmp_path
 ):
-    env = service_env(redis_server, s3_server, model=str(broken_model), model_id="broken", warmup="false")
+    entry = {"id": "broken", "source": str(broken_model), "family": "sd1", "limits": {"min_side": 64,
+             "min_pixels": 4096}, "defaults": {"width": 64, "height": 64}}  # fmt: skip
+    env = service_env(
+        redis_server, s3_server, models=json.dumps([entry]), worker_models="broken", warmup="false"
+    )
     with (
         running_worker(env, tmp_path / "worker.log", "broken") as process,
-        serve(api_settings(redis_server, s3_server, model_id="broken")) as url,
+        serve(api_settings(redis_server, s3_server, models=[entry], default_model="broken")) as url,
     ):
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
         ids = [client.post("/v1/generate", json=SMALL).json()["id"] for _ in range(2)]

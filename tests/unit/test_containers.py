@@ -90,3 +90,11 @@ def test_compose_worker_reserves_a_gpu():
 def test_compose_sets_only_real_settings(service, settings):
     names = {name.removeprefix("LATENTQ_").lower() for name in COMPOSE["services"][service]["environment"]}
     assert names <= set(settings.model_fields)
+
+
+def test_example_registry_parses_and_uses_stabilitys_engine_ids():
+    from latentq.models import build_registry
+
+    registry = build_registry(REPO / "deploy" / "models.example.toml", (), None)
+    assert {"stable-diffusion-v1-5", "stable-diffusion-xl-1024-v1-0"} <= set(registry.ids())
+    assert registry.get("stable-diffusion-768-v2-1").limits.min_pixels == 589_824

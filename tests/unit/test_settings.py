@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from latentq.settings import ApiSettings, WorkerSettings
 
@@ -14,21 +15,28 @@ def test_api_keys_are_comma_separated(monkeypatch):
 
 
 def test_worker_reads_its_settings(monkeypatch):
-    monkeypatch.setenv("LATENTQ_MODEL", "/models/sd15")
+    monkeypatch.setenv("LATENTQ_WORKER_MODELS", "tiny-sd, tiny-sdxl")
     monkeypatch.setenv("LATENTQ_DEVICE", "cpu")
     monkeypatch.setenv("LATENTQ_WARMUP", "false")
     settings = WorkerSettings()
-    assert (settings.model, settings.device, settings.warmup) == ("/models/sd15", "cpu", False)
+    assert (settings.worker_models, settings.device, settings.warmup) == (
+        ("tiny-sd", "tiny-sdxl"),
+        "cpu",
+        False,
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("LATENTQ_MODEL_ID", "has space"), ("LATENTQ_MODEL_ID", "../x"), ("LATENTQ_S3_URL_EXPIRES_S", "0"),
+    [("LATENTQ_MODELS", '[{"id": "has space", "source": "x", "family": "sd1"}]'),
+     ("LATENTQ_MODELS", '[{"id": "../x", "source": "x", "family": "sd1"}]'),
+     ("LATENTQ_MODELS", '[{"id": "x", "source": "x", "family": "sd3"}]'),
+     ("LATENTQ_MODELS", "not json"), ("LATENTQ_S3_URL_EXPIRES_S", "0"),
      ("LATENTQ_S3_URL_EXPIRES_S", "604801"), ("LATENTQ_DEVICE", "tpu")],
 )  # fmt: skip
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError):
+    with pytest.raises((ValidationError, SettingsError)):
         WorkerSettings()
 
 

@@ -7,7 +7,8 @@ import hashlib
 import pytest
 import torch
 
-from worker.pipeline import SCHEDULERS, TextToImage, make_scheduler
+from worker.pipeline import TextToImage
+from worker.schedulers import SCHEDULERS, make_scheduler
 from worker.tiny_model import build_tiny_model, build_tokenizer, bytes_to_unicode, learn_merges
 
 
@@ -28,6 +29,15 @@ def test_build_is_byte_for_byte_reproducible(tiny_model, tmp_path):
     assert digest(again) == digest(tiny_model)
     assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json",
             "tokenizer/merges.txt", "scheduler/scheduler_config.json"} <= set(digest(again))  # fmt: skip
+
+
+def test_sdxl_build_is_reproducible_and_loads_as_sdxl(tiny_sdxl_model, tmp_path):
+    again = build_tiny_model(tmp_path / "again", "tiny-sdxl")
+    assert digest(again) == digest(tiny_sdxl_model)
+    assert {"text_encoder_2/model.safetensors", "tokenizer_2/vocab.json"} <= set(digest(again))
+    pipeline = TextToImage.load(str(again), "cpu")
+    assert type(pipeline.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipeline.pipe.unet.config.addition_embed_type == "text_time"
 
 
 def test_byte_map_covers_all_bytes():
@@ -69,5 +79,8 @@ def test_accepts_sizes_in_steps_of_8(pipeline, size):
 @pytest.mark.parametrize("sampler", sorted(SCHEDULERS))
 def test_every_sampler_builds_from_the_model_config(pipeline, sampler):
     scheduler = make_scheduler(sampler, pipeline.scheduler_config)
-    assert type(scheduler).__name__ == SCHEDULERS[sampler]
+    cls, options = SCHEDULERS[sampler]
+    assert type(scheduler).__name__ == cls
     assert scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.get("use_karras_sigmas", False) is sampler.endswith("_KARRAS")
+    assert all(scheduler.config[key] == value for key, value in options.items())

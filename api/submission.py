@@ -1,0 +1,119 @@
+"""From a validated request to a queued job: resolve it against its model, then enqueue it.
+
+Every route that creates jobs (ours and the compatibility layers) goes through
+``build_spec`` and ``enqueue_job``, so they share the rules, the queue and the limits.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from latentq.contract import GENERATE_TASK, MAX_SEED, GenerateRequest, JobSpec, WeightedPrompt
+from latentq.errors import LatentqError
+from latentq.jobs import JobRecords
+from latentq.keys import queue_name
+from latentq.models import ModelRegistry, ModelSpec, size_problem
+from latentq.presets import apply_style, style_presets
+from latentq.settings import ApiSettings
+
+
+def resolve_model(registry: ModelRegistry, model_id: str | None) -> ModelSpec:
+    """Return the registered model ``model_id`` (None: the default); raise ``invalid_model``."""
+    model = registry.default if model_id is None else registry.get(model_id)
+    if model is None:
+        known = ", ".join(registry.ids())
+        raise LatentqError.for_field(
+            "invalid_model", "model", f"model: unknown model '{model_id}'; registered models: {known}"
+        )
+    return model
+
+
+def check_size(model: ModelSpec, width: int, height: int) -> None:
+    """Raise a named error unless ``model`` accepts ``width`` x ``height`` pixels."""
+    problem = size_problem(model.limits, width, height)
+    if problem:
+        name, field, message = problem
+        raise LatentqError.for_field(name, field, f"{field}: {message} for model '{model.id}'")
+
+
+def request_prompts(request: GenerateRequest) -> list[WeightedPrompt]:
+    """Return the request's prompts as weighted prompts; raise unless they make a usable set."""
+    if request.prompt is None and request.text_prompts is None:
+        raise LatentqError.for_field("invalid_prompt", "prompt", "prompt: is required (or give text_prompts)")
+    if request.prompt is not None and request.text_prompts is not None:
+        raise LatentqError.for_field(
+            "invalid_prompt", "prompt", "prompt: give either prompt or text_prompts, not both"
+        )
+    if request.text_prompts is not None:
+        prompts = [WeightedPrompt(text=p.text, weight=p.weight) for p in request.text_prompts]
+        field = "text_prompts"
+    else:
+        prompts = [WeightedPrompt(text=str(request.prompt), weight=1.0)]
+        field = "prompt"
+    if request.negative_prompt is not None:
+        prompts.append(WeightedPrompt(text=request.negative_prompt, weight=-1.0))
+    if not any(p.weight > 0 and p.text.strip() for p in prompts):
+        raise LatentqError.for_field(
+            f"invalid_{field}",
+            field,
+            f"{field}: at least one prompt with text and a positive weight is required",
+        )
+    return prompts
+
+
+def build_spec(request: GenerateRequest, model: ModelSpec) -> JobSpec:
+    """Resolve ``request`` for ``model``: fill defaults, check sizes, apply the style, pick a seed."""
+    defaults = model.defaults
+    width = request.width if request.width is not None else defaults.width
+    height = request.height if request.height is not None else defaults.height
+    check_size(model, width, height)
+    prompts = request_prompts(request)
+    if request.style_preset is not None:
+        if request.style_preset not in style_presets():
+            valid = ", ".join(sorted(style_presets()))
+            raise LatentqError.for_field(
+                "invalid_style_preset",
+                "style_preset",
+                f"style_preset: unknown preset '{request.style_preset}'; valid presets: {valid}",
+            )
+        prompts = apply_style(request.style_preset, prompts)
+    return JobSpec(
+        job_id=str(uuid.uuid4()),
+        model=model.id,
+        prompts=prompts,
+        width=width,
+        height=height,
+        steps=request.steps if request.steps is not None else defaults.steps,
+        cfg_scale=request.cfg_scale if request.cfg_scale is not None else defaults.cfg_scale,
+        samples=request.samples,
+        seed=request.seed or secrets.randbelow(MAX_SEED) + 1,
+        sampler=request.sampler or defaults.sampler,
+        style_preset=request.style_preset,
+        output_format=request.output_format,
+    )
+
+
+def enqueue_job(spec: JobSpec, settings: ApiSettings, redis: Redis, records: JobRecords) -> str:
+    """Queue ``spec`` on its model's queue with its job record; return the record's created_at."""
+    queue = Queue(queue_name(spec.model), connection=redis, serializer=JSONSerializer)
+    with redis.pipeline() as pipeline:
+        # One MULTI/EXEC: the RQ job and our record exist together or not at all. RQ calls
+        # pipeline.multi() itself, so it must queue its commands before ours.
+        queue.enqueue_call(
+            GENERATE_TASK,
+            kwargs={"spec": spec.model_dump(mode="json")},
+            job_id=spec.job_id,
+            timeout=settings.job_timeout_s,
+            result_ttl=settings.job_retention_s,
+            failure_ttl=settings.job_retention_s,
+            description=f"generate {spec.job_id}",
+            pipeline=pipeline,
+        )
+        created_at = records.create(spec, pipeline)
+        pipeline.execute()
+    return created_at

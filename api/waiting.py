@@ -1,0 +1,33 @@
+"""Waiting for a job to finish without holding a thread: block on its Redis event stream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
+
+from latentq.jobs import JobRecord, JobRecords
+from latentq.keys import job_events_key
+
+#: Longest blocking read between two looks at the record, seconds: bounds how late a job whose
+#: worker died (no terminal event, found by reconciliation with RQ) is noticed.
+RECHECK_S = 2.0
+
+
+async def wait_for_job(
+    redis: AsyncRedis, records: JobRecords, job_id: str, timeout_s: float
+) -> JobRecord | None:
+    """Return ``job_id``'s record once terminal, or as it stands after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    last_event = "0"
+    while True:
+        record = await run_in_threadpool(records.get, job_id)
+        remaining = deadline - time.monotonic()
+        if record is None or record.status.is_terminal or remaining <= 0:
+            return record
+        block_ms = max(1, int(min(remaining, RECHECK_S) * 1000))
+        answer: Any = await redis.xread({job_events_key(job_id): last_event}, block=block_ms, count=100)
+        for _stream, entries in answer:
+            last_event = entries[-1][0]

@@ -1,0 +1,178 @@
+"""The model registry: which models exist, their pipeline family, size limits and defaults.
+
+Entries come from a TOML file (``LATENTQ_MODELS_FILE``; the packaged ``models.toml``
+registers the two embedded tiny models) and from ``LATENTQ_MODELS`` (a JSON list of
+entries that add to or replace the file's, by id). The API validates every request against
+its model's entry; each worker serves the models named in ``LATENTQ_WORKER_MODELS``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from latentq.contract import Sampler
+
+#: Registry shipped with latentq: the embedded tiny models.
+PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
+
+#: Prefix of a source naming an embedded model that the worker builds locally.
+EMBEDDED_PREFIX = "embedded:"
+
+#: Model ids are used in queue names and URLs.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+Family = Literal["sd1", "sd2", "sdxl", "turbo"]
+
+#: SDXL's trained resolutions (width, height), as Stability documents them for its SDXL engines.
+SDXL_SIZES = (
+    (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216),
+    (1344, 768), (768, 1344), (1536, 640), (640, 1536),
+)  # fmt: skip
+
+
+class ModelLimits(BaseModel):
+    """The sizes a model accepts, in pixels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_side: int = Field(64, ge=8)
+    max_side: int = Field(2048, ge=8)
+    #: Width and height must be multiples of this (the VAE's factor is 8).
+    multiple: int = Field(8, ge=1)
+    min_pixels: int = Field(262_144, ge=64)
+    max_pixels: int = Field(1_048_576, ge=64)
+    #: When set, only these (width, height) pairs are accepted.
+    sizes: tuple[tuple[int, int], ...] | None = None
+
+
+class ModelDefaults(BaseModel):
+    """Values a request gets for the fields it leaves out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    width: int = 512
+    height: int = 512
+    steps: int = Field(30, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0, le=35)
+    sampler: Sampler = "K_DPMPP_2M_KARRAS"
+
+
+#: Per-family limits and defaults; an entry's own ``limits``/``defaults`` tables override them.
+FAMILY_LIMITS: dict[str, dict[str, Any]] = {
+    "sd1": {"min_side": 128, "min_pixels": 262_144, "max_pixels": 1_048_576},
+    "sd2": {"min_side": 128, "min_pixels": 262_144, "max_pixels": 1_048_576},
+    "sdxl": {"min_side": 512, "min_pixels": 262_144, "max_pixels": 1_048_576, "sizes": SDXL_SIZES},
+    "turbo": {"min_side": 256, "min_pixels": 65_536, "max_pixels": 1_048_576},
+}
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sd1": {},
+    "sd2": {},
+    "sdxl": {"width": 1024, "height": 1024},
+    "turbo": {"steps": 1, "cfg_scale": 0.0, "sampler": "K_EULER_ANCESTRAL"},
+}
+
+
+class ModelSpec(BaseModel):
+    """One registry entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="Id requests name; also Stability's engine id.")
+    name: str = ""
+    description: str = ""
+    #: A local diffusers folder, a hub id, or ``embedded:<name>`` for a model the worker builds.
+    source: str = Field(min_length=1)
+    family: Family
+    limits: ModelLimits
+    defaults: ModelDefaults
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_family(cls, data: Any) -> Any:
+        """Fill ``limits``/``defaults`` from the family's, overridden by the entry's own keys."""
+        if not isinstance(data, dict) or data.get("family") not in FAMILY_LIMITS:
+            return data
+        family = data["family"]
+        data = dict(data)
+        for key, base in (("limits", FAMILY_LIMITS[family]), ("defaults", FAMILY_DEFAULTS[family])):
+            given = data.get(key) or {}
+            if isinstance(given, dict):
+                data[key] = {**base, **given}
+        data.setdefault("name", data.get("id", ""))
+        return data
+
+    @model_validator(mode="after")
+    def _check_defaults(self) -> ModelSpec:
+        problem = size_problem(self.limits, self.defaults.width, self.defaults.height)
+        if problem:
+            raise ValueError(f"model {self.id!r}: its default size is not valid: {problem[2]}")
+        return self
+
+    @property
+    def embedded_name(self) -> str | None:
+        """The embedded model's name when ``source`` is ``embedded:<name>``, else None."""
+        return self.source.removeprefix(EMBEDDED_PREFIX) if self.source.startswith(EMBEDDED_PREFIX) else None
+
+
+def size_problem(limits: ModelLimits, width: int, height: int) -> tuple[str, str, str] | None:
+    """Return (error name, field, message) if ``width`` x ``height`` breaks ``limits``, else None."""
+    for field, value in (("width", width), ("height", height)):
+        if value % limits.multiple:
+            return f"invalid_{field}", field, f"{field} must be a multiple of {limits.multiple} (got {value})"
+        if not limits.min_side <= value <= limits.max_side:
+            bounds = f"between {limits.min_side} and {limits.max_side}"
+            return f"invalid_{field}", field, f"{field} must be {bounds} (got {value})"
+    if limits.sizes and (width, height) not in limits.sizes:
+        allowed = ", ".join(f"{w}x{h}" for w, h in limits.sizes)
+        return "invalid_size", "width", f"{width}x{height} is not one of this model's sizes: {allowed}"
+    if not limits.min_pixels <= width * height <= limits.max_pixels:
+        bounds = f"between {limits.min_pixels:,} and {limits.max_pixels:,} pixels"
+        got = f"{width}x{height} = {width * height:,}"
+        return "invalid_pixel_count", "width", f"width x height must be {bounds} (got {got})"
+    return None
+
+
+class ModelRegistry:
+    """The registered models, by id, and which one a request gets when it names none."""
+
+    def __init__(self, models: list[ModelSpec], default: str | None = None) -> None:
+        if not models:
+            raise ValueError("the model registry is empty")
+        self.models = {model.id: model for model in models}
+        self.default_id = default or models[0].id
+        if self.default_id not in self.models:
+            raise ValueError(f"default model {self.default_id!r} is not registered; known: {self.ids()}")
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        """Return the entry for ``model_id``, or None."""
+        return self.models.get(model_id)
+
+    @property
+    def default(self) -> ModelSpec:
+        """The model of requests that name none."""
+        return self.models[self.default_id]
+
+    def ids(self) -> list[str]:
+        """Return every registered id, in registry order."""
+        return list(self.models)
+
+
+def read_registry_file(path: Path) -> list[ModelSpec]:
+    """Return the entries of a registry TOML file (``[[models]]`` tables)."""
+    with open(path, "rb") as file:
+        data = tomllib.load(file)
+    unknown = set(data) - {"models"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected [[models]] tables")
+    return [ModelSpec.model_validate(entry) for entry in data.get("models", [])]
+
+
+def build_registry(file: Path, extra: tuple[ModelSpec, ...], default: str | None) -> ModelRegistry:
+    """Return the registry of ``file``'s entries, with ``extra`` entries added or replacing by id."""
+    merged = {model.id: model for model in read_registry_file(file)}
+    merged.update({model.id: model for model in extra})
+    return ModelRegistry(list(merged.values()), default)
