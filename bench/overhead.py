@@ -100,9 +100,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
         state = Path(temp)
-        model_dir = build_tiny_model(state / "tiny-sd")
+        model_dir = build_tiny_model(state / "models" / "tiny-sd")
         env = environment_without_settings()
-        env.update(LATENTQ_MODEL=str(model_dir), LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench")
+        env.update(LATENTQ_EMBEDDED_MODEL_DIR=str(model_dir.parent), LATENTQ_WORKER_MODELS="tiny-sd",
+                   LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench")  # fmt: skip
         port, started = free_port(), []
         try:
             start_stack(state, env, port, started, access_log=False)
