@@ -70,3 +70,23 @@ def _describe(error: Any, model: type[BaseModel] | None) -> tuple[str, str | Non
 def _shorten(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """Return ``openapi_extra`` documenting a JSON body of ``model`` (for routes that parse it themselves).
+
+    Nested models are inlined: pydantic's ``#/$defs/...`` references mean nothing in an OpenAPI document.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from api.deps import ApiKeyDep, ImageStoreDep, JobRecordsDep, RedisDep, RegistryDep, SettingsDep
 from api.submission import build_spec, enqueue_job, resolve_model
-from api.validation import parse_body
+from api.validation import json_body_openapi, parse_body
 from latentq.contract import GenerateRequest, ImagePublic, JobPublic, JobSpec, JobStatus
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecord
@@ -36,12 +36,7 @@ GenerateBody = Annotated[GenerateRequest, Depends(read_generate_request)]
     status_code=202,
     response_model=JobPublic,
     responses={**_ERROR_RESPONSES, 400: {"description": "Invalid request: the error names the field"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body_openapi(GenerateRequest),
 )
 def submit_generate(
     body: GenerateBody,

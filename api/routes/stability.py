@@ -32,7 +32,7 @@ from api.deps import (
     check_api_key,
 )
 from api.submission import build_spec, enqueue_job
-from api.validation import parse_body, validation_error
+from api.validation import json_body_openapi, parse_body, validation_error
 from api.waiting import wait_for_job
 from latentq.contract import MAX_SEED, GenerateRequest, JobStatus, Sampler, TextPrompt
 from latentq.errors import LatentqError, stability_name
@@ -135,12 +135,7 @@ def check_stability_sides(body: TextToImageBody) -> None:
 @router.post(
     "/generation/{engine_id}/text-to-image",
     responses={200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": TextToImageBody.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body_openapi(TextToImageBody),
 )
 async def text_to_image(
     engine_id: str,
