@@ -2,7 +2,9 @@
 
 N sequential 64x64, 20-step K_EULER jobs through the whole stack (HTTP submit → Redis/RQ →
 warm worker → PNG → S3 → poll → fetch the image URL), then the same N calls made directly on
-the diffusers pipeline in this process. Prints a table and writes JSON.
+the diffusers pipeline in this process. A second pair does the same at 128x128 (Stability's
+smallest size) through the Stability v1 route, which waits on the job's event stream instead
+of polling and answers with the PNG. Prints a table and writes JSON.
 
     .venv/bin/python -m bench.overhead --jobs 30 [--json bench/results/overhead.json]
 """
@@ -26,6 +28,8 @@ from latentq.devrun import start_stack, stop_all
 from latentq.devstack import environment_without_settings, free_port
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
+STABILITY_BODY = {"text_prompts": [{"text": BODY["prompt"]}], "width": 128, "height": 128, "steps": 20,
+                  "sampler": "K_EULER"}  # fmt: skip
 KEY = "bench-key"
 #: Seconds between status polls. Polling adds up to this to each job's client-view latency; polling
 #: much faster steals CPU from sampling on a 2-core machine (2 ms polls halved throughput here).
@@ -56,12 +60,27 @@ def run_service_jobs(base_url: str, count: int) -> tuple[list[float], list[float
     return times, server_times
 
 
+def run_stability_jobs(base_url: str, count: int) -> list[float]:
+    """Run ``count`` sequential Stability v1 text-to-image calls (``Accept: image/png``); return
+    each one's wall time (s, request sent to PNG received)."""
+    times = []
+    headers = {"Authorization": f"Bearer {KEY}", "Accept": "image/png"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+        for index in range(count + 1):
+            started = time.perf_counter()
+            body = {**STABILITY_BODY, "seed": index + 1}
+            client.post("/v1/generation/tiny-sd/text-to-image", json=body).raise_for_status()
+            if index:
+                times.append(time.perf_counter() - started)
+    return times
+
+
 def _seconds_between(start: str, end: str) -> float:
     parse = datetime.fromisoformat
     return (parse(end) - parse(start)).total_seconds()
 
 
-def run_direct_calls(model_dir: Path, count: int) -> list[float]:
+def run_direct_calls(model_dir: Path, count: int, side: int = 64) -> list[float]:
     """Return the wall time (s) of each of ``count`` plain diffusers calls in this process."""
     import torch
     from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
@@ -72,7 +91,7 @@ def run_direct_calls(model_dir: Path, count: int) -> list[float]:
     times = []
     for index in range(count + 1):
         started = time.perf_counter()
-        pipe(BODY["prompt"], width=64, height=64, num_inference_steps=20,
+        pipe(BODY["prompt"], width=side, height=side, num_inference_steps=20,
              generator=torch.Generator("cpu").manual_seed(index + 1))  # fmt: skip
         if index:
             times.append(time.perf_counter() - started)
@@ -108,19 +127,24 @@ def main() -> int:
         try:
             start_stack(state, env, port, started, access_log=False)
             times, server_times = run_service_jobs(f"http://127.0.0.1:{port}", args.jobs)
+            stability_times = run_stability_jobs(f"http://127.0.0.1:{port}", args.jobs)
         finally:
             stop_all(started)
         direct = summarize("direct diffusers call", run_direct_calls(model_dir, args.jobs))
+        direct_128 = summarize("direct diffusers call, 128x128", run_direct_calls(model_dir, args.jobs, 128))
     service = summarize(f"service, client view (poll {POLL_S * 1000:g} ms)", times)
     server = summarize("service, job record (created→finished)", server_times)
+    stability = summarize("Stability route, 128x128, PNG answer", stability_times)
     result = {
         "benchmark": "overhead",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "job": BODY,
-        "rows": [direct, server, service],
+        "rows": [direct, server, service, direct_128, stability],
         "throughput_ratio": service["jobs_per_s"] / direct["jobs_per_s"],
         "added_median_ms": service["median_ms"] - direct["median_ms"],
         "server_added_median_ms": server["median_ms"] - direct["median_ms"],
+        "stability_throughput_ratio": stability["jobs_per_s"] / direct_128["jobs_per_s"],
+        "stability_added_median_ms": stability["median_ms"] - direct_128["median_ms"],
     }
     print(f"{'':42} {'jobs/s':>8} {'median ms':>10} {'p95 ms':>8}")
     for row in result["rows"]:
@@ -128,6 +152,10 @@ def main() -> int:
     print(
         f"client-view service/direct throughput: {result['throughput_ratio']:.3f}; added median latency "
         f"{result['added_median_ms']:.1f} ms (client), {result['server_added_median_ms']:.1f} ms (server)"
+    )
+    print(
+        f"Stability route/direct throughput at 128x128: {result['stability_throughput_ratio']:.3f}; added "
+        f"median latency {result['stability_added_median_ms']:.1f} ms"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
