@@ -145,6 +145,23 @@ def _tiny_vae():  # -> AutoencoderKL
     )
 
 
+def _tiny_unet(**architecture):  # -> UNet2DConditionModel
+    """Return a two-level UNet (one plain, one cross-attention block) with ``architecture`` added."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+        **architecture,
+    )
+
+
 def _tiny_text_encoder(tokenizer, with_projection: bool = False):  # -> CLIPTextModel(WithProjection)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -166,22 +183,11 @@ def _tiny_text_encoder(tokenizer, with_projection: bool = False):  # -> CLIPText
 def build_sd_pipeline():  # -> StableDiffusionPipeline
     """Return the tiny SD 1.x-shaped pipeline with seeded random weights (fp32, CPU)."""
     import torch
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     tokenizer = build_tokenizer()
     torch.manual_seed(BUILD_SEED)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
     torch.manual_seed(BUILD_SEED)
     vae = _tiny_vae()
     torch.manual_seed(BUILD_SEED)
@@ -212,18 +218,11 @@ def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
     """Return the tiny SDXL-shaped pipeline: two text encoders (one projecting the pooled output
     that SDXL's "text_time" micro-conditioning consumes), linear-projection attention."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     tokenizer = build_tokenizer()
     torch.manual_seed(BUILD_SEED)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -233,7 +232,6 @@ def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
         projection_class_embeddings_input_dim=6 * 8 + 32,
         # The two encoders' hidden states (32 + 32) are concatenated.
         cross_attention_dim=64,
-        norm_num_groups=32,
     )
     torch.manual_seed(BUILD_SEED)
     vae = _tiny_vae()
