@@ -34,8 +34,10 @@ from api.deps import (
 from api.submission import build_spec, enqueue_job
 from api.validation import json_body_openapi, parse_body, validation_error
 from api.waiting import wait_for_job
-from latentq.contract import MAX_SEED, GenerateRequest, JobStatus, Sampler, TextPrompt
+from latentq.contract import MAX_SEED, GenerateRequest, JobSpec, JobStatus, Sampler, StoredImage, TextPrompt
 from latentq.errors import LatentqError, stability_name
+from latentq.jobs import JobRecord
+from latentq.settings import ApiSettings
 
 log = logging.getLogger("latentq.api")
 
@@ -170,17 +172,10 @@ async def text_to_image(
     spec = build_spec(ours, model)
     await run_in_threadpool(enqueue_job, spec, settings, redis, records)
     record = await wait_for_job(async_redis, records, spec.job_id, settings.sync_timeout_s)
-    if record is None:
-        raise LatentqError("internal_error", f"Job {spec.job_id} disappeared while it was awaited.")
-    if record.status is JobStatus.FAILED and record.error:
-        raise LatentqError(record.error.name, f"Job {spec.job_id} failed: {record.error.message}")
-    if not record.status.is_terminal:
-        raise LatentqError(
-            "timeout",
-            f"Job {spec.job_id} did not finish within {settings.sync_timeout_s:g} s; it is still "
-            f"{record.status.value}: follow it at GET /v1/jobs/{spec.job_id}",
-        )
-    images = [(image.seed, await run_in_threadpool(store.get, image.key)) for image in record.images]
+    images = [
+        (image.seed, await run_in_threadpool(store.get, image.key))
+        for image in succeeded(record, spec, settings)
+    ]
     if png:
         seed, data = images[0]
         return Response(data, media_type="image/png", headers={"Finish-Reason": "SUCCESS", "Seed": str(seed)})
@@ -189,6 +184,24 @@ async def text_to_image(
         for seed, data in images
     ]
     return JSONResponse({"artifacts": artifacts})
+
+
+def succeeded(record: JobRecord | None, spec: JobSpec, settings: ApiSettings) -> list[StoredImage]:
+    """Return the images of the awaited job; raise the error to answer with unless it succeeded."""
+    job_id = spec.job_id
+    if record is None:
+        raise LatentqError("internal_error", f"Job {job_id} disappeared while it was awaited.")
+    if record.status is JobStatus.SUCCEEDED:
+        return record.images
+    if record.status is JobStatus.FAILED and record.error:
+        raise LatentqError(record.error.name, f"Job {job_id} failed: {record.error.message}")
+    if not record.status.is_terminal:
+        raise LatentqError(
+            "timeout",
+            f"Job {job_id} did not finish within {settings.sync_timeout_s:g} s; it is still "
+            f"{record.status.value}: follow it at GET /v1/jobs/{job_id}",
+        )
+    raise LatentqError("internal_error", f"Job {job_id} ended {record.status.value} without images.")
 
 
 @router.get("/engines/list")
