@@ -5,19 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentq.contract import JobSpec
+from latentq.contract import JobSpec, WeightedPrompt
 from worker.pipeline import TextToImage
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
+PLAIN = [WeightedPrompt(text="a lighthouse", weight=1.0)]
+# Blended, chunked (over 75 tokens) and negative: the embedding path, in fp16.
+WEIGHTED = [WeightedPrompt(text="lighthouse " * 90, weight=1.0), WeightedPrompt(text="storm", weight=0.5),
+            WeightedPrompt(text="fog", weight=-1.0)]  # fmt: skip
 
-def test_cuda_pipeline_runs_fp16_and_keeps_seeds_reproducible(tiny_model):
-    pipeline = TextToImage.load(str(tiny_model), "auto")
+
+@pytest.mark.parametrize("prompts", [PLAIN, WEIGHTED], ids=["plain", "weighted"])
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl_model"])
+def test_cuda_pipeline_runs_fp16_and_keeps_seeds_reproducible(request, model, prompts):
+    pipeline = TextToImage.load(str(request.getfixturevalue(model)), "auto")
     assert pipeline.device.type == "cuda"
     assert pipeline.pipe.unet.dtype == torch.float16
     spec = JobSpec(
-        job_id="gpu", model="m", prompt="a lighthouse", negative_prompt=None, width=512, height=512,
-        steps=20, cfg_scale=7, samples=2, seed=42, sampler="K_EULER",
+        job_id="gpu", model="m", prompts=prompts, width=512, height=512, steps=20, cfg_scale=7, samples=2,
+        seed=42, sampler="K_DPMPP_2M_KARRAS",
     )  # fmt: skip
     first, again = pipeline.generate(spec), pipeline.generate(spec)
     assert [image.size for image in first] == [(512, 512)] * 2
