@@ -9,7 +9,8 @@ import torch
 
 from worker.pipeline import TextToImage
 from worker.schedulers import SCHEDULERS, make_scheduler
-from worker.tiny_model import build_tiny_model, build_tokenizer, bytes_to_unicode, learn_merges
+from worker.tiny_model import build_tiny_model
+from worker.tiny_tokenizer import build_tokenizer, bytes_to_unicode, learn_merges
 
 
 def digest(directory):
