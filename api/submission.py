@@ -13,13 +13,24 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from latentq.contract import GENERATE_TASK, MAX_SEED, GenerateRequest, JobSpec, WeightedPrompt
+from api.image_jobs import Inputs, check_task, read_inputs, request_task, store_inputs, upscale_size
+from api.images import decode_base64, open_image
+from latentq.contract import (
+    GENERATE_TASK,
+    MAX_SEED,
+    GenerateRequest,
+    JobSpec,
+    OutputFormat,
+    UpscaleRequest,
+    WeightedPrompt,
+)
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecords
 from latentq.keys import queue_name
 from latentq.models import ModelRegistry, ModelSpec, size_problem
 from latentq.presets import apply_style, style_presets
 from latentq.settings import ApiSettings
+from latentq.storage import ImageStore
 
 
 def resolve_model(registry: ModelRegistry, model_id: str | None) -> ModelSpec:
@@ -66,12 +77,19 @@ def request_prompts(request: GenerateRequest) -> list[WeightedPrompt]:
     return prompts
 
 
-def build_spec(request: GenerateRequest, model: ModelSpec) -> JobSpec:
-    """Resolve ``request`` for ``model``: fill defaults, check sizes, apply the style, pick a seed."""
+def build_spec(request: GenerateRequest, model: ModelSpec, inputs: Inputs | None = None) -> JobSpec:
+    """Resolve ``request`` for ``model``: fill defaults, check sizes, apply the style, pick a seed.
+
+    ``inputs`` are its decoded images (image-to-image, masking): they set the output size.
+    """
+    inputs = inputs or Inputs()
     defaults = model.defaults
-    width = request.width if request.width is not None else defaults.width
-    height = request.height if request.height is not None else defaults.height
-    check_size(model, width, height)
+    if inputs.size:
+        width, height = inputs.size
+    else:
+        width = request.width if request.width is not None else defaults.width
+        height = request.height if request.height is not None else defaults.height
+        check_size(model, width, height)
     prompts = request_prompts(request)
     if request.style_preset is not None:
         if request.style_preset not in style_presets():
@@ -95,7 +113,21 @@ def build_spec(request: GenerateRequest, model: ModelSpec) -> JobSpec:
         sampler=request.sampler or defaults.sampler,
         style_preset=request.style_preset,
         output_format=request.output_format,
+        task=inputs.task,
+        strength=inputs.strength,
+        schedule_end=inputs.schedule_end,
     )
+
+
+def build_upscale_spec(model: ModelSpec, size: tuple[int, int], output_format: OutputFormat) -> JobSpec:
+    """Return the spec of an upscale to ``size`` on ``model`` (its input image is stored separately)."""
+    defaults = model.defaults
+    return JobSpec(
+        job_id=str(uuid.uuid4()), model=model.id, prompts=[WeightedPrompt(text="", weight=1.0)],
+        width=size[0], height=size[1], steps=defaults.steps, cfg_scale=defaults.cfg_scale, samples=1,
+        seed=secrets.randbelow(MAX_SEED) + 1, sampler=defaults.sampler, output_format=output_format,
+        task="upscale",
+    )  # fmt: skip
 
 
 def enqueue_job(spec: JobSpec, settings: ApiSettings, redis: Redis, records: JobRecords) -> str:
@@ -117,3 +149,29 @@ def enqueue_job(spec: JobSpec, settings: ApiSettings, redis: Redis, records: Job
         created_at = records.create(spec, pipeline)
         pipeline.execute()
     return created_at
+
+
+def prepare_job(request: GenerateRequest, registry: ModelRegistry, store: ImageStore) -> JobSpec:
+    """Resolve ``request`` into a job spec, its input images checked and stored; nothing is queued yet."""
+    task = request_task(request)
+    model = resolve_model(registry, request.model)
+    check_task(model, task, registry)
+    inputs = read_inputs(request, model, task)
+    return store_inputs(build_spec(request, model, inputs), inputs, store)
+
+
+def prepare_upscale(request: UpscaleRequest, registry: ModelRegistry, store: ImageStore) -> JobSpec:
+    """Resolve an upscale request into a job spec, its image checked and stored."""
+    if request.model is None:
+        upscalers = [model for model in registry.models.values() if "upscale" in model.tasks]
+        if not upscalers:
+            raise LatentqError.for_field("invalid_model", "model", "model: no upscale model is registered")
+        model = upscalers[0]
+    else:
+        model = resolve_model(registry, request.model)
+        check_task(model, "upscale", registry)
+    image = open_image(decode_base64(request.image, "image"), "image", model.limits.max_pixels).convert("RGB")
+    spec = build_upscale_spec(
+        model, upscale_size(image, request.width, request.height, model), request.output_format
+    )
+    return store_inputs(spec, Inputs({"init": image}, "upscale"), store)

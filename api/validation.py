@@ -7,10 +7,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from api.images import MAX_IMAGE_BYTES
 from latentq.errors import ERRORS, LatentqError
 
-#: Largest request body accepted, bytes (JSON requests; uploads get their own limit).
-MAX_JSON_BODY_BYTES = 1_000_000
+#: Largest JSON request body accepted, bytes: room for two base64 images of the upload limit.
+MAX_JSON_BODY_BYTES = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1_000_000
 
 Model = TypeVar("Model", bound=BaseModel)
 

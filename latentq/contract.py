@@ -29,6 +29,13 @@ SAMPLERS: tuple[str, ...] = Sampler.__args__  # type: ignore[attr-defined]
 #: Image file formats a job can produce.
 OutputFormat = Literal["png", "jpeg", "webp"]
 
+#: What a job does: draw from text, redraw an image, repaint a masked part of it, or enlarge it.
+Task = Literal["text-to-image", "image-to-image", "masking", "upscale"]
+#: How an init image's influence is given (Stability v1's modes).
+InitImageMode = Literal["IMAGE_STRENGTH", "STEP_SCHEDULE"]
+#: Where a mask comes from (Stability v1): white or black pixels of a mask image, or the init image's alpha.
+MaskSource = Literal["MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA"]
+
 #: Largest seed; 0 asks the service to choose one.
 MAX_SEED = 4_294_967_295
 
@@ -117,6 +124,44 @@ class GenerateRequest(BaseModel):
     sampler: Sampler | None = Field(None, description="Sampler (diffusers scheduler); omitted: the model's.")
     style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
     output_format: OutputFormat = Field("png", description="File format of the images.")
+    init_image: str | None = Field(
+        None, description="Base64 PNG, JPEG or WebP to start from (image-to-image); sets the output size."
+    )
+    init_image_mode: InitImageMode = Field(
+        "IMAGE_STRENGTH", description="How the init image's influence is given."
+    )
+    image_strength: float | None = Field(
+        None, ge=0, le=1, description="IMAGE_STRENGTH: 1 keeps the init image, 0 ignores it; default 0.35."
+    )
+    step_schedule_start: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="STEP_SCHEDULE: share of the schedule run, from the noisy end; default 0.65.",
+    )
+    step_schedule_end: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="STEP_SCHEDULE: share of the schedule left unrun at the clean end; default 0.",
+    )
+    mask_source: MaskSource | None = Field(None, description="Masking: where the mask comes from.")
+    mask_image: str | None = Field(
+        None,
+        description="Base64 mask (MASK_IMAGE_WHITE/BLACK), the init image's size; grey = partial repaint.",
+    )
+
+
+class UpscaleRequest(BaseModel):
+    """Body of ``POST /v1/upscale``: enlarge one image. Give ``width`` or ``height``, or neither (x2)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = Field(None, description="A registered upscale model; omitted: the first one.")
+    image: str = Field(description="Base64 PNG, JPEG or WebP to enlarge.")
+    width: int | None = Field(None, ge=1, description="Output width, pixels (keeps the aspect ratio).")
+    height: int | None = Field(None, ge=1, description="Output height, pixels (keeps the aspect ratio).")
+    output_format: OutputFormat = Field("png", description="File format of the image.")
 
 
 class JobSpec(BaseModel):
@@ -138,6 +183,15 @@ class JobSpec(BaseModel):
     sampler: Sampler
     style_preset: str | None = None
     output_format: OutputFormat = "png"
+    task: Task = "text-to-image"
+    #: Object keys of the job's input images, stored by the API (already decoded and checked).
+    init_image_key: str | None = None
+    #: A greyscale mask, white = repaint fully, black = keep (normalised by the API whatever the source).
+    mask_image_key: str | None = None
+    #: Share of the noise schedule run (diffusers' ``strength``; Stability's step_schedule_start).
+    strength: float | None = None
+    #: Share of the schedule left unrun at the clean end (Stability's step_schedule_end).
+    schedule_end: float = 0.0
 
     def image_seeds(self) -> list[int]:
         """Return the seed of each image: image i uses seed + i, wrapping past MAX_SEED to 1."""

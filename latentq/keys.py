@@ -26,6 +26,11 @@ def image_object_key(job_id: str, index: int, extension: str = "png") -> str:
     return f"{job_id}/{index}.{extension}"
 
 
+def input_object_key(job_id: str, name: str) -> str:
+    """Return the S3 object key of a job's input image ``name`` (``init``, ``mask``), stored as PNG."""
+    return f"{job_id}/inputs/{name}.png"
+
+
 def rq_job_key(job_id: str) -> str:
     """Return the Redis key of RQ's own hash for ``job_id`` (same id as our record)."""
     return Job.key_for(job_id)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latentq.contract import Sampler
+from latentq.contract import Sampler, Task
 
 #: Registry shipped with latentq: the embedded tiny models.
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -25,7 +25,19 @@ EMBEDDED_PREFIX = "embedded:"
 #: Model ids are used in queue names and URLs.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
-Family = Literal["sd1", "sd2", "sdxl", "turbo"]
+#: Pipeline families: four that draw (text-to-image, image-to-image, masking) and two that
+#: upscale: diffusers' x4 upscaler, and a plain Lanczos resampler that loads no weights.
+Family = Literal["sd1", "sd2", "sdxl", "turbo", "upscaler-x4", "resampler"]
+
+#: Source of a model that needs no weights (the resampler).
+BUILTIN_SOURCE = "builtin"
+
+#: Most pixels an upscaled image may have (Stability's limit).
+MAX_UPSCALE_PIXELS = 4_194_304
+
+_DRAWING = ("text-to-image", "image-to-image", "masking")
+_UPSCALE_LIMITS = {"min_side": 1, "max_side": MAX_UPSCALE_PIXELS, "multiple": 1, "min_pixels": 1,
+                   "max_pixels": MAX_UPSCALE_PIXELS}  # fmt: skip
 
 #: SDXL's trained resolutions (width, height), as Stability documents them for its SDXL engines.
 SDXL_SIZES = (
@@ -39,11 +51,11 @@ class ModelLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_side: int = Field(64, ge=8)
+    min_side: int = Field(64, ge=1)
     max_side: int = Field(2048, ge=8)
     #: Width and height must be multiples of this (the VAE's factor is 8).
     multiple: int = Field(8, ge=1)
-    min_pixels: int = Field(262_144, ge=64)
+    min_pixels: int = Field(262_144, ge=1)
     max_pixels: int = Field(1_048_576, ge=64)
     #: When set, only these (width, height) pairs are accepted.
     sizes: tuple[tuple[int, int], ...] | None = None
@@ -67,13 +79,23 @@ FAMILY_LIMITS: dict[str, dict[str, Any]] = {
     "sd2": {"min_side": 128, "min_pixels": 262_144, "max_pixels": 1_048_576},
     "sdxl": {"min_side": 512, "min_pixels": 262_144, "max_pixels": 1_048_576, "sizes": SDXL_SIZES},
     "turbo": {"min_side": 256, "min_pixels": 65_536, "max_pixels": 1_048_576},
+    # Upscalers' limits are on the output; inputs may be any size under them.
+    "upscaler-x4": _UPSCALE_LIMITS,
+    "resampler": _UPSCALE_LIMITS,
 }
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd1": {},
     "sd2": {},
     "sdxl": {"width": 1024, "height": 1024},
     "turbo": {"steps": 1, "cfg_scale": 0.0, "sampler": "K_EULER_ANCESTRAL"},
+    # The x4 upscaler's own scheduler settings (DDIM, v-prediction); the resampler ignores them.
+    "upscaler-x4": {"steps": 20, "cfg_scale": 9.0, "sampler": "DDIM"},
+    "resampler": {},
 }
+FAMILY_TASKS: dict[str, tuple[str, ...]] = {
+    "sd1": _DRAWING, "sd2": _DRAWING, "sdxl": _DRAWING, "turbo": _DRAWING,
+    "upscaler-x4": ("upscale",), "resampler": ("upscale",),
+}  # fmt: skip
 
 
 class ModelSpec(BaseModel):
@@ -87,6 +109,8 @@ class ModelSpec(BaseModel):
     #: A local diffusers folder, a hub id, or ``embedded:<name>`` for a model the worker builds.
     source: str = Field(min_length=1)
     family: Family
+    #: What the model does; default: the family's. A dedicated inpainting checkpoint: ["masking"].
+    tasks: tuple[Task, ...] = ()
     limits: ModelLimits
     defaults: ModelDefaults
 
@@ -103,6 +127,7 @@ class ModelSpec(BaseModel):
             if isinstance(given, dict):
                 data[key] = {**base, **given}
         data.setdefault("name", data.get("id", ""))
+        data["tasks"] = data.get("tasks") or FAMILY_TASKS[family]
         return data
 
     @model_validator(mode="after")

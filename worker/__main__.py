@@ -20,7 +20,7 @@ from latentq.models import ModelRegistry, ModelSpec
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import ImageStore
 from worker import runtime
-from worker.pipeline import TextToImage
+from worker.pipeline import Resampler, Upscaler, WarmPipeline
 from worker.rq_worker import WarmWorker
 from worker.tiny_model import BUILDERS, ensure_tiny_model
 
@@ -45,9 +45,15 @@ def model_source(model: ModelSpec, settings: WorkerSettings) -> str:
     return str(ensure_tiny_model(settings.embedded_model_dir / model.embedded_name, model.embedded_name))
 
 
-def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> TextToImage:
-    """Load ``model`` and warm it up."""
-    pipeline = TextToImage.load(model_source(model, settings), settings.device)
+def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | Upscaler | Resampler:
+    """Load ``model`` with the wrapper of its family and warm it up."""
+    pipeline: WarmPipeline | Upscaler | Resampler
+    if model.family == "resampler":
+        pipeline = Resampler()
+    elif model.family == "upscaler-x4":
+        pipeline = Upscaler.load(model_source(model, settings), settings.device)
+    else:
+        pipeline = WarmPipeline.load(model_source(model, settings), settings.device)
     if settings.warmup:
         log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up())
     return pipeline

@@ -1,4 +1,4 @@
-"""The pipeline wrapper: loads a diffusers text-to-image pipeline and runs one job's sampling.
+"""The pipeline wrappers: load a model's diffusers pipelines and run one job's sampling.
 
 With ``prompts`` and ``schedulers`` beside it, the only modules that touch torch and diffusers.
 """
@@ -6,14 +6,22 @@ With ``prompts`` and ``schedulers`` beside it, the only modules that touch torch
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
 import torch
-from diffusers import AutoPipelineForText2Image
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+)
+from PIL import Image as PILImage
 from PIL.Image import Image
 
 from latentq.contract import JobSpec, WeightedPrompt
+from latentq.models import MAX_UPSCALE_PIXELS
 from worker.prompts import prompt_arguments
 from worker.schedulers import make_scheduler
 
@@ -27,53 +35,165 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class TextToImage:
-    """A warm text-to-image pipeline; ``generate`` runs one job's sampling."""
+def load_pretrained(loader: Any, source: str, device: str) -> tuple[Any, torch.device]:
+    """Load ``source`` (a folder or hub id) with ``loader``: fp16 on CUDA, fp32 on CPU."""
+    target = resolve_device(device)
+    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    started = time.perf_counter()
+    pipe = loader.from_pretrained(source, torch_dtype=dtype).to(target)
+    pipe.set_progress_bar_config(disable=True)
+    log.info("loaded %s (%s) on %s %s in %.1f s", source, type(pipe).__name__, target, dtype,
+             time.perf_counter() - started)  # fmt: skip
+    return pipe, target
+
+
+def generators_for(spec: JobSpec) -> Any:
+    """One ``torch.Generator("cpu")`` per image, seeded seed + i; a lone one (not a list) for one image,
+    so a single image matches plain diffusers."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in spec.image_seeds()]
+    return generators[0] if len(generators) == 1 else generators
+
+
+def stop_after(loop_steps: int) -> Any:
+    """Return a step-end callback that ends denoising after ``loop_steps`` iterations (the latents
+    reached so far are decoded): how a step schedule's end is honoured."""
+
+    def callback(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
+        if index + 1 >= loop_steps:
+            pipe._interrupt = True
+        return tensors
+
+    return callback
+
+
+class WarmPipeline:
+    """A warm Stable Diffusion model: text-to-image, and image-to-image and inpainting pipelines
+    made from the same components (``from_pipe``: no second copy of the weights)."""
 
     def __init__(self, pipe: Any, device: torch.device) -> None:
-        self.pipe = pipe
         self.device = device
+        self.pipes = {
+            "text-to-image": pipe,
+            "image-to-image": AutoPipelineForImage2Image.from_pipe(pipe),
+            "masking": AutoPipelineForInpainting.from_pipe(pipe),
+        }
+        for derived in self.pipes.values():
+            derived.set_progress_bar_config(disable=True)
         # Kept from load time: every job builds its scheduler from the model's own config.
         self.scheduler_config = pipe.scheduler.config
 
-    @classmethod
-    def load(cls, model: str, device: str = "auto") -> TextToImage:
-        """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
-        target = resolve_device(device)
-        dtype = torch.float16 if target.type == "cuda" else torch.float32
-        started = time.perf_counter()
-        pipe = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=dtype)
-        pipe = pipe.to(target)
-        pipe.set_progress_bar_config(disable=True)
-        log.info("loaded %s (%s) on %s %s in %.1f s", model, type(pipe).__name__, target, dtype,
-                 time.perf_counter() - started)  # fmt: skip
-        return cls(pipe, target)
+    @property
+    def pipe(self) -> Any:
+        """The text-to-image pipeline."""
+        return self.pipes["text-to-image"]
 
-    def generate(self, spec: JobSpec) -> list[Image]:
-        """Run sampling for ``spec``; image i uses ``torch.Generator("cpu").manual_seed(seed + i)``."""
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in spec.image_seeds()]
-        self.pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
+    @classmethod
+    def load(cls, model: str, device: str = "auto") -> WarmPipeline:
+        """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
+        return cls(*load_pretrained(AutoPipelineForText2Image, model, device))
+
+    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
+        """Run sampling for ``spec`` with its input images (``init``, ``mask``)."""
+        pipe = self.pipes[spec.task]
+        pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
+        common = {
+            **prompt_arguments(pipe, spec.prompts),
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.cfg_scale,
+            "num_images_per_prompt": spec.samples,
+            "generator": generators_for(spec),
+            "output_type": "pil",
+        }
         with torch.inference_mode():
-            result = self.pipe(
-                **prompt_arguments(self.pipe, spec.prompts),
-                width=spec.width,
-                height=spec.height,
-                num_inference_steps=spec.steps,
-                guidance_scale=spec.cfg_scale,
-                num_images_per_prompt=spec.samples,
-                # A lone generator, not a list of one, so a single image matches plain diffusers.
-                generator=generators[0] if len(generators) == 1 else generators,
-                output_type="pil",
-            )
-        return list(result.images)
+            if spec.task == "image-to-image":
+                return self._image_to_image(pipe, spec, inputs["init"], common)
+            if spec.task == "masking":
+                return self._masking(pipe, spec, inputs["init"], inputs["mask"], common)
+            return list(pipe(width=spec.width, height=spec.height, **common).images)
+
+    def _image_to_image(self, pipe: Any, spec: JobSpec, init: Image, common: dict) -> list[Image]:
+        strength = spec.strength if spec.strength is not None else 1.0
+        run = min(int(spec.steps * strength), spec.steps)  # diffusers' count of steps run
+        if run < 1:  # nothing to denoise: the init image itself
+            return [init.copy() for _ in range(spec.samples)]
+        keep = max(1, run - int(spec.steps * spec.schedule_end))
+        callback = stop_after(keep * pipe.scheduler.order) if keep < run else None
+        return list(pipe(image=init, strength=strength, callback_on_step_end=callback, **common).images)
+
+    def _masking(self, pipe: Any, spec: JobSpec, init: Image, mask: Image, common: dict) -> list[Image]:
+        result = pipe(
+            image=init, mask_image=mask, width=spec.width, height=spec.height, strength=1.0, **common
+        )
+        # The mask is the strength of generation per pixel: black pixels keep the init image exactly.
+        return [PILImage.composite(image, init, mask) for image in result.images]
 
     def warm_up(self) -> float:
         """Run one small generation so the first job is not slow; return its seconds."""
         started = time.perf_counter()
         spec = JobSpec(
             job_id="warm-up", model="warm-up", prompts=[WeightedPrompt(text="warm-up", weight=1.0)],
-            width=64, height=64,
-            steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER",
+            width=64, height=64, steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER",
         )  # fmt: skip
-        self.generate(spec)
+        self.generate(spec, {})
         return time.perf_counter() - started
+
+
+class Upscaler:
+    """A diffusion upscaler (diffusers' ``StableDiffusionUpscalePipeline``, x4)."""
+
+    #: The model's scale factor.
+    FACTOR = 4
+
+    def __init__(self, pipe: Any, device: torch.device) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.scheduler_config = pipe.scheduler.config
+
+    @classmethod
+    def load(cls, model: str, device: str = "auto") -> Upscaler:
+        """Load the upscaler ``model``: fp16 on CUDA, fp32 on CPU."""
+        return cls(*load_pretrained(DiffusionPipeline, model, device))
+
+    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
+        """Upscale the init image x4 (shrunk first if x4 would pass the output limit), then resample
+        to the requested size."""
+        low = inputs["init"]
+        shrink = min(1.0, math.sqrt(MAX_UPSCALE_PIXELS / (self.FACTOR**2 * low.width * low.height)))
+        # The upscaler's UNet wants sides in multiples of 8.
+        size = (max(8, round(low.width * shrink / 8) * 8), max(8, round(low.height * shrink / 8) * 8))
+        if size != low.size:
+            low = low.resize(size, PILImage.Resampling.LANCZOS)
+        self.pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
+        with torch.inference_mode():
+            image = self.pipe(
+                **prompt_arguments(self.pipe, spec.prompts), image=low, num_inference_steps=spec.steps,
+                guidance_scale=spec.cfg_scale, generator=generators_for(spec), output_type="pil",
+            ).images[0]  # fmt: skip
+        return [resample(image, (spec.width, spec.height))]
+
+    def warm_up(self) -> float:
+        """Run one small upscale so the first job is not slow; return its seconds."""
+        started = time.perf_counter()
+        spec = JobSpec(
+            job_id="warm-up", model="warm-up", prompts=[WeightedPrompt(text="", weight=1.0)], width=64,
+            height=64, steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="DDIM", task="upscale",
+        )  # fmt: skip
+        self.generate(spec, {"init": PILImage.new("RGB", (16, 16))})
+        return time.perf_counter() - started
+
+
+class Resampler:
+    """The non-diffusion upscaler: Lanczos resampling, no weights, no GPU."""
+
+    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
+        """Resample the init image to the requested size."""
+        return [resample(inputs["init"], (spec.width, spec.height))]
+
+    def warm_up(self) -> float:
+        """Nothing to warm up."""
+        return 0.0
+
+
+def resample(image: Image, size: tuple[int, int]) -> Image:
+    """Return ``image`` at ``size`` (Lanczos), or itself when it already is."""
+    return image if image.size == size else image.resize(size, PILImage.Resampling.LANCZOS)

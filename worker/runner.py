@@ -6,9 +6,11 @@ so RQ's registries tell the same story.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
+from PIL import Image as PILImage
 from PIL.Image import Image
 from rq.timeouts import JobTimeoutException
 
@@ -30,7 +32,7 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
     try:
-        images = pipeline_for(runtime, spec.model).generate(spec)
+        images = pipeline_for(runtime, spec.model).generate(spec, load_inputs(runtime.store, spec))
         stored = store_images(runtime.store, spec, images)
     except BaseException as error:
         job_error = classify_error(error)
@@ -48,6 +50,17 @@ def pipeline_for(runtime: Runtime, model: str) -> ImagePipeline:
     if model not in runtime.pipelines:
         raise LookupError(f"this worker serves {sorted(runtime.pipelines)}, not model '{model}'")
     return runtime.pipelines[model]
+
+
+def load_inputs(store: ObjectStore, spec: JobSpec) -> dict[str, Image]:
+    """Return the job's input images (checked and stored as PNG by the API), by name."""
+    keys = {"init": spec.init_image_key, "mask": spec.mask_image_key}
+    images = {}
+    for name, key in keys.items():
+        if key is not None:
+            image = PILImage.open(io.BytesIO(store.get(key)))
+            images[name] = image.convert("L" if name == "mask" else "RGB")
+    return images
 
 
 def store_images(store: ObjectStore, spec: JobSpec, images: list[Image]) -> list[StoredImage]:

@@ -14,8 +14,8 @@ from latentq.jobs import JobRecords
 class ImagePipeline(Protocol):
     """What the job loop needs of a pipeline."""
 
-    def generate(self, spec: JobSpec) -> list[Image]:
-        """Return the images for ``spec``."""
+    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
+        """Return the images for ``spec``, given its input images by name (``init``, ``mask``)."""
         ...
 
 
@@ -24,6 +24,10 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` under ``key``."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Return the bytes stored under ``key``."""
         ...
 
 

@@ -24,38 +24,39 @@ BUILD_SEED = 0
 COMPLETE_MARKER = "model_index.json"
 
 
-def _tiny_vae():  # -> AutoencoderKL
+def _tiny_vae(blocks: int = 4, **config):  # -> AutoencoderKL
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        # Four blocks give the SD VAE's spatial factor of 2**3 = 8.
-        block_out_channels=(32, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        # Four blocks give the SD VAE's spatial factor of 2**3 = 8 (three: the x4 upscaler's 4).
+        block_out_channels=(32,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=32,
         sample_size=512,
+        **config,
     )
 
 
 def _tiny_unet(**architecture):  # -> UNet2DConditionModel
-    """Return a two-level UNet (one plain, one cross-attention block) with ``architecture`` added."""
+    """Return a two-level UNet (one plain, one cross-attention block); ``architecture`` adds or overrides."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=32,
-        **architecture,
-    )
+    config = {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 32,
+    }
+    return UNet2DConditionModel(**(config | architecture))
 
 
 def _tiny_text_encoder(tokenizer, with_projection: bool = False):  # -> CLIPTextModel(WithProjection)
@@ -156,8 +157,50 @@ def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
     )
 
 
+def build_sd_inpainting_pipeline():  # -> StableDiffusionInpaintPipeline
+    """Return a tiny dedicated inpainting checkpoint: the SD 1.x UNet with 9 input channels
+    (latents, the masked image's latents, the mask), as SD's inpainting models have."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    base = build_sd_pipeline()
+    torch.manual_seed(BUILD_SEED)
+    unet = _tiny_unet(in_channels=9, cross_attention_dim=32, attention_head_dim=8)
+    return StableDiffusionInpaintPipeline(**{**base.components, "unet": unet})
+
+
+def build_x4_upscaler_pipeline():  # -> StableDiffusionUpscalePipeline
+    """Return a tiny x4 diffusion upscaler shaped like ``stable-diffusion-x4-upscaler``: a UNet fed the
+    latents and the low-resolution image (7 channels) with a noise-level class embedding, a VAE
+    with spatial factor 4, v-prediction DDIM sampling."""
+    import torch
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(BUILD_SEED)
+    unet = _tiny_unet(in_channels=7, cross_attention_dim=32, attention_head_dim=8, num_class_embeds=1000)
+    torch.manual_seed(BUILD_SEED)
+    vae = _tiny_vae(blocks=3, scaling_factor=0.08333)
+    torch.manual_seed(BUILD_SEED)
+    text_encoder = _tiny_text_encoder(tokenizer)
+    # The x4 upscaler's schedulers.
+    scheduler = DDIMScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", prediction_type="v_prediction"
+    )
+    low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
+    return StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        low_res_scheduler=low_res_scheduler, max_noise_level=350,
+    )  # fmt: skip
+
+
 #: Embedded models by the name an ``embedded:<name>`` source gives.
-BUILDERS = {"tiny-sd": build_sd_pipeline, "tiny-sdxl": build_sdxl_pipeline}
+BUILDERS = {
+    "tiny-sd": build_sd_pipeline,
+    "tiny-sdxl": build_sdxl_pipeline,
+    "tiny-sd-inpainting": build_sd_inpainting_pipeline,
+    "tiny-x4-upscaler": build_x4_upscaler_pipeline,
+}
 
 
 def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:

@@ -6,13 +6,15 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from redis import Redis
 
 from api.deps import ApiKeyDep, ImageStoreDep, JobRecordsDep, RedisDep, RegistryDep, SettingsDep
-from api.submission import build_spec, enqueue_job, resolve_model
+from api.submission import enqueue_job, prepare_job, prepare_upscale
 from api.validation import json_body_openapi, parse_body
-from latentq.contract import GenerateRequest, ImagePublic, JobPublic, JobSpec, JobStatus
+from latentq.contract import GenerateRequest, ImagePublic, JobPublic, JobSpec, JobStatus, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.jobs import JobRecord
+from latentq.jobs import JobRecord, JobRecords
+from latentq.settings import ApiSettings
 from latentq.storage import ImageStore
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -46,9 +48,42 @@ def submit_generate(
     registry: RegistryDep,
     redis: RedisDep,
     records: JobRecordsDep,
+    store: ImageStoreDep,
 ) -> JobPublic:
-    """Queue a text-to-image job; answer 202 with the job and its ``Location``."""
-    spec = build_spec(body, resolve_model(registry, body.model))
+    """Queue a text-to-image, image-to-image or masking job; answer 202 with the job and its ``Location``."""
+    return queued(prepare_job(body, registry, store), response, settings, redis, records)
+
+
+async def read_upscale_request(request: Request) -> UpscaleRequest:
+    """Parse the body as an ``UpscaleRequest``."""
+    return parse_body(UpscaleRequest, await request.body())
+
+
+@router.post(
+    "/upscale",
+    status_code=202,
+    response_model=JobPublic,
+    responses={**_ERROR_RESPONSES, 400: {"description": "Invalid request: the error names the field"}},
+    openapi_extra=json_body_openapi(UpscaleRequest),
+)
+def submit_upscale(
+    body: Annotated[UpscaleRequest, Depends(read_upscale_request)],
+    response: Response,
+    _key: ApiKeyDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    redis: RedisDep,
+    records: JobRecordsDep,
+    store: ImageStoreDep,
+) -> JobPublic:
+    """Queue an upscale job; answer 202 with the job and its ``Location``."""
+    return queued(prepare_upscale(body, registry, store), response, settings, redis, records)
+
+
+def queued(
+    spec: JobSpec, response: Response, settings: ApiSettings, redis: Redis, records: JobRecords
+) -> JobPublic:
+    """Enqueue ``spec``; return its public view and set the ``Location`` header."""
     created_at = enqueue_job(spec, settings, redis, records)
     response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
     return JobPublic(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentq.contract import JobSpec, WeightedPrompt
-from worker.pipeline import TextToImage
+from worker.pipeline import WarmPipeline
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
@@ -19,7 +19,7 @@ WEIGHTED = [WeightedPrompt(text="lighthouse " * 90, weight=1.0), WeightedPrompt(
 @pytest.mark.parametrize("prompts", [PLAIN, WEIGHTED], ids=["plain", "weighted"])
 @pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl_model"])
 def test_cuda_pipeline_runs_fp16_and_keeps_seeds_reproducible(request, model, prompts):
-    pipeline = TextToImage.load(str(request.getfixturevalue(model)), "auto")
+    pipeline = WarmPipeline.load(str(request.getfixturevalue(model)), "auto")
     assert pipeline.device.type == "cuda"
     assert pipeline.pipe.unet.dtype == torch.float16
     spec = JobSpec(

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from worker.pipeline import TextToImage
+from worker.pipeline import WarmPipeline
 from worker.schedulers import SCHEDULERS, make_scheduler
 from worker.tiny_model import build_tiny_model
 from worker.tiny_tokenizer import build_tokenizer, bytes_to_unicode, learn_merges
@@ -22,7 +22,7 @@ def digest(directory):
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_model):
-    return TextToImage.load(str(tiny_model), "cpu")
+    return WarmPipeline.load(str(tiny_model), "cpu")
 
 
 def test_build_is_byte_for_byte_reproducible(tiny_model, tmp_path):
@@ -36,7 +36,7 @@ def test_sdxl_build_is_reproducible_and_loads_as_sdxl(tiny_sdxl_model, tmp_path)
     again = build_tiny_model(tmp_path / "again", "tiny-sdxl")
     assert digest(again) == digest(tiny_sdxl_model)
     assert {"text_encoder_2/model.safetensors", "tokenizer_2/vocab.json"} <= set(digest(again))
-    pipeline = TextToImage.load(str(again), "cpu")
+    pipeline = WarmPipeline.load(str(again), "cpu")
     assert type(pipeline.pipe).__name__ == "StableDiffusionXLPipeline"
     assert pipeline.pipe.unet.config.addition_embed_type == "text_time"
 
