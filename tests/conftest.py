@@ -65,6 +65,22 @@ def tiny_model(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inpainting_model(models_dir: Path) -> Path:
+    """The embedded 9-channel inpainting model (``tiny-sd-inpainting``)."""
+    from worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(models_dir / "tiny-sd-inpainting", "tiny-sd-inpainting")
+
+
+@pytest.fixture(scope="session")
+def tiny_upscaler_model(models_dir: Path) -> Path:
+    """The embedded x4 upscaler (``tiny-x4-upscaler``)."""
+    from worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(models_dir / "tiny-x4-upscaler", "tiny-x4-upscaler")
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_model(models_dir: Path) -> Path:
     """The embedded SDXL model (``tiny-sdxl``), built once for the session."""
     from worker.tiny_model import build_tiny_model
@@ -98,7 +114,7 @@ def worker_env(redis_server: RedisServer, s3_server: S3Server, models_dir: Path,
     """Return the environment of a worker serving ``model_id`` from the session's embedded models."""
     return service_env(
         redis_server, s3_server, embedded_model_dir=str(models_dir), worker_models=model_id,
-        heartbeat_interval_s="1", worker_name=f"test-worker-{model_id}", **settings,
+        heartbeat_interval_s="1", worker_name=f"test-worker-{model_id.split(',')[0]}", **settings,
     )  # fmt: skip
 
 
@@ -115,6 +131,17 @@ def sdxl_worker(redis_server, s3_server, models_dir, tiny_sdxl_model, tmp_path_f
     """A second worker, serving ``tiny-sdxl`` only, for the whole session."""
     env = worker_env(redis_server, s3_server, models_dir, "tiny-sdxl")
     with running_worker(env, tmp_path_factory.mktemp("logs") / "sdxl-worker.log", "tiny-sdxl") as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def image_worker(
+    redis_server, s3_server, models_dir, tiny_inpainting_model, tiny_upscaler_model, tmp_path_factory
+) -> Iterator[Process]:
+    """A worker serving the inpainting checkpoint and both upscalers, for the whole session."""
+    env = worker_env(redis_server, s3_server, models_dir, "tiny-sd-inpainting,tiny-x4-upscaler,lanczos")
+    log = tmp_path_factory.mktemp("logs") / "image-worker.log"
+    with running_worker(env, log, "tiny-x4-upscaler") as process:
         yield process
 
 

@@ -55,7 +55,7 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
     else:
         pipeline = WarmPipeline.load(model_source(model, settings), settings.device)
     if settings.warmup:
-        log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up())
+        log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up(model.tasks[0]))
     return pipeline
 
 

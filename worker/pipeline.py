@@ -20,7 +20,7 @@ from diffusers import (
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from latentq.contract import JobSpec, WeightedPrompt
+from latentq.contract import JobSpec, Task, WeightedPrompt
 from latentq.models import MAX_UPSCALE_PIXELS
 from worker.prompts import prompt_arguments
 from worker.schedulers import make_scheduler
@@ -127,14 +127,16 @@ class WarmPipeline:
         # The mask is the strength of generation per pixel: black pixels keep the init image exactly.
         return [PILImage.composite(image, init, mask) for image in result.images]
 
-    def warm_up(self) -> float:
-        """Run one small generation so the first job is not slow; return its seconds."""
+    def warm_up(self, task: Task = "text-to-image") -> float:
+        """Run one small ``task`` job so the first job is not slow; return its seconds."""
         started = time.perf_counter()
         spec = JobSpec(
             job_id="warm-up", model="warm-up", prompts=[WeightedPrompt(text="warm-up", weight=1.0)],
-            width=64, height=64, steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER",
+            width=64, height=64, steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER", task=task,
+            strength=1.0,
         )  # fmt: skip
-        self.generate(spec, {})
+        inputs = {"init": PILImage.new("RGB", (64, 64)), "mask": PILImage.new("L", (64, 64), 255)}
+        self.generate(spec, inputs)
         return time.perf_counter() - started
 
 
@@ -171,7 +173,7 @@ class Upscaler:
             ).images[0]  # fmt: skip
         return [resample(image, (spec.width, spec.height))]
 
-    def warm_up(self) -> float:
+    def warm_up(self, task: Task = "upscale") -> float:
         """Run one small upscale so the first job is not slow; return its seconds."""
         started = time.perf_counter()
         spec = JobSpec(
@@ -189,7 +191,7 @@ class Resampler:
         """Resample the init image to the requested size."""
         return [resample(inputs["init"], (spec.width, spec.height))]
 
-    def warm_up(self) -> float:
+    def warm_up(self, task: Task = "upscale") -> float:
         """Nothing to warm up."""
         return 0.0
 

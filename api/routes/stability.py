@@ -12,13 +12,13 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -31,10 +31,22 @@ from api.deps import (
     SettingsDep,
     check_api_key,
 )
-from api.submission import build_spec, enqueue_job
+from api.stability import (
+    ImageToImageBody,
+    MaskingBody,
+    TextToImageBody,
+    UpscaleBody,
+    check_sides,
+    generate_request,
+    parse_fields,
+    read_form,
+    require_file,
+    upscale_request,
+)
+from api.submission import enqueue_job, prepare_job, prepare_upscale
 from api.validation import json_body_openapi, parse_body, validation_error
 from api.waiting import wait_for_job
-from latentq.contract import MAX_SEED, GenerateRequest, JobSpec, JobStatus, Sampler, StoredImage, TextPrompt
+from latentq.contract import GenerateRequest, JobSpec, JobStatus, StoredImage, UpscaleRequest
 from latentq.errors import LatentqError, stability_name
 from latentq.jobs import JobRecord
 from latentq.settings import ApiSettings
@@ -43,10 +55,6 @@ log = logging.getLogger("latentq.api")
 
 #: Balance reported by ``/v1/user/balance`` until credits exist: effectively unlimited.
 UNLIMITED_CREDITS = 1_000_000_000.0
-
-#: Stability's side rule for text-to-image: multiples of 64, at least 128.
-SIDE_MULTIPLE = 64
-MIN_SIDE = 128
 
 
 def stability_error(error: LatentqError) -> JSONResponse:
@@ -94,96 +102,135 @@ StabilityKeyDep = Annotated[str, Depends(require_stability_key)]
 router = APIRouter(prefix="/v1", tags=["stability-v1"], route_class=StabilityRoute)
 
 
-ClipGuidancePreset = Literal["FAST_BLUE", "FAST_GREEN", "NONE", "SIMPLE", "SLOW", "SLOWER", "SLOWEST"]
+class Generation:
+    """What every generation route needs: settings, registry, Redis (both clients), records, storage."""
+
+    def __init__(
+        self,
+        _key: StabilityKeyDep,
+        settings: SettingsDep,
+        registry: RegistryDep,
+        redis: RedisDep,
+        async_redis: AsyncRedisDep,
+        records: JobRecordsDep,
+        store: ImageStoreDep,
+    ) -> None:
+        self.settings, self.registry, self.redis = settings, registry, redis
+        self.async_redis, self.records, self.store = async_redis, records, store
+
+    def engine(self, engine_id: str) -> str:
+        """Return ``engine_id`` if it is registered; raise Stability's ``not_found`` otherwise."""
+        if self.registry.get(engine_id) is None:
+            raise LatentqError("not_found", f"The specified engine (ID {engine_id}) was not found.")
+        return engine_id
+
+    async def answer(self, ours: GenerateRequest | UpscaleRequest, png: bool) -> Response:
+        """Queue ``ours`` like any job, wait for it, and answer with its images in Stability's shape."""
+        if isinstance(ours, UpscaleRequest):
+            spec = await run_in_threadpool(prepare_upscale, ours, self.registry, self.store)
+        else:
+            if png and ours.samples > 1:
+                raise LatentqError.for_field(
+                    "invalid_samples", "samples",
+                    "samples: Sample count may only be greater than 1 when the accept header is set to "
+                    "`application/json`",
+                )  # fmt: skip
+            spec = await run_in_threadpool(prepare_job, ours, self.registry, self.store)
+        await run_in_threadpool(enqueue_job, spec, self.settings, self.redis, self.records)
+        record = await wait_for_job(self.async_redis, self.records, spec.job_id, self.settings.sync_timeout_s)
+        stored = succeeded(record, spec, self.settings)
+        images = [(image.seed, await run_in_threadpool(self.store.get, image.key)) for image in stored]
+        if png:
+            seed, data = images[0]
+            headers = {"Finish-Reason": "SUCCESS", "Seed": str(seed)}
+            return Response(data, media_type="image/png", headers=headers)
+        artifacts = [
+            {"base64": base64.b64encode(data).decode(), "seed": seed, "finishReason": "SUCCESS"}
+            for seed, data in images
+        ]
+        return JSONResponse({"artifacts": artifacts})
 
 
-class TextToImageBody(BaseModel):
-    """Stability v1's ``TextToImageRequestBody``, plus its later ``style_preset`` and ``extras``."""
+GenerationDep = Annotated[Generation, Depends()]
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"}
+}
 
-    text_prompts: list[TextPrompt] = Field(min_length=1, max_length=16)
-    height: int | None = Field(None, description="Multiple of 64, at least 128; omitted: the engine's.")
-    width: int | None = Field(None, description="Multiple of 64, at least 128; omitted: the engine's.")
-    cfg_scale: float = Field(7.0, ge=0, le=35)
-    clip_guidance_preset: ClipGuidancePreset = Field(
-        "NONE", description="Accepted and ignored: CLIP guidance needs weights latentq does not load."
+
+def multipart_openapi(model: type[BaseModel], files: tuple[str, ...]) -> dict[str, Any]:
+    """Return ``openapi_extra`` documenting a multipart body of ``model``'s fields plus ``files``."""
+    schema = json_body_openapi(model)["requestBody"]["content"]["application/json"]["schema"]
+    schema["properties"].update({name: {"type": "string", "format": "binary"} for name in files})
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+@router.post(
+    "/generation/{engine_id}/text-to-image",
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=json_body_openapi(TextToImageBody),
+)
+async def text_to_image(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+    """Generate images from text prompts and answer with them (Stability's ``textToImage``)."""
+    engine = generation.engine(engine_id)
+    body = parse_body(TextToImageBody, await request.body())
+    check_sides(body)
+    ours = generate_request(engine, body, width=body.width, height=body.height)
+    return await generation.answer(ours, wants_png(request))
+
+
+@router.post(
+    "/generation/{engine_id}/image-to-image",
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=multipart_openapi(ImageToImageBody, ("init_image",)),
+)
+async def image_to_image(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+    """Redraw an init image guided by text prompts (Stability's ``imageToImage``)."""
+    engine = generation.engine(engine_id)
+    fields, files = await read_form(request, ("init_image",))
+    body: ImageToImageBody = parse_fields(ImageToImageBody, fields)
+    schedule = body.model_dump(include={"init_image_mode", "image_strength", "step_schedule_start",
+                                        "step_schedule_end"}, exclude_none=True)  # fmt: skip
+    ours = generate_request(engine, body, init_image=require_file(files, "init_image"), **schedule)
+    return await generation.answer(ours, wants_png(request))
+
+
+@router.post(
+    "/generation/{engine_id}/image-to-image/masking",
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=multipart_openapi(MaskingBody, ("init_image", "mask_image")),
+)
+async def masking(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+    """Repaint the masked part of an init image (Stability's ``masking``)."""
+    engine = generation.engine(engine_id)
+    fields, files = await read_form(request, ("init_image", "mask_image"))
+    body: MaskingBody = parse_fields(MaskingBody, fields)
+    ours = generate_request(
+        engine, body, init_image=require_file(files, "init_image"), mask_source=body.mask_source,
+        mask_image=files.get("mask_image"),
+    )  # fmt: skip
+    return await generation.answer(ours, wants_png(request))
+
+
+@router.post(
+    "/generation/{engine_id}/image-to-image/upscale",
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=multipart_openapi(UpscaleBody, ("image",)),
+)
+async def upscale(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+    """Enlarge an image, by 2 or to a width or height (Stability's ``upscaleImage``)."""
+    engine = generation.engine(engine_id)
+    fields, files = await read_form(request, ("image",))
+    body: UpscaleBody = parse_fields(UpscaleBody, fields)
+    return await generation.answer(
+        upscale_request(engine, body, require_file(files, "image")), wants_png(request)
     )
-    sampler: Sampler | None = None
-    samples: int = Field(1, ge=1, le=10)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    steps: int = Field(50, ge=10, le=150)
-    style_preset: str | None = None
-    extras: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
 
 
 def wants_png(request: Request) -> bool:
     """Whether the client asked for raw PNG bytes (``Accept: image/png``) rather than JSON."""
     first = request.headers.get("accept", "").split(",")[0]
     return first.split(";")[0].strip().lower() == "image/png"
-
-
-def check_stability_sides(body: TextToImageBody) -> None:
-    """Raise ``invalid_height_or_width`` unless each given side is a multiple of 64, at least 128."""
-    for field, value in (("width", body.width), ("height", body.height)):
-        if value is not None and (value % SIDE_MULTIPLE or value < MIN_SIDE):
-            raise LatentqError.for_field(
-                f"invalid_{field}",
-                field,
-                f"{field}: must be a multiple of {SIDE_MULTIPLE} and at least {MIN_SIDE} (got {value})",
-            )
-
-
-@router.post(
-    "/generation/{engine_id}/text-to-image",
-    responses={200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"}},
-    openapi_extra=json_body_openapi(TextToImageBody),
-)
-async def text_to_image(
-    engine_id: str,
-    request: Request,
-    _key: StabilityKeyDep,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    redis: RedisDep,
-    async_redis: AsyncRedisDep,
-    records: JobRecordsDep,
-    store: ImageStoreDep,
-) -> Response:
-    """Generate images from text prompts and answer with them (Stability's ``textToImage``)."""
-    model = registry.get(engine_id)
-    if model is None:
-        raise LatentqError("not_found", f"The specified engine (ID {engine_id}) was not found.")
-    body = parse_body(TextToImageBody, await request.body())
-    check_stability_sides(body)
-    png = wants_png(request)
-    if png and body.samples > 1:
-        raise LatentqError.for_field(
-            "invalid_samples",
-            "samples",
-            "samples: Sample count may only be greater than 1 when the accept header is set to "
-            "`application/json`",
-        )
-    ours = GenerateRequest(
-        model=model.id, text_prompts=body.text_prompts, width=body.width, height=body.height,
-        steps=body.steps, cfg_scale=body.cfg_scale, samples=body.samples, seed=body.seed,
-        sampler=body.sampler, style_preset=body.style_preset,
-    )  # fmt: skip
-    spec = build_spec(ours, model)
-    await run_in_threadpool(enqueue_job, spec, settings, redis, records)
-    record = await wait_for_job(async_redis, records, spec.job_id, settings.sync_timeout_s)
-    images = [
-        (image.seed, await run_in_threadpool(store.get, image.key))
-        for image in succeeded(record, spec, settings)
-    ]
-    if png:
-        seed, data = images[0]
-        return Response(data, media_type="image/png", headers={"Finish-Reason": "SUCCESS", "Seed": str(seed)})
-    artifacts = [
-        {"base64": base64.b64encode(data).decode(), "seed": seed, "finishReason": "SUCCESS"}
-        for seed, data in images
-    ]
-    return JSONResponse({"artifacts": artifacts})
 
 
 def succeeded(record: JobRecord | None, spec: JobSpec, settings: ApiSettings) -> list[StoredImage]:

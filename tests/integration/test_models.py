@@ -54,7 +54,7 @@ def test_models_lists_the_registry_with_live_workers(client, worker, sdxl_worker
     listing = response.json()
     assert listing["object"] == "list"
     models = {model["id"]: model for model in listing["data"]}
-    assert list(models) == ["tiny-sd", "tiny-sdxl"]
+    assert list(models) == ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos"]
     sd, sdxl = models["tiny-sd"], models["tiny-sdxl"]
     assert (sd["family"], sdxl["family"], sd["default"], sdxl["default"]) == ("sd1", "sdxl", True, False)
     assert (sd["workers"], sdxl["workers"]) == (1, 1)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from api.validation import parse_body
-from latentq.contract import SAMPLERS, GenerateRequest, JobSpec, JobStatus, WeightedPrompt, status_from_rq
+from latentq.contract import (
+    SAMPLERS,
+    GenerateRequest,
+    JobSpec,
+    JobStatus,
+    UpscaleRequest,
+    WeightedPrompt,
+    status_from_rq,
+)
 from latentq.errors import ERRORS, REQUEST_FIELDS, LatentqError, stability_name
 from worker.schedulers import SCHEDULERS
 
@@ -27,7 +35,7 @@ def test_integral_float_cfg_and_int_cfg_are_both_numbers():
 
 
 def test_every_request_field_has_a_named_error():
-    assert set(GenerateRequest.model_fields) == set(REQUEST_FIELDS)
+    assert set(GenerateRequest.model_fields) | set(UpscaleRequest.model_fields) == set(REQUEST_FIELDS)
     for field in REQUEST_FIELDS:
         assert ERRORS[f"invalid_{field}"].status == 400
 

@@ -9,12 +9,20 @@ from latentq.models import PACKAGED_REGISTRY, SDXL_SIZES, ModelSpec, build_regis
 from latentq.settings import CommonSettings, get_registry
 
 
-def test_packaged_registry_holds_two_embedded_models_of_different_families():
+def test_packaged_registry_holds_the_embedded_models_and_a_resampler():
     registry = build_registry(PACKAGED_REGISTRY, (), None)
-    assert registry.ids() == ["tiny-sd", "tiny-sdxl"]
+    assert registry.ids() == ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos"]
     assert registry.default.id == "tiny-sd"
-    assert {m.family for m in registry.models.values()} == {"sd1", "sdxl"}
-    assert [m.embedded_name for m in registry.models.values()] == ["tiny-sd", "tiny-sdxl"]
+    families = [m.family for m in registry.models.values()]
+    assert families == ["sd1", "sdxl", "sd1", "upscaler-x4", "resampler"]
+    assert [m.embedded_name for m in registry.models.values()] == [
+        "tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", None,
+    ]  # fmt: skip
+    tasks = {m.id: m.tasks for m in registry.models.values()}
+    assert tasks["tiny-sd"] == ("text-to-image", "image-to-image", "masking")
+    assert tasks["tiny-sd-inpainting"] == ("masking",)
+    assert tasks["tiny-x4-upscaler"] == tasks["lanczos"] == ("upscale",)
+    assert registry.get("lanczos").limits.max_pixels == 4_194_304
 
 
 def test_environment_entries_add_and_replace_by_id(monkeypatch):
@@ -26,7 +34,7 @@ def test_environment_entries_add_and_replace_by_id(monkeypatch):
     )
     monkeypatch.setenv("LATENTQ_DEFAULT_MODEL", "stable-diffusion-v1-5")
     registry = get_registry(CommonSettings())
-    assert registry.ids() == ["tiny-sd", "tiny-sdxl", "stable-diffusion-v1-5"]
+    assert registry.ids()[0] == "tiny-sd" and registry.ids()[-1] == "stable-diffusion-v1-5"
     assert registry.get("tiny-sd").source == "/elsewhere"
     assert registry.default.id == "stable-diffusion-v1-5"
 
