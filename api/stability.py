@@ -117,7 +117,11 @@ _PROMPT_KEY = re.compile(r"^text_prompts\[(\d+)\]\[(text|weight)\]$")
 async def read_form(request: Request, files: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
     """Return a multipart body's fields (prompts gathered into ``text_prompts``) and its ``files``
     as base64, each required file present and within the upload limit."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    # A body without files may come form-encoded; either way a required file is then reported missing.
+    if content_type and not content_type.startswith(
+        ("multipart/form-data", "application/x-www-form-urlencoded")
+    ):
         raise LatentqError(
             "invalid_request", "The body must be multipart/form-data, as Stability's API takes it."
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -27,6 +28,9 @@ from latentq.keys import queue_name
 from latentq.settings import ApiSettings
 
 BUCKET = "latentq-test"
+#: An upscale engine registered under Stability's example id: here, the Lanczos resampler.
+ESRGAN = {"id": "esrgan-v1-x2plus", "name": "ESRGAN x2+ (Lanczos here)", "source": "builtin",
+          "family": "resampler"}  # fmt: skip
 API_KEY = "test-key-1"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,8 +142,10 @@ def sdxl_worker(redis_server, s3_server, models_dir, tiny_sdxl_model, tmp_path_f
 def image_worker(
     redis_server, s3_server, models_dir, tiny_inpainting_model, tiny_upscaler_model, tmp_path_factory
 ) -> Iterator[Process]:
-    """A worker serving the inpainting checkpoint and both upscalers, for the whole session."""
-    env = worker_env(redis_server, s3_server, models_dir, "tiny-sd-inpainting,tiny-x4-upscaler,lanczos")
+    """A worker serving the inpainting checkpoint and the upscalers (one registered under Stability's
+    ``esrgan-v1-x2plus`` through ``LATENTQ_MODELS``), for the whole session."""
+    served = "tiny-sd-inpainting,tiny-x4-upscaler,lanczos,esrgan-v1-x2plus"
+    env = worker_env(redis_server, s3_server, models_dir, served, models=json.dumps([ESRGAN]))
     log = tmp_path_factory.mktemp("logs") / "image-worker.log"
     with running_worker(env, log, "tiny-x4-upscaler") as process:
         yield process
