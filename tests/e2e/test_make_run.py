@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -13,13 +15,20 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from latentq.devstack import environment_without_settings, free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_job
+
+
+def encoded_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture
-def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model):
+def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model, tiny_inpainting_model, tiny_upscaler_model):
     port = free_port()
     env = environment_without_settings()
     env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(models_dir)
@@ -65,7 +74,26 @@ def test_make_run_serves_the_printed_example_and_stops_everything_on_ctrl_c(stac
             break
         time.sleep(0.05)
     assert job["status"] == "succeeded"
-    assert httpx.get(job["images"][0]["url"]).headers["content-type"] == "image/png"
+    generated = httpx.get(job["images"][0]["url"])
+    assert generated.headers["content-type"] == "image/png"
+
+    # The image jobs run on the same stack: redraw the image, repaint half of it, enlarge it.
+    base_url = submit.split()[-1].removesuffix("/v1/generate")
+    image = base64.b64encode(generated.content).decode()
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    bodies = {
+        "/v1/generate": [{"prompt": "a storm", "init_image": image, "image_strength": 0.5},
+                         {"prompt": "a storm", "init_image": image, "mask_source": "MASK_IMAGE_WHITE",
+                          "mask_image": base64.b64encode(encoded_png(mask)).decode()}],
+        "/v1/upscale": [{"model": "tiny-x4-upscaler", "image": image, "width": 128}, {"image": image}],
+    }  # fmt: skip
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        for path, items in bodies.items():
+            for body in items:
+                response = client.post(path, json=body)
+                assert response.status_code == 202, response.text
+                assert wait_for_job(client, response.json()["id"])["status"] == "succeeded"
 
     servers = children_of(process.pid)
     assert len(servers) == 4  # redis, s3, worker, api

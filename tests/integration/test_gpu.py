@@ -29,3 +29,21 @@ def test_cuda_pipeline_runs_fp16_and_keeps_seeds_reproducible(request, model, pr
     first, again = pipeline.generate(spec), pipeline.generate(spec)
     assert [image.size for image in first] == [(512, 512)] * 2
     assert [image.tobytes() for image in first] == [image.tobytes() for image in again]
+
+
+@pytest.mark.parametrize("task", ["image-to-image", "masking"])
+def test_cuda_image_jobs_run_fp16(tiny_model, task):
+    from PIL import Image
+
+    pipeline = WarmPipeline.load(str(tiny_model), "auto")
+    spec = JobSpec(
+        job_id="gpu", model="m", prompts=PLAIN, width=512, height=512, steps=20, cfg_scale=7, samples=1,
+        seed=42, sampler="K_EULER", task=task, strength=0.6,
+    )  # fmt: skip
+    mask = Image.new("L", (512, 512), 0)
+    mask.paste(255, (128, 128, 384, 384))
+    inputs = {"init": Image.new("RGB", (512, 512), (200, 40, 40)), "mask": mask}
+    [image] = pipeline.generate(spec, inputs)
+    assert image.size == (512, 512)
+    if task == "masking":
+        assert image.getpixel((0, 0)) == (200, 40, 40)  # outside the mask: the init image, exactly
