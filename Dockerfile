@@ -41,7 +41,8 @@ COPY latentq ./latentq
 COPY worker ./worker
 RUN pip install ".[worker]" \
  && python -m worker.tiny_model /opt/latentq/models/tiny-sd --name tiny-sd \
- && python -m worker.tiny_model /opt/latentq/models/tiny-sdxl --name tiny-sdxl \
+ && for name in tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler; do \
+      python -m worker.tiny_model /opt/latentq/models/$name --name $name; done \
  && useradd --system --uid 10001 latentq && mkdir -p /models && chown 10001 /models
 USER 10001
 # Real weights: mount them under /models, register them (LATENTQ_MODELS_FILE or LATENTQ_MODELS; see

@@ -33,7 +33,7 @@ redis-server:
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server' or set LATENTQ_REDIS_URL"; exit 1; \
 	  fi; }
 
-EMBEDDED := tiny-sd tiny-sdxl
+EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler
 
 model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
 

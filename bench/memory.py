@@ -56,8 +56,8 @@ def build_sd15():  # -> StableDiffusionPipeline
         return StableDiffusionPipeline(
             vae=AutoencoderKL(**VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT)),
             tokenizer=build_tokenizer(), unet=UNet2DConditionModel(**UNET),
-            scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
+            scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
 
 

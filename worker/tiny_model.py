@@ -4,10 +4,11 @@ No model hub is reachable where latentq is developed and tested, so the worker s
 builders for structurally real checkpoints that ``from_pretrained`` loads like any other:
 ``tiny-sd`` (SD 1.x: UNet with cross-attention, a VAE with scale factor 8, a CLIP text
 encoder and a complete byte-level CLIP tokenizer) and ``tiny-sdxl`` (SDXL: two text
-encoders, pooled-text and size micro-conditioning). Their weights are random: they draw
+encoders, pooled-text and size micro-conditioning), ``tiny-sd-inpainting`` (a 9-channel
+inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler). Their weights are random: they draw
 noise. The same bytes come out on every run, so their images are reproducible anywhere.
 
-Usage: ``python -m worker.tiny_model DIR [--name tiny-sd|tiny-sdxl]``
+Usage: ``python -m worker.tiny_model DIR [--name NAME]`` (a name of ``BUILDERS``)
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ def list_models(_key: ApiKeyDep, registry: RegistryDep, redis: RedisDep) -> dict
                 "name": model.name,
                 "description": model.description,
                 "family": model.family,
+                "tasks": list(model.tasks),
                 "default": model.id == registry.default_id,
                 "limits": model.limits.model_dump(),
                 "defaults": model.defaults.model_dump(),

@@ -57,6 +57,7 @@ def test_models_lists_the_registry_with_live_workers(client, worker, sdxl_worker
     assert list(models) == ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos"]
     sd, sdxl = models["tiny-sd"], models["tiny-sdxl"]
     assert (sd["family"], sdxl["family"], sd["default"], sdxl["default"]) == ("sd1", "sdxl", True, False)
+    assert models["lanczos"]["tasks"] == ["upscale"] and "masking" in sd["tasks"]
     assert (sd["workers"], sdxl["workers"]) == (1, 1)
     assert sd["limits"]["min_pixels"] == 4096 and sd["defaults"]["sampler"] == "K_EULER"
     assert "K_DPMPP_2M_KARRAS" in sd["samplers"] and len(sd["samplers"]) == 19
