@@ -68,6 +68,9 @@ def test_image_to_image_equals_diffusers_and_takes_the_init_size(client, worker,
     job, [served] = run(client, init_image=b64(init), image_strength=0.4, **COMMON)
     assert (job["images"][0]["width"], job["images"][0]["height"]) == (72, 64)
     assert job["request"]["task"] == "image-to-image" and job["request"]["strength"] == pytest.approx(0.6)
+    # The input went to S3 beside the outputs under a server-made key, not through Redis.
+    assert job["request"]["init_image_key"] == f"{job['id']}/inputs/init.png"
+    assert "init_image" not in job["request"]
     expected = sd[0](PROMPT, image=init, strength=0.6, num_inference_steps=10, guidance_scale=7.0,
                      generator=seeded(31)).images[0]  # fmt: skip
     assert np.array_equal(served, pixels(expected))
