@@ -2,7 +2,8 @@
 
 Every file records its generation parameters in AUTOMATIC1111's "parameters" text (a PNG
 ``parameters`` text chunk; the EXIF UserComment of JPEG and WebP), which PNG-info readers
-show, plus (PNG) a ``latentq`` chunk holding a ``POST /v1/generate`` body that reproduces it.
+show, plus (PNG, text-to-image) a ``latentq`` chunk holding a ``POST /v1/generate`` body that
+reproduces it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def parameters_text(spec: JobSpec, seed: int) -> str:
         f"Steps: {spec.steps}", f"Sampler: {a1111_sampler(spec.sampler)}", f"CFG scale: {spec.cfg_scale:g}",
         f"Seed: {seed}", f"Size: {spec.width}x{spec.height}", f"Model: {spec.model}",
     ]  # fmt: skip
+    if spec.task == "image-to-image" and spec.strength is not None:
+        settings.append(f"Denoising strength: {spec.strength:g}")  # A1111's name for diffusers' strength
+    if spec.task != "text-to-image":
+        settings.append(f"Task: {spec.task}")
     if spec.style_preset:
         settings.append(f"Style preset: {spec.style_preset}")
     settings.append(f"Version: latentq {latentq.__version__}")
@@ -79,7 +84,8 @@ def encode_image(image: Image, spec: JobSpec, seed: int) -> bytes:
     if spec.output_format == "png":
         info = PngInfo()
         info.add_text("parameters", text)
-        info.add_text("latentq", json.dumps(reproduce_request(spec, seed)))
+        if spec.task == "text-to-image":  # other tasks also need their input images to be redone
+            info.add_text("latentq", json.dumps(reproduce_request(spec, seed)))
         image.save(buffer, format="PNG", pnginfo=info)
     else:
         exif = PILImage.Exif()

@@ -54,3 +54,10 @@ def test_lossy_formats_carry_parameters_in_exif_user_comment(fmt, pil_format):
     assert image.format == pil_format and image.size == (64, 48)
     comment = image.getexif().get_ifd(0x8769)[0x9286]
     assert comment == b"UNICODE\0" + parameters_text(spec, 42).encode("utf-16-be")
+
+
+def test_image_jobs_record_their_task_and_strength_but_no_reproducing_body():
+    spec = SPEC.model_copy(update={"task": "image-to-image", "strength": 0.65, "style_preset": None})
+    image = Image.open(io.BytesIO(encode_image(IMAGE, spec, 43)))
+    assert "Denoising strength: 0.65, Task: image-to-image" in image.text["parameters"]
+    assert "latentq" not in image.text
