@@ -60,36 +60,35 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+def embedded_model(models_dir: Path, name: str) -> Path:
+    """Build embedded model ``name`` under ``models_dir`` (where the test workers look for it)."""
+    from worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(models_dir / name, name)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(models_dir: Path) -> Path:
     """The embedded SD 1.x model (``tiny-sd``), built once for the session."""
-    from worker.tiny_model import build_tiny_model
+    return embedded_model(models_dir, "tiny-sd")
 
-    return build_tiny_model(models_dir / "tiny-sd", "tiny-sd")
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(models_dir: Path) -> Path:
+    """The embedded SDXL model (``tiny-sdxl``)."""
+    return embedded_model(models_dir, "tiny-sdxl")
 
 
 @pytest.fixture(scope="session")
 def tiny_inpainting_model(models_dir: Path) -> Path:
     """The embedded 9-channel inpainting model (``tiny-sd-inpainting``)."""
-    from worker.tiny_model import build_tiny_model
-
-    return build_tiny_model(models_dir / "tiny-sd-inpainting", "tiny-sd-inpainting")
+    return embedded_model(models_dir, "tiny-sd-inpainting")
 
 
 @pytest.fixture(scope="session")
 def tiny_upscaler_model(models_dir: Path) -> Path:
     """The embedded x4 upscaler (``tiny-x4-upscaler``)."""
-    from worker.tiny_model import build_tiny_model
-
-    return build_tiny_model(models_dir / "tiny-x4-upscaler", "tiny-x4-upscaler")
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl_model(models_dir: Path) -> Path:
-    """The embedded SDXL model (``tiny-sdxl``), built once for the session."""
-    from worker.tiny_model import build_tiny_model
-
-    return build_tiny_model(models_dir / "tiny-sdxl", "tiny-sdxl")
+    return embedded_model(models_dir, "tiny-x4-upscaler")
 
 
 def service_env(redis_server: RedisServer, s3_server: S3Server, **settings: str) -> dict[str, str]:
