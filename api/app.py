@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 import latentq
-from api.routes import health, jobs, models, stability
+from api.routes import events, health, jobs, models, stability
 from api.validation import validation_error
 from latentq.errors import LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
@@ -68,7 +68,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Made per app (and so per event loop): asyncio clients must not cross loops.
-        app.state.async_redis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=5)
+        app.state.async_redis = AsyncRedis.from_url(
+            settings.redis_url, socket_connect_timeout=5, max_connections=settings.async_redis_connections
+        )
         try:
             yield
         finally:
@@ -83,6 +85,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.dependency_overrides[get_api_settings] = lambda: settings
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(stability.router)
     app.add_exception_handler(LatentqError, _on_latentq_error)

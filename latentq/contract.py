@@ -225,6 +225,14 @@ class ImagePublic(BaseModel):
     content_type: str
 
 
+class Progress(BaseModel):
+    """How far a job's denoising has come."""
+
+    step: int
+    total_steps: int
+    fraction: float
+
+
 class JobPublic(BaseModel):
     """A job as clients see it (``GET /v1/jobs/{id}``, and the answer to a submit)."""
 
@@ -236,6 +244,7 @@ class JobPublic(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    progress: Progress | None = Field(None, description="Denoising steps done, once sampling has begun.")
     request: dict = Field(
         description="The parameters the job runs with: defaults filled, style applied, seed chosen."
     )

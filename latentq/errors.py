@@ -60,6 +60,7 @@ _ROWS = [
     ErrorSpec(403, "permission_denied", "This API key may not do that."),
     ErrorSpec(404, "not_found", "No such resource."),
     ErrorSpec(405, "method_not_allowed", "This method is not allowed here."),
+    ErrorSpec(409, "job_finished", "The job has already finished; it cannot be canceled."),
     ErrorSpec(429, "rate_limited", "Too many requests; retry later."),
     ErrorSpec(503, "queue_full", "The queue is full; retry later."),
     ErrorSpec(503, "service_unavailable", "A backing service is unreachable; retry later."),

@@ -15,7 +15,7 @@ from redis.client import Pipeline
 
 from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, status_from_rq
 from latentq.errors import ERRORS
-from latentq.keys import job_events_key, job_key, rq_job_key
+from latentq.keys import cancel_key, job_events_key, job_key, rq_job_key
 
 #: Most events kept in a job's stream.
 MAX_EVENTS = 1000
@@ -39,6 +39,8 @@ class JobRecord:
         self.created_at = fields["created_at"]
         self.started_at = fields.get("started_at") or None
         self.finished_at = fields.get("finished_at") or None
+        self.step = int(fields.get("step") or 0)
+        self.total_steps = int(fields.get("total_steps") or 0)
 
 
 class JobRecords:
@@ -63,6 +65,7 @@ class JobRecords:
             },
         )
         pipeline.expire(key, self.retention_s)
+        self._event(pipeline, spec.job_id, "queued")
         return created_at
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -80,31 +83,61 @@ class JobRecords:
 
     def mark_running(self, job_id: str) -> None:
         """Record that a worker started ``job_id``."""
-        self._update(job_id, status=JobStatus.RUNNING.value, started_at=utc_now())
+        self._update(job_id, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
+
+    def step(self, job_id: str, step: int, total_steps: int, publish: bool) -> bool:
+        """Note denoising step ``step`` of ``total_steps`` (written and published when ``publish``);
+        return whether the job's cancel was requested. One round trip."""
+        with self.redis.pipeline(transaction=False) as pipeline:
+            pipeline.exists(cancel_key(job_id))
+            if publish:
+                pipeline.hset(job_key(job_id), mapping={"step": step, "total_steps": total_steps})
+                self._event(pipeline, job_id, "progress", step=step, total_steps=total_steps)
+            return bool(pipeline.execute()[0])
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the worker running (or about to run) ``job_id`` to stop it at its next step."""
+        self.redis.set(cancel_key(job_id), 1, ex=self.retention_s)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Return whether ``job_id``'s cancel was requested."""
+        return bool(self.redis.exists(cancel_key(job_id)))
+
+    def mark_canceled(self, job_id: str) -> None:
+        """Record that ``job_id`` was canceled."""
+        self._update(job_id, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
 
     def mark_succeeded(self, job_id: str, images: list[StoredImage]) -> None:
         """Record that ``job_id`` finished with ``images``."""
         payload = json.dumps([image.model_dump() for image in images])
-        self._update(job_id, status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now())
+        self._update(
+            job_id, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now()
+        )
 
     def mark_failed(self, job_id: str, error: JobError) -> None:
         """Record that ``job_id`` failed with ``error``."""
         self._update(
-            job_id, status=JobStatus.FAILED.value, error=error.model_dump_json(), finished_at=utc_now()
+            job_id,
+            "failed",
+            status=JobStatus.FAILED.value,
+            error=error.model_dump_json(),
+            finished_at=utc_now(),
         )
 
-    def _update(self, job_id: str, **fields: str) -> None:
+    def _update(self, job_id: str, event: str, **fields: str) -> None:
         key = job_key(job_id)
         with self.redis.pipeline() as pipeline:
             pipeline.hset(key, mapping=dict[Any, str](fields))
             # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
             pipeline.expire(key, self.retention_s, nx=True)
-            if JobStatus(fields["status"]).is_terminal:
-                # Waiters (the synchronous routes) block on this stream instead of polling.
-                events = job_events_key(job_id)
-                pipeline.xadd(events, {"event": fields["status"]}, maxlen=MAX_EVENTS, approximate=True)
-                pipeline.expire(events, self.retention_s)
+            self._event(pipeline, job_id, event)
             pipeline.execute()
+
+    def _event(self, pipeline: Pipeline, job_id: str, event: str, **data: Any) -> None:
+        """Append ``event`` to the job's event stream, which waiters and event streams read."""
+        events = job_events_key(job_id)
+        pipeline.xadd(events, {"event": event, "data": json.dumps(data)}, maxlen=MAX_EVENTS, approximate=True)
+        pipeline.expire(events, self.retention_s)
 
 
 def _reconcile(record: JobRecord, rq_status: JobStatus) -> None:

@@ -16,6 +16,11 @@ def job_events_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def cancel_key(job_id: str) -> str:
+    """Return the Redis key whose presence asks the worker to cancel ``job_id``."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
 def queue_name(model_id: str) -> str:
     """Return the RQ queue name for jobs of model ``model_id`` (one queue per model)."""
     return f"{PREFIX}:{model_id}"

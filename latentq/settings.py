@@ -61,6 +61,9 @@ class ApiSettings(CommonSettings):
     #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
     job_timeout_s: int = Field(600, ge=1)
 
+    #: Most Redis connections the API's asyncio client holds: each open event stream and each waiting
+    #: Stability request blocks on one (redis-py's default cap is 100).
+    async_redis_connections: int = Field(1000, ge=10)
     #: Longest the Stability-compatible routes wait for their job before answering 504, seconds.
     sync_timeout_s: float = Field(300.0, gt=0)
 
@@ -83,6 +86,8 @@ class WorkerSettings(CommonSettings):
     worker_name: str | None = None
     #: Seconds between heartbeats while a job runs (a dead worker's jobs are detected by their absence).
     heartbeat_interval_s: float = Field(10.0, gt=0)
+    #: Seconds between progress updates while a job samples (0: every step).
+    progress_interval_s: float = Field(0.25, ge=0)
 
     _split_models = field_validator("worker_models", mode="before")(split_commas)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,12 +55,19 @@ def generators_for(spec: JobSpec) -> Any:
     return generators[0] if len(generators) == 1 else generators
 
 
-def stop_after(loop_steps: int) -> Any:
-    """Return a step-end callback that ends denoising after ``loop_steps`` iterations (the latents
-    reached so far are decoded): how a step schedule's end is honoured."""
+#: Called after each denoising step with (step, total steps); returning True stops the job.
+OnStep = Callable[[int, int], bool]
+
+
+def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
+    """Return a diffusers step-end callback that reports each step to ``on_step`` and ends denoising
+    when it asks to (cancel) or after ``stop_at`` loop iterations (a step schedule's end). Once
+    interrupted, diffusers skips the remaining steps and decodes the latents reached."""
 
     def callback(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
-        if index + 1 >= loop_steps:
+        if stop_at is not None and index + 1 >= stop_at:
+            pipe._interrupt = True
+        if on_step is not None and on_step(index + 1, getattr(pipe, "num_timesteps", 0) or index + 1):
             pipe._interrupt = True
         return tensors
 
@@ -92,8 +100,8 @@ class WarmPipeline:
         """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
         return cls(*load_pretrained(AutoPipelineForText2Image, model, device))
 
-    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
-        """Run sampling for ``spec`` with its input images (``init``, ``mask``)."""
+    def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
+        """Run sampling for ``spec`` with its input images (``init``, ``mask``), reporting each step."""
         pipe = self.pipes[spec.task]
         pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
         common = {
@@ -103,22 +111,26 @@ class WarmPipeline:
             "num_images_per_prompt": spec.samples,
             "generator": generators_for(spec),
             "output_type": "pil",
+            "callback_on_step_end": step_callback(None, on_step),
         }
         with torch.inference_mode():
             if spec.task == "image-to-image":
-                return self._image_to_image(pipe, spec, inputs["init"], common)
+                return self._image_to_image(pipe, spec, inputs["init"], common, on_step)
             if spec.task == "masking":
                 return self._masking(pipe, spec, inputs["init"], inputs["mask"], common)
             return list(pipe(width=spec.width, height=spec.height, **common).images)
 
-    def _image_to_image(self, pipe: Any, spec: JobSpec, init: Image, common: dict) -> list[Image]:
+    def _image_to_image(
+        self, pipe: Any, spec: JobSpec, init: Image, common: dict, on_step: OnStep | None
+    ) -> list[Image]:
         strength = spec.strength if spec.strength is not None else 1.0
         run = min(int(spec.steps * strength), spec.steps)  # diffusers' count of steps run
         if run < 1:  # nothing to denoise: the init image itself
             return [init.copy() for _ in range(spec.samples)]
         keep = max(1, run - int(spec.steps * spec.schedule_end))
-        callback = stop_after(keep * pipe.scheduler.order) if keep < run else None
-        return list(pipe(image=init, strength=strength, callback_on_step_end=callback, **common).images)
+        if keep < run:
+            common["callback_on_step_end"] = step_callback(keep * pipe.scheduler.order, on_step)
+        return list(pipe(image=init, strength=strength, **common).images)
 
     def _masking(self, pipe: Any, spec: JobSpec, init: Image, mask: Image, common: dict) -> list[Image]:
         result = pipe(
@@ -156,7 +168,7 @@ class Upscaler:
         """Load the upscaler ``model``: fp16 on CUDA, fp32 on CPU."""
         return cls(*load_pretrained(DiffusionPipeline, model, device))
 
-    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
+    def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
         """Upscale the init image x4 (shrunk first if x4 would pass the output limit), then resample
         to the requested size."""
         low = inputs["init"]
@@ -187,7 +199,7 @@ class Upscaler:
 class Resampler:
     """The non-diffusion upscaler: Lanczos resampling, no weights, no GPU."""
 
-    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
+    def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
         """Resample the init image to the requested size."""
         return [resample(inputs["init"], (spec.width, spec.height))]
 

@@ -16,6 +16,7 @@ from rq.timeouts import JobTimeoutException
 
 from latentq.contract import JobError, JobSpec, StoredImage
 from latentq.errors import ERRORS
+from latentq.jobs import JobRecords
 from latentq.keys import image_object_key
 from latentq.storage import STORAGE_ERRORS
 from worker.encoding import CONTENT_TYPES, encode_image
@@ -27,12 +28,43 @@ log = logging.getLogger("latentq.worker")
 MAX_ERROR_MESSAGE = 500
 
 
+class StepReporter:
+    """Reports denoising steps to the job record (at most every ``interval_s``, and the last step)
+    and checks the job's cancel flag at every step."""
+
+    def __init__(self, records: JobRecords, job_id: str, interval_s: float) -> None:
+        self.records, self.job_id, self.interval_s = records, job_id, interval_s
+        self.published = float("-inf")
+        self.canceled = False
+
+    def __call__(self, step: int, total_steps: int) -> bool:
+        """Note ``step`` of ``total_steps``; return True if the job must stop (its cancel was requested)."""
+        now = time.monotonic()
+        publish = step >= total_steps or now - self.published >= self.interval_s
+        if publish:
+            self.published = now
+        self.canceled = self.records.step(self.job_id, step, total_steps, publish)
+        return self.canceled
+
+
 def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
-    """Run ``spec`` to a terminal job record and return its stored images."""
+    """Run ``spec`` to a terminal job record and return its stored images.
+
+    A job canceled before it starts never runs; one canceled while it runs stops at its next
+    denoising step. Either ends ``canceled`` and returns no images (RQ sees a finished job).
+    """
+    if runtime.records.cancel_requested(spec.job_id):
+        runtime.records.mark_canceled(spec.job_id)
+        return []
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
+    reporter = StepReporter(runtime.records, spec.job_id, runtime.progress_interval_s)
     try:
-        images = pipeline_for(runtime, spec.model).generate(spec, load_inputs(runtime.store, spec))
+        images = pipeline_for(runtime, spec.model).generate(spec, load_inputs(runtime.store, spec), reporter)
+        if reporter.canceled:
+            runtime.records.mark_canceled(spec.job_id)
+            log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
+            return []
         stored = store_images(runtime.store, spec, images)
     except BaseException as error:
         job_error = classify_error(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,8 +15,11 @@ from latentq.jobs import JobRecords
 class ImagePipeline(Protocol):
     """What the job loop needs of a pipeline."""
 
-    def generate(self, spec: JobSpec, inputs: dict[str, Image]) -> list[Image]:
-        """Return the images for ``spec``, given its input images by name (``init``, ``mask``)."""
+    def generate(
+        self, spec: JobSpec, inputs: dict[str, Image], on_step: Callable[[int, int], bool] | None = None
+    ) -> list[Image]:
+        """Return the images for ``spec``, given its input images by name (``init``, ``mask``);
+        ``on_step(step, total)`` is called after each denoising step and stops the job by returning True."""
         ...
 
 
@@ -38,6 +42,8 @@ class Runtime:
     pipelines: dict[str, ImagePipeline]
     store: ObjectStore
     records: JobRecords
+    #: Seconds between progress writes while sampling (the cancel flag is checked every step).
+    progress_interval_s: float = 0.25
 
 
 _runtime: Runtime | None = None

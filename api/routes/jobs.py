@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import suppress
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from redis import Redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from api.deps import ApiKeyDep, ImageStoreDep, JobRecordsDep, RedisDep, RegistryDep, SettingsDep
 from api.submission import enqueue_job, prepare_job, prepare_upscale
 from api.validation import json_body_openapi, parse_body
-from latentq.contract import GenerateRequest, ImagePublic, JobPublic, JobSpec, JobStatus, UpscaleRequest
+from latentq.contract import (
+    GenerateRequest,
+    ImagePublic,
+    JobPublic,
+    JobSpec,
+    JobStatus,
+    Progress,
+    UpscaleRequest,
+)
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecord, JobRecords
 from latentq.settings import ApiSettings
@@ -23,6 +35,7 @@ _ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"description": description}
     for status, description in [(401, "Missing or invalid API key"), (404, "No such job")]
 }
+_CANCEL_RESPONSES: dict[int | str, dict] = {**_ERROR_RESPONSES, 409: {"description": "The job already ended"}}
 
 
 async def read_generate_request(request: Request) -> GenerateRequest:
@@ -101,11 +114,36 @@ def queued(
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_ERROR_RESPONSES)
 def get_job(job_id: str, _key: ApiKeyDep, records: JobRecordsDep, store: ImageStoreDep) -> JobPublic:
-    """Return a job's status, images (with fresh URLs) and error."""
+    """Return a job's status, progress, images (with fresh URLs) and error."""
+    return job_public(find_record(job_id, records), store)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=_CANCEL_RESPONSES)
+@router.delete("/jobs/{job_id}", response_model=JobPublic, responses=_CANCEL_RESPONSES)
+def cancel_job(
+    job_id: str, _key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
+) -> JobPublic:
+    """Cancel a job: a queued one never starts; a running one stops at its next denoising step and
+    ends ``canceled``. Answers with the job as it stands; a finished job is a 409, unchanged."""
+    record = find_record(job_id, records)
+    if record.status.is_terminal:
+        raise LatentqError(
+            "job_finished", f"Job {job_id} already ended {record.status.value}; nothing to cancel."
+        )
+    records.request_cancel(job_id)  # the worker checks this before it starts and at every step
+    if record.status is JobStatus.QUEUED:
+        with suppress(NoSuchJobError, InvalidJobOperation):
+            Job.fetch(job_id, connection=redis, serializer=JSONSerializer).cancel()
+        records.mark_canceled(job_id)
+    return job_public(find_record(job_id, records), store)
+
+
+def find_record(job_id: str, records: JobRecords) -> JobRecord:
+    """Return the record of ``job_id``; raise ``not_found`` when there is none (or the id is malformed)."""
     record = records.get(job_id) if _is_job_id(job_id) else None
     if record is None:
         raise LatentqError("not_found", f"No job with id '{job_id}' (it may have expired).")
-    return job_public(record, store)
+    return record
 
 
 def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
@@ -128,6 +166,13 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        progress=Progress(
+            step=record.step,
+            total_steps=record.total_steps,
+            fraction=round(record.step / record.total_steps, 4),
+        )
+        if record.total_steps
+        else None,
         request=_public_request(record.spec),
     )
 

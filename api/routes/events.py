@@ -1,0 +1,93 @@
+"""A job's events as Server-Sent Events: ``GET /v1/jobs/{id}/events``.
+
+Events come from the job's Redis Stream (written with the job record): ``queued``,
+``started``, ``progress`` (``{"step", "total_steps"}``), then one terminal event, ``succeeded``,
+``failed`` or ``canceled``, whose data is the final job, after which the stream ends. Each event's
+``id`` is its stream id: a client reconnecting with ``Last-Event-ID`` resumes after it, losing
+nothing; a client connecting late first receives everything so far. Streams block on Redis
+(``XREAD BLOCK``) without holding a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ApiKeyDep, AsyncRedisDep, ImageStoreDep, JobRecordsDep
+from api.routes.jobs import find_record, job_public
+from api.waiting import RECHECK_S
+from latentq.contract import JobStatus
+from latentq.jobs import JobRecords
+from latentq.keys import job_events_key
+from latentq.storage import ImageStore
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+_TERMINAL = {status.value for status in JobStatus if status.is_terminal}
+
+
+def sse(event_id: str, event: str, data: str) -> str:
+    """Return one Server-Sent Event."""
+    return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n"
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The job's events"}},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    _key: ApiKeyDep,
+    redis: AsyncRedisDep,
+    records: JobRecordsDep,
+    store: ImageStoreDep,
+) -> StreamingResponse:
+    """Stream a job's events until its terminal one (see the module docstring)."""
+    await run_in_threadpool(find_record, job_id, records)
+    last = request.headers.get("last-event-id") or "0"
+    return StreamingResponse(
+        event_stream(redis, records, store, job_id, last),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def event_stream(
+    redis: AsyncRedis, records: JobRecords, store: ImageStore, job_id: str, last: str
+) -> AsyncIterator[str]:
+    """Yield the job's events after stream id ``last``, ending with its terminal event."""
+    key = job_events_key(job_id)
+    while True:
+        answer: Any = await redis.xread({key: last}, block=int(RECHECK_S * 1000), count=100)
+        if not answer:
+            # No event for a while: a worker that died leaves no terminal event, but its record
+            # reads as failed (worker_lost) once RQ notices; end the stream with it.
+            record = await run_in_threadpool(records.get, job_id)
+            if record is None or record.status.is_terminal:
+                yield await final_event(records, store, job_id, last)
+                return
+            yield ": waiting\n\n"
+            continue
+        for entry_id, fields in answer[0][1]:
+            last = entry_id.decode()
+            event = fields[b"event"].decode()
+            if event in _TERMINAL:
+                yield await final_event(records, store, job_id, last)
+                return
+            yield sse(last, event, fields.get(b"data", b"{}").decode())
+
+
+async def final_event(records: JobRecords, store: ImageStore, job_id: str, event_id: str) -> str:
+    """Return the terminal event: the final job (with fresh image URLs) as its data."""
+    record = await run_in_threadpool(records.get, job_id)
+    if record is None:
+        return sse(event_id, "expired", "{}")
+    job = await run_in_threadpool(job_public, record, store)
+    return sse(event_id, job.status.value, job.model_dump_json())
