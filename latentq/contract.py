@@ -245,6 +245,12 @@ class JobPublic(BaseModel):
     started_at: str | None
     finished_at: str | None
     progress: Progress | None = Field(None, description="Denoising steps done, once sampling has begun.")
+    queue_position: int | None = Field(None, description="While queued: jobs ahead of this one in its queue.")
+    eta_seconds: float | None = Field(None, description="While running: estimated seconds of sampling left.")
+    timings: dict[str, float] | None = Field(
+        None,
+        description="Once succeeded, milliseconds: queued_ms, load_ms, sampling_ms, encode_ms, upload_ms.",
+    )
     request: dict = Field(
         description="The parameters the job runs with: defaults filled, style applied, seed chosen."
     )

@@ -41,6 +41,8 @@ class JobRecord:
         self.finished_at = fields.get("finished_at") or None
         self.step = int(fields.get("step") or 0)
         self.total_steps = int(fields.get("total_steps") or 0)
+        self.eta_s = float(fields.get("eta_s") or 0)
+        self.timings: dict[str, float] = json.loads(fields.get("timings") or "{}")
 
 
 class JobRecords:
@@ -85,13 +87,14 @@ class JobRecords:
         """Record that a worker started ``job_id``."""
         self._update(job_id, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
 
-    def step(self, job_id: str, step: int, total_steps: int, publish: bool) -> bool:
+    def step(self, job_id: str, step: int, total_steps: int, publish: bool, eta_s: float = 0.0) -> bool:
         """Note denoising step ``step`` of ``total_steps`` (written and published when ``publish``);
         return whether the job's cancel was requested. One round trip."""
         with self.redis.pipeline(transaction=False) as pipeline:
             pipeline.exists(cancel_key(job_id))
             if publish:
-                pipeline.hset(job_key(job_id), mapping={"step": step, "total_steps": total_steps})
+                mapping: dict[Any, Any] = {"step": step, "total_steps": total_steps, "eta_s": round(eta_s, 2)}
+                pipeline.hset(job_key(job_id), mapping=mapping)
                 self._event(pipeline, job_id, "progress", step=step, total_steps=total_steps)
             return bool(pipeline.execute()[0])
 
@@ -107,12 +110,13 @@ class JobRecords:
         """Record that ``job_id`` was canceled."""
         self._update(job_id, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
 
-    def mark_succeeded(self, job_id: str, images: list[StoredImage]) -> None:
-        """Record that ``job_id`` finished with ``images``."""
+    def mark_succeeded(self, job_id: str, images: list[StoredImage], timings: dict[str, float]) -> None:
+        """Record that ``job_id`` finished with ``images``, and the milliseconds of its stages."""
         payload = json.dumps([image.model_dump() for image in images])
         self._update(
-            job_id, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now()
-        )
+            job_id, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
+            timings=json.dumps(timings),
+        )  # fmt: skip
 
     def mark_failed(self, job_id: str, error: JobError) -> None:
         """Record that ``job_id`` failed with ``error``."""

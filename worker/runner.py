@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from PIL import Image as PILImage
 from PIL.Image import Image
@@ -28,6 +30,23 @@ log = logging.getLogger("latentq.worker")
 MAX_ERROR_MESSAGE = 500
 
 
+class StageTimings:
+    """Milliseconds spent in each stage of a job (a stage entered twice accumulates)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block into stage ``name``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            self.ms[name] = round(self.ms.get(name, 0.0) + elapsed, 1)
+
+
 class StepReporter:
     """Reports denoising steps to the job record (at most every ``interval_s``, and the last step)
     and checks the job's cancel flag at every step."""
@@ -35,6 +54,7 @@ class StepReporter:
     def __init__(self, records: JobRecords, job_id: str, interval_s: float) -> None:
         self.records, self.job_id, self.interval_s = records, job_id, interval_s
         self.published = float("-inf")
+        self.started = time.monotonic()
         self.canceled = False
 
     def __call__(self, step: int, total_steps: int) -> bool:
@@ -43,7 +63,9 @@ class StepReporter:
         publish = step >= total_steps or now - self.published >= self.interval_s
         if publish:
             self.published = now
-        self.canceled = self.records.step(self.job_id, step, total_steps, publish)
+        # Remaining steps at the mean step time so far.
+        eta_s = (total_steps - step) * (now - self.started) / step
+        self.canceled = self.records.step(self.job_id, step, total_steps, publish, eta_s)
         return self.canceled
 
 
@@ -59,19 +81,23 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
     reporter = StepReporter(runtime.records, spec.job_id, runtime.progress_interval_s)
+    timings = StageTimings()
     try:
-        images = pipeline_for(runtime, spec.model).generate(spec, load_inputs(runtime.store, spec), reporter)
+        with timings.stage("load_ms"):
+            inputs = load_inputs(runtime.store, spec)
+        with timings.stage("sampling_ms"):
+            images = pipeline_for(runtime, spec.model).generate(spec, inputs, reporter)
         if reporter.canceled:
             runtime.records.mark_canceled(spec.job_id)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
-        stored = store_images(runtime.store, spec, images)
+        stored = store_images(runtime.store, spec, images, timings)
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
         runtime.records.mark_failed(spec.job_id, job_error)
         raise
-    runtime.records.mark_succeeded(spec.job_id, stored)
+    runtime.records.mark_succeeded(spec.job_id, stored, timings.ms)
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored
@@ -95,13 +121,19 @@ def load_inputs(store: ObjectStore, spec: JobSpec) -> dict[str, Image]:
     return images
 
 
-def store_images(store: ObjectStore, spec: JobSpec, images: list[Image]) -> list[StoredImage]:
+def store_images(
+    store: ObjectStore, spec: JobSpec, images: list[Image], timings: StageTimings | None = None
+) -> list[StoredImage]:
     """Encode each image in the job's format, upload it under its server-made key and describe it."""
+    timings = timings or StageTimings()
     stored = []
     content_type = CONTENT_TYPES[spec.output_format]
     for index, (image, seed) in enumerate(zip(images, spec.image_seeds(), strict=True)):
         key = image_object_key(spec.job_id, index, spec.output_format)
-        store.put(key, encode_image(image, spec, seed), content_type)
+        with timings.stage("encode_ms"):
+            data = encode_image(image, spec, seed)
+        with timings.stage("upload_ms"):
+            store.put(key, data, content_type)
         stored.append(
             StoredImage(key=key, seed=seed, width=image.width, height=image.height, content_type=content_type)
         )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from contextlib import suppress
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from redis import Redis
+from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -26,6 +28,7 @@ from latentq.contract import (
 )
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecord, JobRecords
+from latentq.keys import queue_name
 from latentq.settings import ApiSettings
 from latentq.storage import ImageStore
 
@@ -113,9 +116,16 @@ def queued(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_ERROR_RESPONSES)
-def get_job(job_id: str, _key: ApiKeyDep, records: JobRecordsDep, store: ImageStoreDep) -> JobPublic:
-    """Return a job's status, progress, images (with fresh URLs) and error."""
-    return job_public(find_record(job_id, records), store)
+def get_job(
+    job_id: str, _key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
+) -> JobPublic:
+    """Return a job's status, progress (queue position, ETA), images (with fresh URLs), error and timings."""
+    record = find_record(job_id, records)
+    job = job_public(record, store)
+    if record.status is JobStatus.QUEUED:
+        queue = Queue(queue_name(record.model), connection=redis, serializer=JSONSerializer)
+        job.queue_position = queue.get_job_position(job_id)
+    return job
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=_CANCEL_RESPONSES)
@@ -166,6 +176,8 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        eta_seconds=record.eta_s if record.status is JobStatus.RUNNING and record.total_steps else None,
+        timings=_timings(record),
         progress=Progress(
             step=record.step,
             total_steps=record.total_steps,
@@ -175,6 +187,14 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         else None,
         request=_public_request(record.spec),
     )
+
+
+def _timings(record: JobRecord) -> dict[str, float] | None:
+    """The stages' milliseconds of a succeeded job, the time it waited in the queue first."""
+    if record.status is not JobStatus.SUCCEEDED or not record.started_at:
+        return None
+    queued = datetime.fromisoformat(record.started_at) - datetime.fromisoformat(record.created_at)
+    return {"queued_ms": round(queued.total_seconds() * 1000, 1), **record.timings}
 
 
 def _public_request(spec: JobSpec) -> dict:

@@ -141,3 +141,29 @@ def test_two_hundred_event_streams_at_once(idle_api):
 
     results = asyncio.run(scenario())
     assert len(results) == 200 and all(names == ["queued", "canceled"] for names in results)
+
+
+def test_finished_job_reports_stage_timings(client, worker):
+    job = wait_for_job(client, client.post("/v1/generate", json=BODY).json()["id"])
+    assert set(job["timings"]) == {"queued_ms", "load_ms", "sampling_ms", "encode_ms", "upload_ms"}
+    assert all(value >= 0 for value in job["timings"].values())
+    assert job["timings"]["sampling_ms"] > job["timings"]["encode_ms"]
+    assert job["eta_seconds"] is None and job["queue_position"] is None
+
+
+def test_queued_jobs_report_their_position_and_running_ones_an_eta(idle_api, client, worker):
+    with httpx.Client(base_url=idle_api, headers=AUTH) as idle:
+        ids = [idle.post("/v1/generate", json=BODY).json()["id"] for _ in range(3)]
+        assert [idle.get(f"/v1/jobs/{job_id}").json()["queue_position"] for job_id in ids] == [0, 1, 2]
+        for job_id in ids:
+            idle.delete(f"/v1/jobs/{job_id}")
+    job_id = client.post("/v1/generate", json={**BODY, "steps": 150, "width": 128, "height": 128}).json()[
+        "id"
+    ]
+    deadline = time.monotonic() + 60
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["progress"] is None or job["progress"]["step"] < 5:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.01)
+    assert job["status"] == "running" and job["eta_seconds"] > 0
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    wait_for_job(client, job_id)
