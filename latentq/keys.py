@@ -21,6 +21,11 @@ def cancel_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:cancel"
 
 
+def idempotency_key(owner: str, key_digest: str) -> str:
+    """Return the Redis key remembering an ``Idempotency-Key`` (by digest) of API key ``owner``."""
+    return f"{PREFIX}:idempotency:{owner}:{key_digest}"
+
+
 def queue_name(model_id: str) -> str:
     """Return the RQ queue name for jobs of model ``model_id`` (one queue per model)."""
     return f"{PREFIX}:{model_id}"

@@ -1,22 +1,36 @@
-"""Submitting and reading generation jobs: ``POST /v1/generate``, ``GET /v1/jobs/{id}``."""
+"""Submitting, reading and canceling jobs: ``POST /v1/generate``, ``POST /v1/upscale``,
+``GET /v1/jobs/{id}``, ``POST /v1/jobs/{id}/cancel`` (and ``DELETE /v1/jobs/{id}``)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from redis import Redis
+from pydantic import BaseModel
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import ApiKeyDep, ImageStoreDep, JobRecordsDep, RedisDep, RegistryDep, SettingsDep
+from api.deps import (
+    ApiKeyDep,
+    AsyncRedisDep,
+    ImageStoreDep,
+    JobRecordsDep,
+    RedisDep,
+    RegistryDep,
+    SettingsDep,
+    key_owner,
+)
+from api.idempotency import check_key, claim, fingerprint, original_record, prefer_wait, release
 from api.submission import enqueue_job, prepare_job, prepare_upscale
 from api.validation import json_body_openapi, parse_body
+from api.waiting import wait_for_job
 from latentq.contract import (
     GenerateRequest,
     ImagePublic,
@@ -29,7 +43,6 @@ from latentq.contract import (
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecord, JobRecords
 from latentq.keys import queue_name
-from latentq.settings import ApiSettings
 from latentq.storage import ImageStore
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -37,6 +50,12 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 _ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"description": description}
     for status, description in [(401, "Missing or invalid API key"), (404, "No such job")]
+}
+_SUBMIT_RESPONSES: dict[int | str, dict] = {
+    **_ERROR_RESPONSES,
+    200: {"description": "The original job (repeated Idempotency-Key), or the finished job (Prefer: wait)"},
+    400: {"description": "Invalid request: the error names the field"},
+    409: {"description": "The Idempotency-Key was used with a different request"},
 }
 _CANCEL_RESPONSES: dict[int | str, dict] = {**_ERROR_RESPONSES, 409: {"description": "The job already ended"}}
 
@@ -53,21 +72,14 @@ GenerateBody = Annotated[GenerateRequest, Depends(read_generate_request)]
     "/generate",
     status_code=202,
     response_model=JobPublic,
-    responses={**_ERROR_RESPONSES, 400: {"description": "Invalid request: the error names the field"}},
+    responses=_SUBMIT_RESPONSES,
     openapi_extra=json_body_openapi(GenerateRequest),
 )
-def submit_generate(
-    body: GenerateBody,
-    response: Response,
-    _key: ApiKeyDep,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    redis: RedisDep,
-    records: JobRecordsDep,
-    store: ImageStoreDep,
-) -> JobPublic:
-    """Queue a text-to-image, image-to-image or masking job; answer 202 with the job and its ``Location``."""
-    return queued(prepare_job(body, registry, store), response, settings, redis, records)
+async def submit_generate(body: GenerateBody, submission: SubmissionDep) -> JobPublic:
+    """Queue a text-to-image, image-to-image or masking job; answer 202 with the job and its ``Location``
+    (200 with the original job for a repeated ``Idempotency-Key``, or with the finished job when it
+    ends within ``Prefer: wait=N`` seconds)."""
+    return await submission.submit(lambda: prepare_job(body, submission.registry, submission.store), body)
 
 
 async def read_upscale_request(request: Request) -> UpscaleRequest:
@@ -79,40 +91,72 @@ async def read_upscale_request(request: Request) -> UpscaleRequest:
     "/upscale",
     status_code=202,
     response_model=JobPublic,
-    responses={**_ERROR_RESPONSES, 400: {"description": "Invalid request: the error names the field"}},
+    responses=_SUBMIT_RESPONSES,
     openapi_extra=json_body_openapi(UpscaleRequest),
 )
-def submit_upscale(
-    body: Annotated[UpscaleRequest, Depends(read_upscale_request)],
-    response: Response,
-    _key: ApiKeyDep,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    redis: RedisDep,
-    records: JobRecordsDep,
-    store: ImageStoreDep,
+async def submit_upscale(
+    body: Annotated[UpscaleRequest, Depends(read_upscale_request)], submission: SubmissionDep
 ) -> JobPublic:
-    """Queue an upscale job; answer 202 with the job and its ``Location``."""
-    return queued(prepare_upscale(body, registry, store), response, settings, redis, records)
+    """Queue an upscale job; answers as ``POST /v1/generate`` does."""
+    return await submission.submit(lambda: prepare_upscale(body, submission.registry, submission.store), body)
 
 
-def queued(
-    spec: JobSpec, response: Response, settings: ApiSettings, redis: Redis, records: JobRecords
-) -> JobPublic:
-    """Enqueue ``spec``; return its public view and set the ``Location`` header."""
-    created_at = enqueue_job(spec, settings, redis, records)
-    response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
-    return JobPublic(
-        id=spec.job_id,
-        status=JobStatus.QUEUED,
-        model=spec.model,
-        images=[],
-        error=None,
-        created_at=created_at,
-        started_at=None,
-        finished_at=None,
-        request=_public_request(spec),
-    )
+class Submission:
+    """Queues a job for a submit route, honouring ``Idempotency-Key`` and ``Prefer: wait=N``."""
+
+    def __init__(
+        self,
+        request: Request,
+        response: Response,
+        key: ApiKeyDep,
+        settings: SettingsDep,
+        registry: RegistryDep,
+        redis: RedisDep,
+        async_redis: AsyncRedisDep,
+        records: JobRecordsDep,
+        store: ImageStoreDep,
+    ) -> None:
+        self.request, self.response, self.owner = request, response, key_owner(key)
+        self.settings, self.registry, self.redis = settings, registry, redis
+        self.async_redis, self.records, self.store = async_redis, records, store
+
+    async def submit(self, prepare: Callable[[], JobSpec], body: BaseModel) -> JobPublic:
+        """Resolve the job with ``prepare``, queue it (once per idempotency key) and answer with it."""
+        idempotency = self.request.headers.get("idempotency-key")
+        if idempotency is not None:
+            check_key(idempotency)
+        wait_s = prefer_wait(self.request.headers.get("prefer"))
+        spec = await run_in_threadpool(prepare)
+        self.response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
+        if idempotency is not None:
+            body_print = fingerprint(self.request.url.path, body.model_dump_json())
+            original = await run_in_threadpool(
+                claim, self.redis, self.owner, idempotency, body_print, spec.job_id
+            )
+            if original is not None:
+                self.response.status_code = 200
+                self.response.headers["Location"] = f"/v1/jobs/{original}"
+                record = await run_in_threadpool(original_record, self.records, original)
+                return await run_in_threadpool(job_public, record, self.store)
+        try:
+            created_at = await run_in_threadpool(enqueue_job, spec, self.settings, self.redis, self.records)
+        except BaseException:
+            if idempotency is not None:
+                await run_in_threadpool(release, self.redis, self.owner, idempotency)
+            raise
+        if wait_s:
+            self.response.headers["Preference-Applied"] = f"wait={wait_s}"
+            finished = await wait_for_job(self.async_redis, self.records, spec.job_id, wait_s)
+            if finished is not None and finished.status.is_terminal:
+                self.response.status_code = 200
+                return await run_in_threadpool(job_public, finished, self.store)
+        return JobPublic(
+            id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
+            created_at=created_at, started_at=None, finished_at=None, request=_public_request(spec),
+        )  # fmt: skip
+
+
+SubmissionDep = Annotated[Submission, Depends()]
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_ERROR_RESPONSES)

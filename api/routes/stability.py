@@ -8,7 +8,6 @@ workers and limits), waits for it and answers in Stability's shapes, errors incl
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -30,6 +29,7 @@ from api.deps import (
     RegistryDep,
     SettingsDep,
     check_api_key,
+    key_owner,
 )
 from api.stability import (
     ImageToImageBody,
@@ -268,7 +268,7 @@ def list_engines(_key: StabilityKeyDep, registry: RegistryDep) -> list[dict[str,
 @router.get("/user/account")
 def user_account(key: StabilityKeyDep) -> dict[str, Any]:
     """Describe the caller's key as a Stability account (one per key; no personal data kept)."""
-    user_id = f"user-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    user_id = f"user-{key_owner(key)}"
     return {
         "id": user_id,
         "email": f"{user_id}@latentq.invalid",

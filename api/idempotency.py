@@ -1,0 +1,92 @@
+"""Safe retries: ``Idempotency-Key`` on job submits, and ``Prefer: wait=N``.
+
+The first request with a key claims it (``SET NX``, 24 h) for its body's fingerprint and its
+new job id, before the job is queued; a repeat with the same body gets that job (200), a repeat
+with a different body a 409. Concurrent duplicates race on the one ``SET NX``, so exactly one
+job is created. Keys are scoped to the API key that sent them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+
+from redis import Redis
+
+from latentq.errors import LatentqError
+from latentq.jobs import JobRecord, JobRecords
+from latentq.keys import idempotency_key
+
+#: How long an idempotency key is remembered, seconds.
+IDEMPOTENCY_TTL_S = 24 * 3600
+#: Longest ``Prefer: wait`` honoured, seconds.
+MAX_WAIT_S = 60
+#: How long a repeat waits for the original request to finish queueing its job, seconds.
+ORIGINAL_WAIT_S = 10.0
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def check_key(value: str) -> str:
+    """Return ``value`` if it is a usable idempotency key (1-255 printable ASCII characters)."""
+    if not _KEY.match(value):
+        raise LatentqError.for_field(
+            "invalid_idempotency_key", "Idempotency-Key",
+            "Idempotency-Key: 1 to 255 printable ASCII characters, no spaces",
+        )  # fmt: skip
+    return value
+
+
+def prefer_wait(header: str | None) -> int:
+    """Return the seconds ``Prefer: wait=N`` asks for (at most ``MAX_WAIT_S``), or 0."""
+    match = _PREFER_WAIT.search(header or "")
+    return min(int(match[1]), MAX_WAIT_S) if match else 0
+
+
+def fingerprint(kind: str, body_json: str) -> str:
+    """Return the fingerprint of a request body (its canonical JSON) sent to route ``kind``."""
+    return hashlib.sha256(f"{kind}\n{body_json}".encode()).hexdigest()
+
+
+def claim(redis: Redis, owner: str, key: str, body: str, job_id: str) -> str | None:
+    """Claim ``key`` for ``job_id``; return None if claimed, else the job id it already names.
+
+    Raise ``idempotency_conflict`` when it was claimed for a different body.
+    """
+    name = idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
+    value = json.dumps({"fingerprint": body, "job_id": job_id})
+    for _ in range(3):  # the claim may expire between SET NX and GET: try again
+        if redis.set(name, value, nx=True, ex=IDEMPOTENCY_TTL_S):
+            return None
+        existing = redis.get(name)
+        if existing is None:
+            continue
+        original = json.loads(existing)
+        if original["fingerprint"] != body:
+            raise LatentqError(
+                "idempotency_conflict",
+                f"Idempotency-Key '{key}' was used with a different request (job {original['job_id']}).",
+            )
+        job_id_found: str = original["job_id"]
+        return job_id_found
+    raise LatentqError("service_unavailable", "Could not claim the idempotency key; retry.")
+
+
+def release(redis: Redis, owner: str, key: str) -> None:
+    """Forget ``key`` (the request that claimed it failed before queueing its job)."""
+    redis.delete(idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest()))
+
+
+def original_record(records: JobRecords, job_id: str) -> JobRecord:
+    """Return the original request's job record, waiting while that request is still queueing it."""
+    deadline = time.monotonic() + ORIGINAL_WAIT_S
+    while (record := records.get(job_id)) is None:
+        if time.monotonic() > deadline:
+            raise LatentqError(
+                "service_unavailable", f"The original request's job {job_id} is not there; retry."
+            )
+        time.sleep(0.02)
+    return record

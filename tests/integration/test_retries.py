@@ -1,0 +1,79 @@
+"""Safe retries: Idempotency-Key on submits, and Prefer: wait=N."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from rq import Queue
+
+from latentq.keys import queue_name
+from tests.conftest import API_KEY, api_settings, serve
+from tests.integration.test_lifecycle import BODY, IDLE
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def idle_api(redis_server, s3_server):
+    with serve(api_settings(redis_server, s3_server, models=[IDLE], default_model="idle-sd")) as url:
+        yield url
+
+
+def post(url: str, body: dict, key: str, api_key: str = API_KEY) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
+    return httpx.post(url + "/v1/generate", json=body, headers=headers, timeout=30)
+
+
+def test_repeat_with_the_same_key_and_body_returns_the_original_job(idle_api, redis):
+    queue = Queue(queue_name("idle-sd"), connection=redis)
+    key = f"order-{uuid.uuid4()}"
+    first = post(idle_api, BODY, key)
+    before = queue.count
+    again = post(idle_api, {**BODY}, key)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"] and again.headers["location"] == first.headers["location"]
+    assert queue.count == before  # nothing new queued
+    conflict = post(idle_api, {**BODY, "seed": 9}, key)
+    assert conflict.status_code == 409 and conflict.json()["error"]["name"] == "idempotency_conflict"
+    # Keys belong to the API key that sent them.
+    other = post(idle_api, BODY, key, api_key="test-key-2")
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+
+
+def test_ten_concurrent_duplicates_create_one_job(idle_api, redis):
+    queue = Queue(queue_name("idle-sd"), connection=redis)
+    before = queue.count
+    key = f"burst-{uuid.uuid4()}"
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: post(idle_api, BODY, key), range(10)))
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert sorted(response.status_code for response in responses) == [200] * 9 + [202]
+    assert queue.count == before + 1
+
+
+@pytest.mark.parametrize("key", ["has space", "x" * 256, "", b"\xfcmlaut"])
+def test_malformed_idempotency_keys_are_refused(idle_api, key):
+    headers = {**AUTH, "Idempotency-Key": key}
+    response = httpx.post(idle_api + "/v1/generate", json=BODY, headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["name"] == "invalid_idempotency_key"
+
+
+def test_prefer_wait_answers_with_the_finished_job(client, worker):
+    response = client.post("/v1/generate", json=BODY, headers={"Prefer": "wait=30"})
+    assert response.status_code == 200, response.text
+    assert response.headers["preference-applied"] == "wait=30"
+    job = response.json()
+    assert job["status"] == "succeeded" and job["images"][0]["url"]
+
+
+def test_prefer_wait_gives_up_with_202_when_the_job_takes_longer(idle_api):
+    started = time.monotonic()
+    response = httpx.post(
+        idle_api + "/v1/generate", json=BODY, headers={**AUTH, "Prefer": "wait=1"}, timeout=30
+    )
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    assert 1 <= time.monotonic() - started < 5
