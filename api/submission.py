@@ -113,6 +113,7 @@ def build_spec(request: GenerateRequest, model: ModelSpec, inputs: Inputs | None
         sampler=request.sampler or defaults.sampler,
         style_preset=request.style_preset,
         output_format=request.output_format,
+        preview=request.preview,
         task=inputs.task,
         strength=inputs.strength,
         schedule_end=inputs.schedule_end,

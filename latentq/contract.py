@@ -124,6 +124,7 @@ class GenerateRequest(BaseModel):
     sampler: Sampler | None = Field(None, description="Sampler (diffusers scheduler); omitted: the model's.")
     style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
     output_format: OutputFormat = Field("png", description="File format of the images.")
+    preview: bool = Field(False, description="Publish a small JPEG preview every few denoising steps.")
     init_image: str | None = Field(
         None, description="Base64 PNG, JPEG or WebP to start from (image-to-image); sets the output size."
     )
@@ -184,6 +185,7 @@ class JobSpec(BaseModel):
     style_preset: str | None = None
     output_format: OutputFormat = "png"
     task: Task = "text-to-image"
+    preview: bool = False
     #: Object keys of the job's input images, stored by the API (already decoded and checked).
     init_image_key: str | None = None
     #: A greyscale mask, white = repaint fully, black = keep (normalised by the API whatever the source).
@@ -246,6 +248,7 @@ class JobPublic(BaseModel):
     finished_at: str | None
     progress: Progress | None = Field(None, description="Denoising steps done, once sampling has begun.")
     queue_position: int | None = Field(None, description="While queued: jobs ahead of this one in its queue.")
+    preview_url: str | None = Field(None, description="The latest live preview (JPEG), when asked for.")
     eta_seconds: float | None = Field(None, description="While running: estimated seconds of sampling left.")
     timings: dict[str, float] | None = Field(
         None,

@@ -34,6 +34,7 @@ REQUEST_FIELDS = (
     "sampler",
     "style_preset",
     "output_format",
+    "preview",
     "init_image",
     "init_image_mode",
     "image_strength",

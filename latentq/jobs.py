@@ -6,6 +6,7 @@ RQ's job carries the work; the record is what clients read. Every write goes thr
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from redis.client import Pipeline
 
 from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, status_from_rq
 from latentq.errors import ERRORS
-from latentq.keys import cancel_key, job_events_key, job_key, rq_job_key
+from latentq.keys import cancel_key, job_events_key, job_key, preview_key, rq_job_key
 
 #: Most events kept in a job's stream.
 MAX_EVENTS = 1000
@@ -42,6 +43,7 @@ class JobRecord:
         self.step = int(fields.get("step") or 0)
         self.total_steps = int(fields.get("total_steps") or 0)
         self.eta_s = float(fields.get("eta_s") or 0)
+        self.preview_step = int(fields.get("preview_step") or 0)
         self.timings: dict[str, float] = json.loads(fields.get("timings") or "{}")
 
 
@@ -97,6 +99,19 @@ class JobRecords:
                 pipeline.hset(job_key(job_id), mapping=mapping)
                 self._event(pipeline, job_id, "progress", step=step, total_steps=total_steps)
             return bool(pipeline.execute()[0])
+
+    def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
+        """Keep ``jpeg`` as the job's latest preview (made at ``step``) and publish it as an event."""
+        with self.redis.pipeline(transaction=False) as pipeline:
+            pipeline.set(preview_key(job_id), jpeg, ex=self.retention_s)
+            pipeline.hset(job_key(job_id), "preview_step", step)
+            self._event(pipeline, job_id, "preview", step=step, jpeg=base64.b64encode(jpeg).decode())
+            pipeline.execute()
+
+    def get_preview(self, job_id: str) -> bytes | None:
+        """Return the job's latest preview JPEG, if any."""
+        data = self.redis.get(preview_key(job_id))
+        return data.encode() if isinstance(data, str) else data
 
     def request_cancel(self, job_id: str) -> None:
         """Ask the worker running (or about to run) ``job_id`` to stop it at its next step."""

@@ -16,6 +16,11 @@ def job_events_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def preview_key(job_id: str) -> str:
+    """Return the Redis key of a job's latest preview (JPEG bytes)."""
+    return f"{PREFIX}:job:{job_id}:preview"
+
+
 def cancel_key(job_id: str) -> str:
     """Return the Redis key whose presence asks the worker to cancel ``job_id``."""
     return f"{PREFIX}:job:{job_id}:cancel"

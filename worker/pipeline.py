@@ -23,6 +23,7 @@ from PIL.Image import Image
 
 from latentq.contract import JobSpec, Task, WeightedPrompt
 from latentq.models import MAX_UPSCALE_PIXELS
+from worker.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.prompts import prompt_arguments
 from worker.schedulers import make_scheduler
 
@@ -55,8 +56,8 @@ def generators_for(spec: JobSpec) -> Any:
     return generators[0] if len(generators) == 1 else generators
 
 
-#: Called after each denoising step with (step, total steps); returning True stops the job.
-OnStep = Callable[[int, int], bool]
+#: Called after each denoising step with (step, total steps, latents); returning True stops the job.
+OnStep = Callable[[int, int, Any], bool]
 
 
 def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
@@ -67,7 +68,8 @@ def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
     def callback(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
         if stop_at is not None and index + 1 >= stop_at:
             pipe._interrupt = True
-        if on_step is not None and on_step(index + 1, getattr(pipe, "num_timesteps", 0) or index + 1):
+        total = getattr(pipe, "num_timesteps", 0) or index + 1
+        if on_step is not None and on_step(index + 1, total, tensors.get("latents")):
             pipe._interrupt = True
         return tensors
 
@@ -94,6 +96,12 @@ class WarmPipeline:
     def pipe(self) -> Any:
         """The text-to-image pipeline."""
         return self.pipes["text-to-image"]
+
+    def preview(self, latents: torch.Tensor) -> bytes:
+        """Return a cheap JPEG preview of ``latents`` with this model family's latent colours."""
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            return preview_jpeg(latents, SDXL_FACTORS, SDXL_BIAS)
+        return preview_jpeg(latents, SD_FACTORS)
 
     @classmethod
     def load(cls, model: str, device: str = "auto") -> WarmPipeline:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from PIL import Image as PILImage
 from PIL.Image import Image
@@ -25,6 +26,9 @@ from worker.encoding import CONTENT_TYPES, encode_image
 from worker.runtime import ImagePipeline, ObjectStore, Runtime
 
 log = logging.getLogger("latentq.worker")
+
+#: Denoising steps between two previews of a job that asked for them.
+PREVIEW_EVERY = 5
 
 #: Longest error message kept in a job record, characters.
 MAX_ERROR_MESSAGE = 500
@@ -51,14 +55,29 @@ class StepReporter:
     """Reports denoising steps to the job record (at most every ``interval_s``, and the last step)
     and checks the job's cancel flag at every step."""
 
-    def __init__(self, records: JobRecords, job_id: str, interval_s: float) -> None:
-        self.records, self.job_id, self.interval_s = records, job_id, interval_s
+    def __init__(
+        self,
+        records: JobRecords,
+        job_id: str,
+        interval_s: float,
+        preview: Callable[[Any], bytes] | None = None,
+    ) -> None:
+        self.records, self.job_id, self.interval_s, self.preview = records, job_id, interval_s, preview
         self.published = float("-inf")
         self.started = time.monotonic()
         self.canceled = False
 
-    def __call__(self, step: int, total_steps: int) -> bool:
-        """Note ``step`` of ``total_steps``; return True if the job must stop (its cancel was requested)."""
+    def __call__(self, step: int, total_steps: int, latents: Any = None) -> bool:
+        """Note ``step`` of ``total_steps``; return True if the job must stop (its cancel was requested).
+
+        With ``preview``, every ``PREVIEW_EVERY`` steps (and the last) a preview of ``latents`` is published.
+        """
+        if (
+            self.preview is not None
+            and latents is not None
+            and (step % PREVIEW_EVERY == 0 or step >= total_steps)
+        ):
+            self.records.preview(self.job_id, step, self.preview(latents))
         now = time.monotonic()
         publish = step >= total_steps or now - self.published >= self.interval_s
         if publish:
@@ -80,13 +99,15 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
         return []
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
-    reporter = StepReporter(runtime.records, spec.job_id, runtime.progress_interval_s)
     timings = StageTimings()
     try:
+        pipeline = pipeline_for(runtime, spec.model)
+        preview = getattr(pipeline, "preview", None) if spec.preview else None
+        reporter = StepReporter(runtime.records, spec.job_id, runtime.progress_interval_s, preview)
         with timings.stage("load_ms"):
             inputs = load_inputs(runtime.store, spec)
         with timings.stage("sampling_ms"):
-            images = pipeline_for(runtime, spec.model).generate(spec, inputs, reporter)
+            images = pipeline.generate(spec, inputs, reporter)
         if reporter.canceled:
             runtime.records.mark_canceled(spec.job_id)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)

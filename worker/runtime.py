@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL.Image import Image
 
@@ -16,10 +16,10 @@ class ImagePipeline(Protocol):
     """What the job loop needs of a pipeline."""
 
     def generate(
-        self, spec: JobSpec, inputs: dict[str, Image], on_step: Callable[[int, int], bool] | None = None
+        self, spec: JobSpec, inputs: dict[str, Image], on_step: Callable[[int, int, Any], bool] | None = None
     ) -> list[Image]:
         """Return the images for ``spec``, given its input images by name (``init``, ``mask``);
-        ``on_step(step, total)`` is called after each denoising step and stops the job by returning True."""
+        ``on_step(step, total, latents)`` is called after each denoising step; True stops the job."""
         ...
 
 

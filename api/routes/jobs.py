@@ -192,6 +192,20 @@ def cancel_job(
     return job_public(find_record(job_id, records), store)
 
 
+@router.get(
+    "/jobs/{job_id}/preview",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The latest preview"}, **_ERROR_RESPONSES},
+)
+def get_preview(job_id: str, _key: ApiKeyDep, records: JobRecordsDep) -> Response:
+    """Return the job's latest live preview (a small JPEG), for jobs submitted with ``preview: true``."""
+    find_record(job_id, records)
+    data = records.get_preview(job_id)
+    if data is None:
+        raise LatentqError("not_found", f"Job {job_id} has no preview (yet): submit it with preview: true.")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
 def find_record(job_id: str, records: JobRecords) -> JobRecord:
     """Return the record of ``job_id``; raise ``not_found`` when there is none (or the id is malformed)."""
     record = records.get(job_id) if _is_job_id(job_id) else None
@@ -220,6 +234,7 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        preview_url=f"/v1/jobs/{record.id}/preview" if record.preview_step else None,
         eta_seconds=record.eta_s if record.status is JobStatus.RUNNING and record.total_steps else None,
         timings=_timings(record),
         progress=Progress(

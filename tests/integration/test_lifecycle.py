@@ -167,3 +167,30 @@ def test_queued_jobs_report_their_position_and_running_ones_an_eta(idle_api, cli
     assert job["status"] == "running" and job["eta_seconds"] > 0
     client.post(f"/v1/jobs/{job_id}/cancel")
     wait_for_job(client, job_id)
+
+
+def test_previews_arrive_in_the_event_stream_and_at_preview_url(client, worker):
+    import base64
+    import io
+
+    from PIL import Image
+
+    body = {**BODY, "width": 128, "height": 96, "preview": True}
+    job_id = client.post("/v1/generate", json=body).json()["id"]
+    events = read_events(client.get(f"/v1/jobs/{job_id}/events", timeout=60))
+    previews = [data for _, name, data in events if name == "preview"]
+    assert [data["step"] for data in previews] == [5, 10, 15, 20]  # every 5 steps, and the last
+    image = Image.open(io.BytesIO(base64.b64decode(previews[-1]["jpeg"])))
+    assert (image.format, image.size) == ("JPEG", (16, 12))  # the latents' size: 1/8 of the image
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["preview_url"] == f"/v1/jobs/{job_id}/preview"
+    served = client.get(job["preview_url"])
+    assert served.headers["content-type"] == "image/jpeg" and served.content == base64.b64decode(
+        previews[-1]["jpeg"]
+    )
+
+
+def test_jobs_without_preview_have_none(client, worker):
+    job = wait_for_job(client, client.post("/v1/generate", json=BODY).json()["id"])
+    assert job["preview_url"] is None
+    assert client.get(f"/v1/jobs/{job['id']}/preview").status_code == 404
