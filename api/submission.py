@@ -131,7 +131,9 @@ def build_upscale_spec(model: ModelSpec, size: tuple[int, int], output_format: O
     )  # fmt: skip
 
 
-def enqueue_job(spec: JobSpec, settings: ApiSettings, redis: Redis, records: JobRecords) -> str:
+def enqueue_job(
+    spec: JobSpec, settings: ApiSettings, redis: Redis, records: JobRecords, owner: str = ""
+) -> str:
     """Queue ``spec`` on its model's queue with its job record; return the record's created_at."""
     queue = Queue(queue_name(spec.model), connection=redis, serializer=JSONSerializer)
     with redis.pipeline() as pipeline:
@@ -147,7 +149,7 @@ def enqueue_job(spec: JobSpec, settings: ApiSettings, redis: Redis, records: Job
             description=f"generate {spec.job_id}",
             pipeline=pipeline,
         )
-        created_at = records.create(spec, pipeline)
+        created_at = records.create(spec, pipeline, owner)
         pipeline.execute()
     return created_at
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from redis.client import Pipeline
 
 from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, status_from_rq
 from latentq.errors import ERRORS
-from latentq.keys import cancel_key, job_events_key, job_key, preview_key, rq_job_key
+from latentq.keys import cancel_key, job_events_key, job_key, owner_jobs_key, preview_key, rq_job_key
 
 #: Most events kept in a job's stream.
 MAX_EVENTS = 1000
@@ -34,6 +35,7 @@ class JobRecord:
         self.id = fields["id"]
         self.status = JobStatus(fields["status"])
         self.model = fields["model"]
+        self.owner = fields.get("owner", "")
         self.spec = JobSpec.model_validate_json(fields["spec"])
         self.images = [StoredImage.model_validate(item) for item in json.loads(fields.get("images") or "[]")]
         self.error = JobError.model_validate_json(fields["error"]) if fields.get("error") else None
@@ -54,9 +56,11 @@ class JobRecords:
         self.redis = redis
         self.retention_s = retention_s
 
-    def create(self, spec: JobSpec, pipeline: Pipeline) -> str:
-        """Queue the write of a new ``queued`` record for ``spec`` on ``pipeline``; return its created_at."""
+    def create(self, spec: JobSpec, pipeline: Pipeline, owner: str = "") -> str:
+        """Queue the write of a new ``queued`` record for ``spec``, submitted by API key ``owner``, on
+        ``pipeline``, and its entry in the owner's job index; return its created_at."""
         key = job_key(spec.job_id)
+        now = time.time()
         created_at = utc_now()
         pipeline.hset(
             key,
@@ -64,13 +68,28 @@ class JobRecords:
                 "id": spec.job_id,
                 "status": JobStatus.QUEUED.value,
                 "model": spec.model,
+                "owner": owner,
                 "spec": spec.model_dump_json(),
                 "created_at": created_at,
             },
         )
         pipeline.expire(key, self.retention_s)
+        if owner:
+            index = owner_jobs_key(owner)
+            pipeline.zadd(index, {spec.job_id: now})
+            pipeline.zremrangebyscore(index, "-inf", now - self.retention_s)  # expired jobs leave the index
+            pipeline.expire(index, self.retention_s)
         self._event(pipeline, spec.job_id, "queued")
         return created_at
+
+    def list_ids(self, owner: str, before: float | None, count: int) -> list[tuple[str, float]]:
+        """Return up to ``count`` of ``owner``'s (job id, created time) pairs, newest first, created
+        strictly before ``before`` (epoch seconds; None: now)."""
+        upper = f"({before}" if before is not None else "+inf"
+        entries: Any = self.redis.zrevrangebyscore(
+            owner_jobs_key(owner), upper, "-inf", start=0, num=count, withscores=True
+        )
+        return [(member.decode(), float(score)) for member, score in entries]
 
     def get(self, job_id: str) -> JobRecord | None:
         """Return the record of ``job_id``, reconciled with RQ's view, or None if there is none."""

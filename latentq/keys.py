@@ -21,6 +21,11 @@ def preview_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:preview"
 
 
+def owner_jobs_key(owner: str) -> str:
+    """Return the Redis key of API key ``owner``'s job index (a sorted set by creation time)."""
+    return f"{PREFIX}:owner:{owner}:jobs"
+
+
 def cancel_key(job_id: str) -> str:
     """Return the Redis key whose presence asks the worker to cancel ``job_id``."""
     return f"{PREFIX}:job:{job_id}:cancel"

@@ -44,13 +44,13 @@ def sse(event_id: str, event: str, data: str) -> str:
 async def job_events(
     job_id: str,
     request: Request,
-    _key: ApiKeyDep,
+    key: ApiKeyDep,
     redis: AsyncRedisDep,
     records: JobRecordsDep,
     store: ImageStoreDep,
 ) -> StreamingResponse:
     """Stream a job's events until its terminal one (see the module docstring)."""
-    await run_in_threadpool(find_record, job_id, records)
+    await run_in_threadpool(find_record, job_id, records, key)
     last = request.headers.get("last-event-id") or "0"
     return StreamingResponse(
         event_stream(redis, records, store, job_id, last),

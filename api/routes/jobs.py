@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -139,7 +139,9 @@ class Submission:
                 record = await run_in_threadpool(original_record, self.records, original)
                 return await run_in_threadpool(job_public, record, self.store)
         try:
-            created_at = await run_in_threadpool(enqueue_job, spec, self.settings, self.redis, self.records)
+            created_at = await run_in_threadpool(
+                enqueue_job, spec, self.settings, self.redis, self.records, self.owner
+            )
         except BaseException:
             if idempotency is not None:
                 await run_in_threadpool(release, self.redis, self.owner, idempotency)
@@ -159,12 +161,39 @@ class Submission:
 SubmissionDep = Annotated[Submission, Depends()]
 
 
+@router.get("/jobs", responses={401: {"description": "Missing or invalid API key"}})
+def list_jobs(
+    key: ApiKeyDep,
+    records: JobRecordsDep,
+    store: ImageStoreDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[float | None, Query(description="next_cursor of the previous page")] = None,
+) -> dict[str, Any]:
+    """List the caller's own jobs, newest first, optionally of one ``status``; page with ``cursor``."""
+    owner, before = key_owner(key), cursor
+    page: list[JobPublic] = []
+    while len(page) < limit:
+        batch = records.list_ids(owner, before, 100)
+        for job_id, created in batch:
+            before = created
+            record = records.get(job_id)
+            if record is not None and (status is None or record.status is status):
+                page.append(job_public(record, store))
+                if len(page) == limit:
+                    break
+        if len(batch) < 100 or len(page) == limit:
+            break
+    more = len(page) == limit and bool(records.list_ids(owner, before, 1))
+    return {"data": page, "next_cursor": before if more else None}
+
+
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_ERROR_RESPONSES)
 def get_job(
-    job_id: str, _key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
+    job_id: str, key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
 ) -> JobPublic:
     """Return a job's status, progress (queue position, ETA), images (with fresh URLs), error and timings."""
-    record = find_record(job_id, records)
+    record = find_record(job_id, records, key)
     job = job_public(record, store)
     if record.status is JobStatus.QUEUED:
         queue = Queue(queue_name(record.model), connection=redis, serializer=JSONSerializer)
@@ -175,11 +204,11 @@ def get_job(
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=_CANCEL_RESPONSES)
 @router.delete("/jobs/{job_id}", response_model=JobPublic, responses=_CANCEL_RESPONSES)
 def cancel_job(
-    job_id: str, _key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
+    job_id: str, key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
 ) -> JobPublic:
     """Cancel a job: a queued one never starts; a running one stops at its next denoising step and
     ends ``canceled``. Answers with the job as it stands; a finished job is a 409, unchanged."""
-    record = find_record(job_id, records)
+    record = find_record(job_id, records, key)
     if record.status.is_terminal:
         raise LatentqError(
             "job_finished", f"Job {job_id} already ended {record.status.value}; nothing to cancel."
@@ -189,7 +218,7 @@ def cancel_job(
         with suppress(NoSuchJobError, InvalidJobOperation):
             Job.fetch(job_id, connection=redis, serializer=JSONSerializer).cancel()
         records.mark_canceled(job_id)
-    return job_public(find_record(job_id, records), store)
+    return job_public(find_record(job_id, records, key), store)
 
 
 @router.get(
@@ -197,19 +226,20 @@ def cancel_job(
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}, "description": "The latest preview"}, **_ERROR_RESPONSES},
 )
-def get_preview(job_id: str, _key: ApiKeyDep, records: JobRecordsDep) -> Response:
+def get_preview(job_id: str, key: ApiKeyDep, records: JobRecordsDep) -> Response:
     """Return the job's latest live preview (a small JPEG), for jobs submitted with ``preview: true``."""
-    find_record(job_id, records)
+    find_record(job_id, records, key)
     data = records.get_preview(job_id)
     if data is None:
         raise LatentqError("not_found", f"Job {job_id} has no preview (yet): submit it with preview: true.")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-def find_record(job_id: str, records: JobRecords) -> JobRecord:
-    """Return the record of ``job_id``; raise ``not_found`` when there is none (or the id is malformed)."""
+def find_record(job_id: str, records: JobRecords, api_key: str) -> JobRecord:
+    """Return the record of ``job_id`` if it belongs to ``api_key``; else raise ``not_found`` (another
+    key's job reads exactly like one that does not exist)."""
     record = records.get(job_id) if _is_job_id(job_id) else None
-    if record is None:
+    if record is None or record.owner not in ("", key_owner(api_key)):
         raise LatentqError("not_found", f"No job with id '{job_id}' (it may have expired).")
     return record
 

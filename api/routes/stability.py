@@ -107,7 +107,7 @@ class Generation:
 
     def __init__(
         self,
-        _key: StabilityKeyDep,
+        key: StabilityKeyDep,
         settings: SettingsDep,
         registry: RegistryDep,
         redis: RedisDep,
@@ -115,6 +115,7 @@ class Generation:
         records: JobRecordsDep,
         store: ImageStoreDep,
     ) -> None:
+        self.owner = key_owner(key)
         self.settings, self.registry, self.redis = settings, registry, redis
         self.async_redis, self.records, self.store = async_redis, records, store
 
@@ -136,7 +137,7 @@ class Generation:
                     "`application/json`",
                 )  # fmt: skip
             spec = await run_in_threadpool(prepare_job, ours, self.registry, self.store)
-        await run_in_threadpool(enqueue_job, spec, self.settings, self.redis, self.records)
+        await run_in_threadpool(enqueue_job, spec, self.settings, self.redis, self.records, self.owner)
         record = await wait_for_job(self.async_redis, self.records, spec.job_id, self.settings.sync_timeout_s)
         stored = succeeded(record, spec, self.settings)
         images = [(image.seed, await run_in_threadpool(self.store.get, image.key)) for image in stored]

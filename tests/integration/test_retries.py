@@ -77,3 +77,35 @@ def test_prefer_wait_gives_up_with_202_when_the_job_takes_longer(idle_api):
     )
     assert response.status_code == 202 and response.json()["status"] == "queued"
     assert 1 <= time.monotonic() - started < 5
+
+
+def test_jobs_are_listed_per_key_newest_first_and_isolated(idle_api):
+    mine = httpx.Client(base_url=idle_api, headers={"Authorization": "Bearer test-key-2"})
+    other = httpx.Client(base_url=idle_api, headers=AUTH)
+    before = {job["id"] for job in mine.get("/v1/jobs", params={"limit": 100}).json()["data"]}
+    ids = [mine.post("/v1/generate", json={**BODY, "seed": n + 1}).json()["id"] for n in range(5)]
+    mine.delete(f"/v1/jobs/{ids[1]}")
+    listed = [job["id"] for job in mine.get("/v1/jobs", params={"limit": 100}).json()["data"]]
+    assert [job_id for job_id in listed if job_id not in before] == ids[::-1]
+    pages, cursor = [], None
+    while True:  # two at a time, through every page
+        page = mine.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        pages.append([job["id"] for job in page["data"]])
+        if not (cursor := page["next_cursor"]):
+            break
+    assert [job_id for chunk in pages for job_id in chunk] == listed and all(len(c) <= 2 for c in pages)
+    canceled = mine.get("/v1/jobs", params={"status": "canceled", "limit": 100}).json()["data"]
+    assert ids[1] in {job["id"] for job in canceled} and all(job["status"] == "canceled" for job in canceled)
+    # Another key sees none of them and cannot read, follow or cancel them.
+    assert not set(ids) & {job["id"] for job in other.get("/v1/jobs", params={"limit": 100}).json()["data"]}
+    job = f"/v1/jobs/{ids[0]}"
+    for method, path in [
+        ("GET", job),
+        ("GET", f"{job}/events"),
+        ("POST", f"{job}/cancel"),
+        ("GET", f"{job}/preview"),
+    ]:
+        assert other.request(method, path).status_code == 404
+    assert mine.get("/v1/jobs", params={"status": "nope"}).status_code == 400
+    for job_id in ids:
+        mine.delete(f"/v1/jobs/{job_id}")
