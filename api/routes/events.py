@@ -19,7 +19,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiKeyDep, AsyncRedisDep, ImageStoreDep, JobRecordsDep
-from api.routes.jobs import find_record, job_public
+from api.job_views import find_record, job_public
 from api.waiting import RECHECK_S
 from latentq.contract import JobStatus
 from latentq.jobs import JobRecords
