@@ -44,7 +44,7 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_model_registry)]
 
 def get_job_records(redis: RedisDep, settings: SettingsDep) -> JobRecords:
     """Return the job-record store."""
-    return JobRecords(redis, settings.job_retention_s)
+    return JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
 
 
 JobRecordsDep = Annotated[JobRecords, Depends(get_job_records)]

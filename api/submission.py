@@ -114,6 +114,7 @@ def build_spec(request: GenerateRequest, model: ModelSpec, inputs: Inputs | None
         style_preset=request.style_preset,
         output_format=request.output_format,
         preview=request.preview,
+        retention_s=request.retention_s,
         task=inputs.task,
         strength=inputs.strength,
         schedule_end=inputs.schedule_end,
@@ -144,8 +145,8 @@ def enqueue_job(
             kwargs={"spec": spec.model_dump(mode="json")},
             job_id=spec.job_id,
             timeout=settings.job_timeout_s,
-            result_ttl=settings.job_retention_s,
-            failure_ttl=settings.job_retention_s,
+            result_ttl=spec.retention_s or settings.job_retention_s,
+            failure_ttl=spec.retention_s or settings.job_retention_s,
             description=f"generate {spec.job_id}",
             pipeline=pipeline,
         )
@@ -154,8 +155,19 @@ def enqueue_job(
     return created_at
 
 
-def prepare_job(request: GenerateRequest, registry: ModelRegistry, store: ImageStore) -> JobSpec:
+def prepare_job(
+    request: GenerateRequest, registry: ModelRegistry, store: ImageStore, max_retention_s: int | None = None
+) -> JobSpec:
     """Resolve ``request`` into a job spec, its input images checked and stored; nothing is queued yet."""
+    if (
+        max_retention_s is not None
+        and request.retention_s is not None
+        and request.retention_s > max_retention_s
+    ):
+        raise LatentqError.for_field(
+            "invalid_retention_s", "retention_s",
+            f"retention_s: at most {max_retention_s} seconds (got {request.retention_s})",
+        )  # fmt: skip
     task = request_task(request)
     model = resolve_model(registry, request.model)
     check_task(model, task, registry)

@@ -125,6 +125,9 @@ class GenerateRequest(BaseModel):
     style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
     output_format: OutputFormat = Field("png", description="File format of the images.")
     preview: bool = Field(False, description="Publish a small JPEG preview every few denoising steps.")
+    retention_s: int | None = Field(
+        None, ge=60, description="Seconds the job stays readable; omitted: the service's retention."
+    )
     init_image: str | None = Field(
         None, description="Base64 PNG, JPEG or WebP to start from (image-to-image); sets the output size."
     )
@@ -186,6 +189,8 @@ class JobSpec(BaseModel):
     output_format: OutputFormat = "png"
     task: Task = "text-to-image"
     preview: bool = False
+    #: Seconds the job's record, events and RQ result live; None: the service's retention.
+    retention_s: int | None = None
     #: Object keys of the job's input images, stored by the API (already decoded and checked).
     init_image_key: str | None = None
     #: A greyscale mask, white = repaint fully, black = keep (normalised by the API whatever the source).

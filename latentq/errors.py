@@ -35,6 +35,7 @@ REQUEST_FIELDS = (
     "style_preset",
     "output_format",
     "preview",
+    "retention_s",
     "init_image",
     "init_image_mode",
     "image_strength",

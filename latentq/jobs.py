@@ -52,14 +52,16 @@ class JobRecord:
 class JobRecords:
     """Reads and writes job records in Redis."""
 
-    def __init__(self, redis: Redis, retention_s: int) -> None:
+    def __init__(self, redis: Redis, retention_s: int, max_retention_s: int | None = None) -> None:
         self.redis = redis
         self.retention_s = retention_s
+        self.max_retention_s = max(retention_s, max_retention_s or retention_s)
 
     def create(self, spec: JobSpec, pipeline: Pipeline, owner: str = "") -> str:
         """Queue the write of a new ``queued`` record for ``spec``, submitted by API key ``owner``, on
         ``pipeline``, and its entry in the owner's job index; return its created_at."""
         key = job_key(spec.job_id)
+        retention_s = spec.retention_s or self.retention_s
         now = time.time()
         created_at = utc_now()
         pipeline.hset(
@@ -73,13 +75,13 @@ class JobRecords:
                 "created_at": created_at,
             },
         )
-        pipeline.expire(key, self.retention_s)
+        pipeline.expire(key, retention_s)
         if owner:
             index = owner_jobs_key(owner)
             pipeline.zadd(index, {spec.job_id: now})
-            pipeline.zremrangebyscore(index, "-inf", now - self.retention_s)  # expired jobs leave the index
-            pipeline.expire(index, self.retention_s)
-        self._event(pipeline, spec.job_id, "queued")
+            pipeline.zremrangebyscore(index, "-inf", now - self.max_retention_s)  # long expired: drop
+            pipeline.expire(index, self.max_retention_s)
+        self._event(pipeline, spec.job_id, "queued", ttl_s=retention_s)
         return created_at
 
     def list_ids(self, owner: str, before: float | None, count: int) -> list[tuple[str, float]]:
@@ -171,11 +173,17 @@ class JobRecords:
             self._event(pipeline, job_id, event)
             pipeline.execute()
 
-    def _event(self, pipeline: Pipeline, job_id: str, event: str, **data: Any) -> None:
-        """Append ``event`` to the job's event stream, which waiters and event streams read."""
+    def _event(
+        self, pipeline: Pipeline, job_id: str, event: str, ttl_s: int | None = None, **data: Any
+    ) -> None:
+        """Append ``event`` to the job's event stream, which waiters and event streams read. The stream
+        gets its TTL (the job's retention) when the job is created and keeps it."""
         events = job_events_key(job_id)
         pipeline.xadd(events, {"event": event, "data": json.dumps(data)}, maxlen=MAX_EVENTS, approximate=True)
-        pipeline.expire(events, self.retention_s)
+        if ttl_s is not None:
+            pipeline.expire(events, ttl_s)
+        else:
+            pipeline.expire(events, self.retention_s, nx=True)
 
 
 def _reconcile(record: JobRecord, rq_status: JobStatus) -> None:

@@ -49,8 +49,11 @@ class CommonSettings(BaseSettings):
     s3_public_base_url: str | None = None
     #: Lifetime of a presigned image URL, seconds (S3 allows at most 7 days).
     s3_url_expires_s: int = Field(3600, ge=1, le=604800)
-    #: How long job records stay readable after they are created, seconds.
+    #: How long job records stay readable after they are created, seconds (a request may ask for
+    #: another ``retention_s`` up to ``max_job_retention_s``).
     job_retention_s: int = Field(86400, ge=60)
+    #: Longest retention a request may ask for, seconds; the S3 lifecycle rule keeps objects this long.
+    max_job_retention_s: int = Field(7 * 86400, ge=60)
 
 
 class ApiSettings(CommonSettings):

@@ -79,7 +79,7 @@ def main() -> int:
     redis.ping()
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}
-    records = JobRecords(redis, settings.job_retention_s)
+    records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
     runtime.install(runtime.Runtime(dict(pipelines), store, records, settings.progress_interval_s))
     worker = build_worker(settings, redis, list(pipelines))
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)

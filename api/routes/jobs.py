@@ -74,7 +74,10 @@ async def submit_generate(body: GenerateBody, submission: SubmissionDep) -> JobP
     """Queue a text-to-image, image-to-image or masking job; answer 202 with the job and its ``Location``
     (200 with the original job for a repeated ``Idempotency-Key``, or with the finished job when it
     ends within ``Prefer: wait=N`` seconds)."""
-    return await submission.submit(lambda: prepare_job(body, submission.registry, submission.store), body)
+    max_retention_s = submission.settings.max_job_retention_s
+    return await submission.submit(
+        lambda: prepare_job(body, submission.registry, submission.store, max_retention_s), body
+    )
 
 
 async def read_upscale_request(request: Request) -> UpscaleRequest:

@@ -109,3 +109,43 @@ def test_jobs_are_listed_per_key_newest_first_and_isolated(idle_api):
     assert mine.get("/v1/jobs", params={"status": "nope"}).status_code == 400
     for job_id in ids:
         mine.delete(f"/v1/jobs/{job_id}")
+
+
+def test_a_job_lives_for_the_retention_it_asks_for(idle_api, redis):
+    from latentq.keys import job_events_key, job_key, rq_job_key
+
+    with httpx.Client(base_url=idle_api, headers=AUTH) as client:
+        job_id = client.post("/v1/generate", json={**BODY, "retention_s": 120}).json()["id"]
+        assert 115 <= redis.ttl(job_key(job_id)) <= 120 and 115 <= redis.ttl(job_events_key(job_id)) <= 120
+        client.delete(f"/v1/jobs/{job_id}")
+        assert 115 <= redis.ttl(job_events_key(job_id)) <= 120  # later events keep the job's TTL
+        default = client.post("/v1/generate", json=BODY).json()["id"]
+        assert (
+            redis.ttl(job_key(default)) > 86000 and redis.ttl(rq_job_key(default)) == -1
+        )  # RQ: queued, no TTL
+        client.delete(f"/v1/jobs/{default}")
+        too_long = client.post("/v1/generate", json={**BODY, "retention_s": 8 * 86400}).json()["error"]
+        too_short = client.post("/v1/generate", json={**BODY, "retention_s": 59}).json()["error"]
+    assert too_long["name"] == too_short["name"] == "invalid_retention_s"
+    assert "at most 604800 seconds" in too_long["message"]
+
+
+def test_lifecycle_command_applies_the_retention_rule_and_keeps_other_rules(redis_server, s3_server):
+    from latentq.lifecycle import RULE_ID, apply_rule, retention_rule
+    from latentq.storage import ImageStore
+
+    settings = api_settings(redis_server, s3_server, max_job_retention_s=3 * 86400 + 1)
+    store = ImageStore(settings)
+    other = {
+        "ID": "someone-elses",
+        "Status": "Enabled",
+        "Filter": {"Prefix": "logs/"},
+        "Expiration": {"Days": 30},
+    }
+    store.client.put_bucket_lifecycle_configuration(
+        Bucket=store.bucket, LifecycleConfiguration={"Rules": [other]}
+    )
+    for _ in range(2):  # idempotent
+        rules = {rule["ID"]: rule for rule in apply_rule(store, retention_rule(settings))}
+    assert set(rules) == {"someone-elses", RULE_ID}
+    assert rules[RULE_ID]["Expiration"] == {"Days": 4}  # 3 days and a second, rounded up
