@@ -92,3 +92,23 @@ def get_async_redis(request: Request) -> AsyncRedis:
 
 
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+
+
+class JobServices:
+    """What routes that create and await jobs use: settings, the model registry, both Redis clients,
+    the job records and the image store."""
+
+    def __init__(
+        self,
+        settings: SettingsDep,
+        registry: RegistryDep,
+        redis: RedisDep,
+        async_redis: AsyncRedisDep,
+        records: JobRecordsDep,
+        store: ImageStoreDep,
+    ) -> None:
+        self.settings, self.registry, self.redis = settings, registry, redis
+        self.async_redis, self.records, self.store = async_redis, records, store
+
+
+JobServicesDep = Annotated[JobServices, Depends()]

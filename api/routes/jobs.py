@@ -17,12 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     ApiKeyDep,
-    AsyncRedisDep,
     ImageStoreDep,
     JobRecordsDep,
+    JobServicesDep,
     RedisDep,
-    RegistryDep,
-    SettingsDep,
     key_owner,
 )
 from api.idempotency import check_key, claim, fingerprint, original_record, prefer_wait, release
@@ -74,9 +72,10 @@ async def submit_generate(body: GenerateBody, submission: SubmissionDep) -> JobP
     """Queue a text-to-image, image-to-image or masking job; answer 202 with the job and its ``Location``
     (200 with the original job for a repeated ``Idempotency-Key``, or with the finished job when it
     ends within ``Prefer: wait=N`` seconds)."""
-    max_retention_s = submission.settings.max_job_retention_s
+    max_retention_s = submission.services.settings.max_job_retention_s
     return await submission.submit(
-        lambda: prepare_job(body, submission.registry, submission.store, max_retention_s), body
+        lambda: prepare_job(body, submission.services.registry, submission.services.store, max_retention_s),
+        body,
     )
 
 
@@ -96,7 +95,9 @@ async def submit_upscale(
     body: Annotated[UpscaleRequest, Depends(read_upscale_request)], submission: SubmissionDep
 ) -> JobPublic:
     """Queue an upscale job; answers as ``POST /v1/generate`` does."""
-    return await submission.submit(lambda: prepare_upscale(body, submission.registry, submission.store), body)
+    return await submission.submit(
+        lambda: prepare_upscale(body, submission.services.registry, submission.services.store), body
+    )
 
 
 class Submission:
@@ -107,16 +108,10 @@ class Submission:
         request: Request,
         response: Response,
         key: ApiKeyDep,
-        settings: SettingsDep,
-        registry: RegistryDep,
-        redis: RedisDep,
-        async_redis: AsyncRedisDep,
-        records: JobRecordsDep,
-        store: ImageStoreDep,
+        services: JobServicesDep,
     ) -> None:
         self.request, self.response, self.owner = request, response, key_owner(key)
-        self.settings, self.registry, self.redis = settings, registry, redis
-        self.async_redis, self.records, self.store = async_redis, records, store
+        self.services = services
 
     async def submit(self, prepare: Callable[[], JobSpec], body: BaseModel) -> JobPublic:
         """Resolve the job with ``prepare``, queue it (once per idempotency key) and answer with it."""
@@ -129,27 +124,34 @@ class Submission:
         if idempotency is not None:
             body_print = fingerprint(self.request.url.path, body.model_dump_json())
             original = await run_in_threadpool(
-                claim, self.redis, self.owner, idempotency, body_print, spec.job_id
+                claim, self.services.redis, self.owner, idempotency, body_print, spec.job_id
             )
             if original is not None:
                 self.response.status_code = 200
                 self.response.headers["Location"] = f"/v1/jobs/{original}"
-                record = await run_in_threadpool(original_record, self.records, original)
-                return await run_in_threadpool(job_public, record, self.store)
+                record = await run_in_threadpool(original_record, self.services.records, original)
+                return await run_in_threadpool(job_public, record, self.services.store)
         try:
             created_at = await run_in_threadpool(
-                enqueue_job, spec, self.settings, self.redis, self.records, self.owner
+                enqueue_job,
+                spec,
+                self.services.settings,
+                self.services.redis,
+                self.services.records,
+                self.owner,
             )
         except BaseException:
             if idempotency is not None:
-                await run_in_threadpool(release, self.redis, self.owner, idempotency)
+                await run_in_threadpool(release, self.services.redis, self.owner, idempotency)
             raise
         if wait_s:
             self.response.headers["Preference-Applied"] = f"wait={wait_s}"
-            finished = await wait_for_job(self.async_redis, self.records, spec.job_id, wait_s)
+            finished = await wait_for_job(
+                self.services.async_redis, self.services.records, spec.job_id, wait_s
+            )
             if finished is not None and finished.status.is_terminal:
                 self.response.status_code = 200
-                return await run_in_threadpool(job_public, finished, self.store)
+                return await run_in_threadpool(job_public, finished, self.services.store)
         return JobPublic(
             id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
             created_at=created_at, started_at=None, finished_at=None, request=public_request(spec),

@@ -22,10 +22,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
-    AsyncRedisDep,
-    ImageStoreDep,
-    JobRecordsDep,
-    RedisDep,
+    JobServicesDep,
     RegistryDep,
     SettingsDep,
     check_api_key,
@@ -108,27 +105,21 @@ class Generation:
     def __init__(
         self,
         key: StabilityKeyDep,
-        settings: SettingsDep,
-        registry: RegistryDep,
-        redis: RedisDep,
-        async_redis: AsyncRedisDep,
-        records: JobRecordsDep,
-        store: ImageStoreDep,
+        services: JobServicesDep,
     ) -> None:
         self.owner = key_owner(key)
-        self.settings, self.registry, self.redis = settings, registry, redis
-        self.async_redis, self.records, self.store = async_redis, records, store
+        self.services = services
 
     def engine(self, engine_id: str) -> str:
         """Return ``engine_id`` if it is registered; raise Stability's ``not_found`` otherwise."""
-        if self.registry.get(engine_id) is None:
+        if self.services.registry.get(engine_id) is None:
             raise LatentqError("not_found", f"The specified engine (ID {engine_id}) was not found.")
         return engine_id
 
     async def answer(self, ours: GenerateRequest | UpscaleRequest, png: bool) -> Response:
         """Queue ``ours`` like any job, wait for it, and answer with its images in Stability's shape."""
         if isinstance(ours, UpscaleRequest):
-            spec = await run_in_threadpool(prepare_upscale, ours, self.registry, self.store)
+            spec = await run_in_threadpool(prepare_upscale, ours, self.services.registry, self.services.store)
         else:
             if png and ours.samples > 1:
                 raise LatentqError.for_field(
@@ -136,11 +127,20 @@ class Generation:
                     "samples: Sample count may only be greater than 1 when the accept header is set to "
                     "`application/json`",
                 )  # fmt: skip
-            spec = await run_in_threadpool(prepare_job, ours, self.registry, self.store)
-        await run_in_threadpool(enqueue_job, spec, self.settings, self.redis, self.records, self.owner)
-        record = await wait_for_job(self.async_redis, self.records, spec.job_id, self.settings.sync_timeout_s)
-        stored = succeeded(record, spec, self.settings)
-        images = [(image.seed, await run_in_threadpool(self.store.get, image.key)) for image in stored]
+            spec = await run_in_threadpool(prepare_job, ours, self.services.registry, self.services.store)
+        await run_in_threadpool(
+            enqueue_job, spec, self.services.settings, self.services.redis, self.services.records, self.owner
+        )
+        record = await wait_for_job(
+            self.services.async_redis,
+            self.services.records,
+            spec.job_id,
+            self.services.settings.sync_timeout_s,
+        )
+        stored = succeeded(record, spec, self.services.settings)
+        images = [
+            (image.seed, await run_in_threadpool(self.services.store.get, image.key)) for image in stored
+        ]
         if png:
             seed, data = images[0]
             headers = {"Finish-Reason": "SUCCESS", "Seed": str(seed)}
