@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
 from pathlib import Path
 
 import torch
+
+from bench import write_result
 
 # Stable Diffusion 1.5's UNet, VAE and text encoder configurations (from its model_index components).
 UNET = {
@@ -103,9 +104,7 @@ def main() -> int:
     for name, mib in rows:
         print(f"{name:48} {mib:10.0f} MiB")
     print(f"image pipelines share the text-to-image components: {shared}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_result(args.json, result)
     return 0
 
 

@@ -12,7 +12,6 @@ of polling and answers with the PNG. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import write_result
 from latentq.devrun import start_stack, stop_all
 from latentq.devstack import environment_without_settings, free_port
 
@@ -157,9 +157,7 @@ def main() -> int:
         f"Stability route/direct throughput at 128x128: {result['stability_throughput_ratio']:.3f}; added "
         f"median latency {result['stability_added_median_ms']:.1f} ms"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_result(args.json, result)
     return 0
 
 

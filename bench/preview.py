@@ -9,13 +9,13 @@ The embedded tiny model in this process (no Redis: the preview is made and disca
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import write_result
 from latentq.contract import JobSpec, WeightedPrompt
 from worker.runner import PREVIEW_EVERY
 
@@ -57,9 +57,7 @@ def main() -> int:
             "overhead_percent": round((with_ / without - 1) * 100, 2), "preview_bytes": made[-1],
         }  # fmt: skip
         print(f"{side}x{side}: {rows[f'{side}x{side}']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"benchmark": "preview", "rows": rows}, indent=2))
+    write_result(args.json, {"benchmark": "preview", "rows": rows})
     return 0
 
 

@@ -119,11 +119,11 @@ class WarmPipeline:
             "num_images_per_prompt": spec.samples,
             "generator": generators_for(spec),
             "output_type": "pil",
-            "callback_on_step_end": step_callback(None, on_step),
         }
         with torch.inference_mode():
             if spec.task == "image-to-image":
                 return self._image_to_image(pipe, spec, inputs["init"], common, on_step)
+            common["callback_on_step_end"] = step_callback(None, on_step)
             if spec.task == "masking":
                 return self._masking(pipe, spec, inputs["init"], inputs["mask"], common)
             return list(pipe(width=spec.width, height=spec.height, **common).images)
@@ -136,9 +136,9 @@ class WarmPipeline:
         if run < 1:  # nothing to denoise: the init image itself
             return [init.copy() for _ in range(spec.samples)]
         keep = max(1, run - int(spec.steps * spec.schedule_end))
-        if keep < run:
-            common["callback_on_step_end"] = step_callback(keep * pipe.scheduler.order, on_step)
-        return list(pipe(image=init, strength=strength, **common).images)
+        stop_at = keep * pipe.scheduler.order if keep < run else None  # a step schedule's end
+        callback = step_callback(stop_at, on_step)
+        return list(pipe(image=init, strength=strength, callback_on_step_end=callback, **common).images)
 
     def _masking(self, pipe: Any, spec: JobSpec, init: Image, mask: Image, common: dict) -> list[Image]:
         result = pipe(
