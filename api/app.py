@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 import latentq
-from api.routes import events, health, jobs, models, stability
+from api.routes import events, health, jobs, models, stability, webhooks
 from api.validation import validation_error
 from latentq.errors import LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
@@ -88,6 +88,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(stability.router)
+    app.include_router(webhooks.router)
     app.add_exception_handler(LatentqError, _on_latentq_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: Dotted path of the worker task; the API enqueues by this name and never imports the worker.
 GENERATE_TASK = "worker.tasks.generate"
+#: Dotted path of the webhook delivery task, run by the dispatcher (``python -m latentq.dispatcher``).
+DELIVER_TASK = "latentq.dispatcher.deliver"
 
 #: Samplers a request may name: Stability v1's ten, their Karras-sigma variants where diffusers
 #: has them, UniPC and LCM. Each maps to a diffusers scheduler (worker/schedulers.py).
@@ -35,6 +37,13 @@ Task = Literal["text-to-image", "image-to-image", "masking", "upscale"]
 InitImageMode = Literal["IMAGE_STRENGTH", "STEP_SCHEDULE"]
 #: Where a mask comes from (Stability v1): white or black pixels of a mask image, or the init image's alpha.
 MaskSource = Literal["MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA"]
+
+#: Job events a webhook can be sent for: the job started, a progress update (throttled, never
+#: retried), the job ended (succeeded, failed or canceled; retried until delivered).
+WebhookEvent = Literal["started", "progress", "completed"]
+
+#: Longest webhook URL accepted, characters.
+MAX_WEBHOOK_URL_CHARS = 2048
 
 #: Largest seed; 0 asks the service to choose one.
 MAX_SEED = 4_294_967_295
@@ -101,7 +110,24 @@ class WeightedPrompt(BaseModel):
     weight: float
 
 
-class GenerateRequest(BaseModel):
+class WebhookFields(BaseModel):
+    """The webhook fields every job-creating request accepts."""
+
+    webhook_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_WEBHOOK_URL_CHARS,
+        description="http(s) URL to POST signed job events to; omitted: the API key's default webhook.",
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None,
+        min_length=1,
+        max_length=3,
+        description="Events to send: started, progress, completed; omitted: the default's, or [completed].",
+    )
+
+
+class GenerateRequest(WebhookFields):
     """Body of ``POST /v1/generate``: one text-to-image job. Omitted fields take the model's defaults."""
 
     # strict: "7" is not a number and true is not 1; a client bug should surface, not be guessed at.
@@ -156,7 +182,7 @@ class GenerateRequest(BaseModel):
     )
 
 
-class UpscaleRequest(BaseModel):
+class UpscaleRequest(WebhookFields):
     """Body of ``POST /v1/upscale``: enlarge one image. Give ``width`` or ``height``, or neither (x2)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -166,6 +192,15 @@ class UpscaleRequest(BaseModel):
     width: int | None = Field(None, ge=1, description="Output width, pixels (keeps the aspect ratio).")
     height: int | None = Field(None, ge=1, description="Output height, pixels (keeps the aspect ratio).")
     output_format: OutputFormat = Field("png", description="File format of the image.")
+
+
+class WebhookTarget(BaseModel):
+    """Where a job's events go: a URL (checked against the SSRF rules) and the events wanted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    events: list[WebhookEvent] = Field(default_factory=lambda: list[WebhookEvent](["completed"]))
 
 
 class JobSpec(BaseModel):
@@ -199,6 +234,8 @@ class JobSpec(BaseModel):
     strength: float | None = None
     #: Share of the schedule left unrun at the clean end (Stability's step_schedule_end).
     schedule_end: float = 0.0
+    #: Where the job's events are POSTed (signed with its API key's secret), if anywhere.
+    webhook: WebhookTarget | None = None
 
     def image_seeds(self) -> list[int]:
         """Return the seed of each image: image i uses seed + i, wrapping past MAX_SEED to 1."""
@@ -240,6 +277,31 @@ class Progress(BaseModel):
     fraction: float
 
 
+class WebhookDelivery(BaseModel):
+    """How the deliveries of one webhook event type of a job went (the latest, for progress)."""
+
+    state: Literal["delivered", "retrying", "failed", "refused", "disabled", "dropped"] = Field(
+        description="delivered; retrying (next_attempt_at says when); failed (attempts spent or not "
+        "retried); refused (the URL resolved to a forbidden address); disabled (the URL answered 410 "
+        "Gone); dropped (stale: the job had moved on)."
+    )
+    attempts: int = Field(description="Attempts made so far.")
+    status_code: int | None = Field(None, description="The receiver's HTTP status at the last attempt.")
+    error: str | None = Field(None, description="Why the last attempt failed.")
+    updated_at: str
+    next_attempt_at: str | None = None
+
+
+class WebhookPublic(BaseModel):
+    """A job's webhook: where its events go and how each event type's delivery went."""
+
+    url: str
+    events: list[WebhookEvent]
+    deliveries: dict[str, WebhookDelivery] = Field(
+        default_factory=dict, description="By event type: started, progress, completed."
+    )
+
+
 class JobPublic(BaseModel):
     """A job as clients see it (``GET /v1/jobs/{id}``, and the answer to a submit)."""
 
@@ -259,6 +321,7 @@ class JobPublic(BaseModel):
         None,
         description="Once succeeded, milliseconds: queued_ms, load_ms, sampling_ms, encode_ms, upload_ms.",
     )
+    webhook: WebhookPublic | None = Field(None, description="The job's webhook and its deliveries, if any.")
     request: dict = Field(
         description="The parameters the job runs with: defaults filled, style applied, seed chosen."
     )

@@ -44,6 +44,8 @@ REQUEST_FIELDS = (
     "mask_source",
     "mask_image",
     "image",
+    "webhook_url",
+    "webhook_events",
 )
 
 _ROWS = [

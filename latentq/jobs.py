@@ -15,9 +15,27 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 
-from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, status_from_rq
+from latentq.contract import (
+    JobError,
+    JobSpec,
+    JobStatus,
+    StoredImage,
+    WebhookDelivery,
+    WebhookTarget,
+    status_from_rq,
+)
 from latentq.errors import ERRORS
 from latentq.keys import cancel_key, job_events_key, job_key, owner_jobs_key, preview_key, rq_job_key
+from latentq.webhooks import WEBHOOK_EVENT_OF, queue_delivery
+
+#: Prefix of the record fields holding the state of each webhook event type's deliveries.
+_DELIVERY_FIELD = "webhook:"
+
+# Sets a field of a record only if the record still exists (never recreates an expired one).
+_HSET_IF_EXISTS = """
+if redis.call('exists', KEYS[1]) == 1 then return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
+return -1
+"""
 
 #: Most events kept in a job's stream.
 MAX_EVENTS = 1000
@@ -47,6 +65,11 @@ class JobRecord:
         self.eta_s = float(fields.get("eta_s") or 0)
         self.preview_step = int(fields.get("preview_step") or 0)
         self.timings: dict[str, float] = json.loads(fields.get("timings") or "{}")
+        self.webhook_deliveries = {
+            name.removeprefix(_DELIVERY_FIELD): WebhookDelivery.model_validate_json(value)
+            for name, value in fields.items()
+            if name.startswith(_DELIVERY_FIELD)
+        }
 
 
 class JobRecords:
@@ -64,17 +87,17 @@ class JobRecords:
         retention_s = spec.retention_s or self.retention_s
         now = time.time()
         created_at = utc_now()
-        pipeline.hset(
-            key,
-            mapping={
-                "id": spec.job_id,
-                "status": JobStatus.QUEUED.value,
-                "model": spec.model,
-                "owner": owner,
-                "spec": spec.model_dump_json(),
-                "created_at": created_at,
-            },
-        )
+        mapping: dict[Any, Any] = {
+            "id": spec.job_id,
+            "status": JobStatus.QUEUED.value,
+            "model": spec.model,
+            "owner": owner,
+            "spec": spec.model_dump_json(),
+            "created_at": created_at,
+        }
+        if spec.webhook is not None:  # also in the spec; kept apart to be read cheaply at each change
+            mapping["webhook"] = spec.webhook.model_dump_json()
+        pipeline.hset(key, mapping=mapping)
         pipeline.expire(key, retention_s)
         if owner:
             index = owner_jobs_key(owner)
@@ -110,16 +133,28 @@ class JobRecords:
         """Record that a worker started ``job_id``."""
         self._update(job_id, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
 
-    def step(self, job_id: str, step: int, total_steps: int, publish: bool, eta_s: float = 0.0) -> bool:
-        """Note denoising step ``step`` of ``total_steps`` (written and published when ``publish``);
-        return whether the job's cancel was requested. One round trip."""
+    def step(
+        self,
+        job_id: str,
+        step: int,
+        total_steps: int,
+        publish: bool,
+        eta_s: float = 0.0,
+        notify: bool = False,
+    ) -> bool:
+        """Note denoising step ``step`` of ``total_steps`` (written and published when ``publish``, sent
+        to the job's webhook when ``notify``); return whether the job's cancel was requested. One
+        round trip."""
         with self.redis.pipeline(transaction=False) as pipeline:
+            if notify:  # first: RQ starts a MULTI on the pipeline, which must still be empty
+                queue_delivery(pipeline, self.redis, job_id, "progress", utc_now(), step=step)
+            cancel_index = len(pipeline)
             pipeline.exists(cancel_key(job_id))
             if publish:
                 mapping: dict[Any, Any] = {"step": step, "total_steps": total_steps, "eta_s": round(eta_s, 2)}
                 pipeline.hset(job_key(job_id), mapping=mapping)
                 self._event(pipeline, job_id, "progress", step=step, total_steps=total_steps)
-            return bool(pipeline.execute()[0])
+            return bool(pipeline.execute()[cancel_index])
 
     def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
         """Keep ``jpeg`` as the job's latest preview (made at ``step``) and publish it as an event."""
@@ -164,9 +199,24 @@ class JobRecords:
             finished_at=utc_now(),
         )
 
+    def webhook(self, job_id: str) -> WebhookTarget | None:
+        """Return the webhook of ``job_id``, if it has one (and its record exists)."""
+        value: Any = self.redis.hget(job_key(job_id), "webhook")
+        return WebhookTarget.model_validate_json(value) if value else None
+
+    def record_delivery(self, job_id: str, event: str, delivery: WebhookDelivery) -> None:
+        """Keep how the latest delivery of webhook ``event`` of ``job_id`` went (unless it expired)."""
+        script = self.redis.register_script(_HSET_IF_EXISTS)
+        script(keys=[job_key(job_id)], args=[_DELIVERY_FIELD + event, delivery.model_dump_json()])
+
     def _update(self, job_id: str, event: str, **fields: str) -> None:
         key = job_key(job_id)
+        hook = WEBHOOK_EVENT_OF.get(event)
+        webhook = self.webhook(job_id) if hook else None
         with self.redis.pipeline() as pipeline:
+            if webhook is not None and hook in webhook.events:
+                # In the same transaction as the change: the event and its delivery exist together.
+                queue_delivery(pipeline, self.redis, job_id, hook, utc_now())
             pipeline.hset(key, mapping=dict[Any, str](fields))
             # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
             pipeline.expire(key, self.retention_s, nx=True)

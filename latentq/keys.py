@@ -36,6 +36,21 @@ def idempotency_key(owner: str, key_digest: str) -> str:
     return f"{PREFIX}:idempotency:{owner}:{key_digest}"
 
 
+def owner_webhook_key(owner: str) -> str:
+    """Return the Redis key of API key ``owner``'s webhook settings (a hash: secrets, default URL)."""
+    return f"{PREFIX}:owner:{owner}:webhook"
+
+
+def owner_disabled_webhooks_key(owner: str) -> str:
+    """Return the Redis key of the URLs that answered ``owner``'s webhooks with 410 Gone (a hash)."""
+    return f"{PREFIX}:owner:{owner}:webhook:disabled"
+
+
+#: The RQ queue of webhook deliveries, taken by the dispatcher (never by a GPU worker). Its name
+#: cannot clash with a model's queue (``latentq:<id>``).
+WEBHOOK_QUEUE = f"{PREFIX}-webhooks"
+
+
 def queue_name(model_id: str) -> str:
     """Return the RQ queue name for jobs of model ``model_id`` (one queue per model)."""
     return f"{PREFIX}:{model_id}"

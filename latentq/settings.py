@@ -54,6 +54,11 @@ class CommonSettings(BaseSettings):
     job_retention_s: int = Field(86400, ge=60)
     #: Longest retention a request may ask for, seconds; the S3 lifecycle rule keeps objects this long.
     max_job_retention_s: int = Field(7 * 86400, ge=60)
+    #: Hosts webhooks may be sent to even though they are (or resolve to) loopback or private
+    #: addresses (comma-separated; local development, tests, trusted internal receivers).
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+
+    _split_hosts = field_validator("webhook_allowed_hosts", mode="before")(split_commas)
 
 
 class ApiSettings(CommonSettings):
@@ -91,8 +96,28 @@ class WorkerSettings(CommonSettings):
     heartbeat_interval_s: float = Field(10.0, gt=0)
     #: Seconds between progress updates while a job samples (0: every step).
     progress_interval_s: float = Field(0.25, ge=0)
+    #: Seconds between two ``progress`` webhooks of one job (0: at every progress update).
+    webhook_progress_interval_s: float = Field(2.0, ge=0)
 
     _split_models = field_validator("worker_models", mode="before")(split_commas)
+
+
+class DispatcherSettings(CommonSettings):
+    """Settings of the webhook dispatcher (``python -m latentq.dispatcher``)."""
+
+    #: Seconds one delivery attempt may take (connect, send, answer) before it counts as failed.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    #: Seconds before each retry of a failed ``started``/``completed`` delivery (comma-separated): the
+    #: default makes 9 attempts over about 7.7 hours (see the README).
+    webhook_retry_schedule_s: Annotated[tuple[Annotated[int, Field(ge=1)], ...], NoDecode] = (
+        5, 30, 120, 600, 1800, 3600, 7200, 14400,
+    )  # fmt: skip
+    #: Seconds a URL that answered 410 Gone stays disabled for its API key.
+    webhook_disabled_s: int = Field(7 * 86400, ge=1)
+    #: Name the dispatcher registers under in RQ; default is RQ's own.
+    dispatcher_name: str | None = None
+
+    _split_schedule = field_validator("webhook_retry_schedule_s", mode="before")(split_commas)
 
 
 @lru_cache
@@ -111,3 +136,9 @@ def get_api_settings() -> ApiSettings:
 def get_worker_settings() -> WorkerSettings:
     """Return the worker settings, read once from the environment."""
     return WorkerSettings()
+
+
+@lru_cache
+def get_dispatcher_settings() -> DispatcherSettings:
+    """Return the dispatcher settings, read once from the environment."""
+    return DispatcherSettings()

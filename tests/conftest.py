@@ -117,7 +117,7 @@ def worker_env(redis_server: RedisServer, s3_server: S3Server, models_dir: Path,
     """Return the environment of a worker serving ``model_id`` from the session's embedded models."""
     return service_env(
         redis_server, s3_server, embedded_model_dir=str(models_dir), worker_models=model_id,
-        heartbeat_interval_s="1", progress_interval_s="0",
+        heartbeat_interval_s="1", progress_interval_s="0", webhook_progress_interval_s="0.1",
         worker_name=f"test-worker-{model_id.split(',')[0]}", **settings,
     )  # fmt: skip
 

@@ -80,7 +80,15 @@ def main() -> int:
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
-    runtime.install(runtime.Runtime(dict(pipelines), store, records, settings.progress_interval_s))
+    runtime.install(
+        runtime.Runtime(
+            dict(pipelines),
+            store,
+            records,
+            settings.progress_interval_s,
+            settings.webhook_progress_interval_s,
+        )
+    )
     worker = build_worker(settings, redis, list(pipelines))
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
     # Round robin: with several models, no model's queue starves the others.

@@ -52,8 +52,9 @@ class StageTimings:
 
 
 class StepReporter:
-    """Reports denoising steps to the job record (at most every ``interval_s``, and the last step)
-    and checks the job's cancel flag at every step."""
+    """Reports denoising steps to the job record (at most every ``interval_s``, and the last step),
+    and to the job's webhook (at most every ``webhook_interval_s``, never the last step: ``completed``
+    follows), and checks the job's cancel flag at every step."""
 
     def __init__(
         self,
@@ -61,9 +62,12 @@ class StepReporter:
         job_id: str,
         interval_s: float,
         preview: Callable[[Any], bytes] | None = None,
+        webhook_interval_s: float | None = None,
     ) -> None:
         self.records, self.job_id, self.interval_s, self.preview = records, job_id, interval_s, preview
-        self.published = float("-inf")
+        #: Seconds between progress webhooks; None: the job wants none.
+        self.webhook_interval_s = webhook_interval_s
+        self.published = self.notified = float("-inf")
         self.started = time.monotonic()
         self.canceled = False
 
@@ -82,9 +86,16 @@ class StepReporter:
         publish = step >= total_steps or now - self.published >= self.interval_s
         if publish:
             self.published = now
+        notify = (
+            self.webhook_interval_s is not None
+            and step < total_steps
+            and now - self.notified >= self.webhook_interval_s
+        )
+        if notify:
+            self.notified = now
         # Remaining steps at the mean step time so far.
         eta_s = (total_steps - step) * (now - self.started) / step
-        self.canceled = self.records.step(self.job_id, step, total_steps, publish, eta_s)
+        self.canceled = self.records.step(self.job_id, step, total_steps, publish, eta_s, notify)
         return self.canceled
 
 
@@ -103,7 +114,11 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     try:
         pipeline = pipeline_for(runtime, spec.model)
         preview = getattr(pipeline, "preview", None) if spec.preview else None
-        reporter = StepReporter(runtime.records, spec.job_id, runtime.progress_interval_s, preview)
+        wants_progress = spec.webhook is not None and "progress" in spec.webhook.events
+        reporter = StepReporter(
+            runtime.records, spec.job_id, runtime.progress_interval_s, preview,
+            runtime.webhook_progress_interval_s if wants_progress else None,
+        )  # fmt: skip
         with timings.stage("load_ms"):
             inputs = load_inputs(runtime.store, spec)
         with timings.stage("sampling_ms"):

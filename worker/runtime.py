@@ -44,6 +44,8 @@ class Runtime:
     records: JobRecords
     #: Seconds between progress writes while sampling (the cancel flag is checked every step).
     progress_interval_s: float = 0.25
+    #: Seconds between two progress webhooks of a job that asked for them.
+    webhook_progress_interval_s: float = 2.0
 
 
 _runtime: Runtime | None = None

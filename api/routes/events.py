@@ -19,12 +19,13 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiKeyDep, AsyncRedisDep, ImageStoreDep, JobRecordsDep
-from api.job_views import find_record, job_public
+from api.job_views import find_record
 from api.waiting import RECHECK_S
 from latentq.contract import JobStatus
 from latentq.jobs import JobRecords
 from latentq.keys import job_events_key
 from latentq.storage import ImageStore
+from latentq.views import job_public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

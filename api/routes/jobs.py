@@ -8,7 +8,6 @@ from contextlib import suppress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -24,7 +23,7 @@ from api.deps import (
     key_owner,
 )
 from api.idempotency import check_key, claim, fingerprint, original_record, prefer_wait, release
-from api.job_views import find_record, job_public, public_request
+from api.job_views import find_record
 from api.submission import enqueue_job, prepare_job, prepare_upscale
 from api.validation import json_body_openapi, parse_body
 from api.waiting import wait_for_job
@@ -34,9 +33,13 @@ from latentq.contract import (
     JobSpec,
     JobStatus,
     UpscaleRequest,
+    WebhookFields,
+    WebhookTarget,
 )
 from latentq.errors import LatentqError
 from latentq.keys import queue_name
+from latentq.views import job_public, public_request, webhook_public
+from latentq.webhooks import WebhookAccounts, webhook_target
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -113,13 +116,16 @@ class Submission:
         self.request, self.response, self.owner = request, response, key_owner(key)
         self.services = services
 
-    async def submit(self, prepare: Callable[[], JobSpec], body: BaseModel) -> JobPublic:
+    async def submit(self, prepare: Callable[[], JobSpec], body: WebhookFields) -> JobPublic:
         """Resolve the job with ``prepare``, queue it (once per idempotency key) and answer with it."""
         idempotency = self.request.headers.get("idempotency-key")
         if idempotency is not None:
             check_key(idempotency)
         wait_s = prefer_wait(self.request.headers.get("prefer"))
+        webhook = await run_in_threadpool(self.webhook, body)
         spec = await run_in_threadpool(prepare)
+        if webhook is not None:
+            spec = spec.model_copy(update={"webhook": webhook})
         self.response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
         if idempotency is not None:
             body_print = fingerprint(self.request.url.path, body.model_dump_json())
@@ -154,8 +160,20 @@ class Submission:
                 return await run_in_threadpool(job_public, finished, self.services.store)
         return JobPublic(
             id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
-            created_at=created_at, started_at=None, finished_at=None, request=public_request(spec),
+            created_at=created_at, started_at=None, finished_at=None, webhook=webhook_public(spec),
+            request=public_request(spec),
         )  # fmt: skip
+
+    def webhook(self, body: WebhookFields) -> WebhookTarget | None:
+        """Return the job's webhook: the request's, else the key's default; make sure the key has
+        a signing secret before a delivery needs one."""
+        accounts = WebhookAccounts(self.services.redis)
+        default = accounts.default(self.owner) if body.webhook_url is None else None
+        allowed = self.services.settings.webhook_allowed_hosts
+        target = webhook_target(body.webhook_url, body.webhook_events, default, allowed)
+        if target is not None:
+            accounts.secret(self.owner)
+        return target
 
 
 SubmissionDep = Annotated[Submission, Depends()]

@@ -1,0 +1,130 @@
+"""Each API key's webhook settings: ``GET``/``PUT``/``DELETE /v1/webhook`` (the default webhook and
+the signing secret), ``POST /v1/webhook/rotate-secret`` and ``DELETE /v1/webhook/disabled``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import ApiKeyDep, RedisDep, SettingsDep, key_owner
+from api.validation import json_body_openapi, parse_body
+from latentq.contract import MAX_WEBHOOK_URL_CHARS, WebhookEvent, WebhookFields
+from latentq.webhooks import WebhookAccounts, webhook_target
+
+router = APIRouter(prefix="/v1", tags=["webhooks"])
+
+
+class WebhookDefaultRequest(WebhookFields):
+    """Body of ``PUT /v1/webhook``: the webhook of this key's jobs that name none themselves."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    webhook_url: str = Field(
+        min_length=1,
+        max_length=MAX_WEBHOOK_URL_CHARS,
+        description="http(s) URL to POST signed job events to.",
+    )
+
+
+class DisabledUrl(BaseModel):
+    """A URL that answered 410 Gone: no webhooks go to it until ``until``."""
+
+    url: str
+    disabled_at: str
+    until: str
+
+
+class WebhookSettingsView(BaseModel):
+    """This API key's webhook settings."""
+
+    webhook_url: str | None = Field(description="The default webhook URL; null: none.")
+    webhook_events: list[WebhookEvent] | None = Field(description="The default webhook's events.")
+    secret: str = Field(description="The whsec_ secret that signs this key's webhooks (Standard Webhooks).")
+    disabled_urls: list[DisabledUrl] = Field(description="URLs that answered 410 Gone, and until when.")
+
+
+def get_accounts(redis: RedisDep) -> WebhookAccounts:
+    """Return the per-key webhook settings store."""
+    return WebhookAccounts(redis)
+
+
+AccountsDep = Annotated[WebhookAccounts, Depends(get_accounts)]
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def settings_view(accounts: WebhookAccounts, owner: str) -> WebhookSettingsView:
+    """Return ``owner``'s webhook settings."""
+    default = accounts.default(owner)
+    return WebhookSettingsView(
+        webhook_url=default.url if default else None,
+        webhook_events=default.events if default else None,
+        secret=accounts.secret(owner),
+        disabled_urls=[
+            DisabledUrl(url=entry["url"], disabled_at=_iso(entry["disabled_at"]), until=_iso(entry["until"]))
+            for entry in accounts.disabled_urls(owner)
+        ],
+    )
+
+
+@router.get("/webhook", responses={401: {"description": "Missing or invalid API key"}})
+def get_webhook(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+    """Return this key's default webhook (if any), its signing secret and its disabled URLs."""
+    return settings_view(accounts, key_owner(key))
+
+
+async def read_default_request(request: Request) -> WebhookDefaultRequest:
+    """Parse the body as a ``WebhookDefaultRequest``."""
+    return parse_body(WebhookDefaultRequest, await request.body())
+
+
+@router.put(
+    "/webhook",
+    responses={
+        400: {"description": "Invalid or refused URL"},
+        401: {"description": "Missing or invalid API key"},
+    },
+    openapi_extra=json_body_openapi(WebhookDefaultRequest),
+)
+def set_webhook(
+    body: Annotated[WebhookDefaultRequest, Depends(read_default_request)],
+    key: ApiKeyDep,
+    accounts: AccountsDep,
+    settings: SettingsDep,
+) -> WebhookSettingsView:
+    """Set the webhook of this key's jobs that name none (``webhook_events`` default ``[completed]``);
+    jobs copy it when they are submitted."""
+    target = webhook_target(body.webhook_url, body.webhook_events, None, settings.webhook_allowed_hosts)
+    owner = key_owner(key)
+    accounts.set_default(owner, target)
+    return settings_view(accounts, owner)
+
+
+@router.delete("/webhook", responses={401: {"description": "Missing or invalid API key"}})
+def delete_webhook(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+    """Remove this key's default webhook (jobs already submitted keep theirs); the secret stays."""
+    owner = key_owner(key)
+    accounts.set_default(owner, None)
+    return settings_view(accounts, owner)
+
+
+@router.post("/webhook/rotate-secret", responses={401: {"description": "Missing or invalid API key"}})
+def rotate_secret(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+    """Replace this key's signing secret. For 24 hours deliveries carry two signatures, the new
+    secret's and the old one's, so receivers can switch without losing a webhook."""
+    owner = key_owner(key)
+    accounts.rotate(owner)
+    return settings_view(accounts, owner)
+
+
+@router.delete("/webhook/disabled", responses={401: {"description": "Missing or invalid API key"}})
+def enable_urls(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+    """Send webhooks again to every URL that answered 410 Gone."""
+    owner = key_owner(key)
+    accounts.enable_all(owner)
+    return settings_view(accounts, owner)

@@ -1,0 +1,217 @@
+"""The webhook dispatcher: ``python -m latentq.dispatcher`` delivers queued job events.
+
+It is an RQ worker on the ``latentq-webhooks`` queue only (never a GPU worker's queue), with RQ's
+scheduler for retries. Each delivery reads the job record, builds the payload
+``{"type": "job.<event>", "timestamp", "data": <the job as GET /v1/jobs/{id} shows it>}``, signs
+it (Standard Webhooks) with the job's API key's secret, resolves the URL once through the SSRF
+guard and POSTs to that address, never following redirects. Then:
+
+- 2xx: delivered.
+- 410 Gone: the URL is disabled for the API key (``LATENTQ_WEBHOOK_DISABLED_S``), no retry.
+- anything else (other status, redirect, timeout, connection or DNS error): ``started`` and
+  ``completed`` are retried on ``LATENTQ_WEBHOOK_RETRY_SCHEDULE_S``; ``progress`` is not.
+- a URL that resolves to a refused address: refused, no retry.
+
+A ``started`` or ``progress`` delivery whose job has ended by the time it runs is dropped (the
+``completed`` one says more). Each outcome is kept in the job record (``webhook.deliveries``).
+Run several dispatchers to deliver in parallel; SIGTERM lets the current delivery finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Retry, get_current_job
+from rq.serializers import JSONSerializer
+
+import latentq
+from latentq.contract import WebhookDelivery
+from latentq.jobs import JobRecords, utc_now
+from latentq.keys import WEBHOOK_QUEUE
+from latentq.settings import DispatcherSettings, get_dispatcher_settings
+from latentq.ssrf import Target, UnsafeUrl, resolve
+from latentq.storage import ImageStore
+from latentq.views import job_public
+from latentq.webhooks import WebhookAccounts, sign
+
+log = logging.getLogger("latentq.dispatcher")
+
+#: Events retried on the schedule when a delivery fails; progress never is.
+RETRIED_EVENTS = ("started", "completed")
+#: Longest error text kept in a delivery's state, characters.
+MAX_ERROR_CHARS = 300
+
+
+@dataclass
+class Dispatcher:
+    """What deliveries share: settings, job records, storage (to sign image URLs), key settings, HTTP."""
+
+    settings: DispatcherSettings
+    records: JobRecords
+    store: ImageStore
+    accounts: WebhookAccounts
+    http: httpx.Client
+
+    @classmethod
+    def create(cls, settings: DispatcherSettings) -> Dispatcher:
+        redis = Redis.from_url(settings.redis_url)
+        return cls(
+            settings,
+            JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s),
+            ImageStore(settings),
+            WebhookAccounts(redis),
+            http_client(settings.webhook_timeout_s),
+        )
+
+
+def http_client(timeout_s: float) -> httpx.Client:
+    """Return the client deliveries use: no redirects, no proxies from the environment, and no
+    kept-alive connections (each delivery connects to the address it resolved, with its own SNI)."""
+    return httpx.Client(
+        follow_redirects=False,
+        trust_env=False,
+        timeout=timeout_s,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        headers={"User-Agent": f"latentq-webhooks/{latentq.__version__}", "Content-Type": "application/json"},
+    )
+
+
+_dispatcher: Dispatcher | None = None
+
+
+def get_dispatcher() -> Dispatcher:
+    """Return the process's dispatcher state, made on first use."""
+    global _dispatcher
+    if _dispatcher is None:
+        _dispatcher = Dispatcher.create(get_dispatcher_settings())
+    return _dispatcher
+
+
+def post(http: httpx.Client, target: Target, body: bytes, headers: dict[str, str]) -> int:
+    """POST ``body`` to ``target``'s resolved addresses in turn until one connects (``Host`` and the TLS
+    name: its host); return the status. The answer's body is never read."""
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    for index, address in enumerate(target.addresses):
+        url = httpx.URL(scheme=target.scheme, host=address, port=target.port, raw_path=target.path.encode())
+        request = http.build_request(
+            "POST", url, content=body, headers={"Host": target.host_header, **headers}, extensions=extensions
+        )
+        try:
+            response = http.send(request, stream=True)
+        except httpx.ConnectError:
+            if index == len(target.addresses) - 1:
+                raise
+            continue
+        response.close()
+        return response.status_code
+    raise AssertionError("a resolved target has at least one address")
+
+
+def deliver(job_id: str, event: str, message_id: str, occurred_at: str) -> Retry | dict[str, object]:
+    """Deliver webhook ``event`` of ``job_id`` (the RQ task); return RQ a ``Retry`` to try again later."""
+    dispatcher = get_dispatcher()
+    current = get_current_job()
+    attempt = (current.number_of_retries or 0) + 1 if current is not None else 1
+    record = dispatcher.records.get(job_id)
+    if record is None or record.spec.webhook is None:
+        log.info("webhook %s of job %s not sent: the job expired", event, job_id)
+        return {"state": "expired"}
+    url = record.spec.webhook.url
+
+    def outcome(
+        state: str, status_code: int | None = None, error: str | None = None, retry_s: int | None = None
+    ):
+        delivery = WebhookDelivery(
+            state=state, attempts=attempt, status_code=status_code, error=error and error[:MAX_ERROR_CHARS],
+            updated_at=utc_now(), next_attempt_at=_later(retry_s) if retry_s else None,
+        )  # fmt: skip
+        dispatcher.records.record_delivery(job_id, event, delivery)
+        log.info(
+            "webhook %s of job %s, attempt %d: %s %s",
+            event,
+            job_id,
+            attempt,
+            state,
+            error or status_code or "",
+        )
+        return delivery.model_dump()
+
+    if event != "completed" and record.status.is_terminal:
+        return outcome("dropped", error=f"the job had already ended {record.status.value}")
+    if dispatcher.accounts.is_disabled(record.owner, url):
+        return outcome("disabled", error="the URL answered 410 Gone to an earlier webhook")
+    body = json.dumps(
+        {
+            "type": f"job.{event}",
+            "timestamp": occurred_at,
+            "data": job_public(record, dispatcher.store).model_dump(mode="json", exclude={"webhook"}),
+        },
+        separators=(",", ":"),
+    ).encode()
+    timestamp = int(time.time())
+    signatures = [
+        sign(secret, message_id, timestamp, body)
+        for secret in dispatcher.accounts.signing_secrets(record.owner)
+    ]
+    headers = {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(signatures),
+    }
+    status_code, error = None, None
+    try:
+        target = resolve(url, dispatcher.settings.webhook_allowed_hosts)
+        status_code = post(dispatcher.http, target, body, headers)
+    except UnsafeUrl as refused:
+        return outcome("refused", error=f"webhook_url: {refused}")
+    except (httpx.HTTPError, OSError) as failure:
+        error = f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
+    if status_code is not None and 200 <= status_code < 300:
+        return outcome("delivered", status_code)
+    if status_code == 410:
+        dispatcher.accounts.disable(record.owner, url, dispatcher.settings.webhook_disabled_s)
+        return outcome("disabled", status_code, "the URL answered 410 Gone: no more webhooks go to it")
+    if status_code is not None:
+        error = f"the receiver answered {status_code}" + (
+            " (redirects are not followed)" if 300 <= status_code < 400 else ""
+        )
+    schedule = dispatcher.settings.webhook_retry_schedule_s
+    if event in RETRIED_EVENTS and attempt <= len(schedule):
+        outcome("retrying", status_code, error, retry_s=schedule[attempt - 1])
+        return Retry(max=len(schedule), interval=list(schedule))
+    return outcome("failed", status_code, error)
+
+
+def _later(seconds: int) -> str:
+    moment = datetime.now(UTC) + timedelta(seconds=seconds)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def main() -> int:
+    """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_dispatcher_settings()
+    redis = Redis.from_url(settings.redis_url)
+    redis.ping()
+    get_dispatcher()
+    queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer, name=settings.dispatcher_name)
+    log.info(
+        "dispatcher ready on queue %s (retries after %s s)",
+        WEBHOOK_QUEUE,
+        list(settings.webhook_retry_schedule_s),
+    )
+    worker.work(with_scheduler=True, logging_level="INFO")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
