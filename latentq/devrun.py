@@ -1,7 +1,7 @@
 """``make run``: the whole stack on this machine, stopped together with Ctrl-C.
 
 Starts Redis and a SeaweedFS S3 server (unless ``LATENTQ_REDIS_URL`` /
-``LATENTQ_S3_ENDPOINT_URL`` point at ones you run), one worker and the API on
+``LATENTQ_S3_ENDPOINT_URL`` point at ones you run), one worker, the webhook dispatcher and the API on
 ``127.0.0.1:$PORT``; keeps state under ``.run/``; prints a ready-to-paste curl example.
 """
 
@@ -47,7 +47,8 @@ def start_services(state: Path, env: dict[str, str], started: list) -> None:
 
 
 def start_stack(state: Path, env: dict[str, str], port: int, started: list, access_log: bool = True) -> None:
-    """Start services (unless configured), one worker and the API on ``port``; wait until ready.
+    """Start services (unless configured), one worker, the webhook dispatcher and the API on ``port``;
+    wait until ready.
 
     Everything started is appended to ``started`` as it starts, so the caller can stop it all
     (in reverse order) even when a later step fails.
@@ -56,6 +57,8 @@ def start_stack(state: Path, env: dict[str, str], port: int, started: list, acce
     logs = state / "logs"
     worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
     started.append(worker)
+    dispatcher_argv = [sys.executable, "-m", "latentq.dispatcher"]
+    started.append(Process.start("dispatcher", dispatcher_argv, logs / "dispatcher.log", env))
     api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
                 "--port", str(port)] + ([] if access_log else ["--no-access-log"])  # fmt: skip
     api = Process.start("api", api_argv, logs / "api.log", env)
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("LATENTQ_API_KEYS", dev_api_key(state))
     env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models"))
+    # A local stack: webhooks may go to receivers on this machine.
+    env.setdefault("LATENTQ_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
     # One worker serving every registered model, unless told otherwise.
     env.setdefault("LATENTQ_WORKER_MODELS", ",".join(get_registry(CommonSettings()).ids()))
     started: list = []

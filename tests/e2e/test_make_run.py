@@ -96,7 +96,7 @@ def test_make_run_serves_the_printed_example_and_stops_everything_on_ctrl_c(stac
                 assert wait_for_job(client, response.json()["id"])["status"] == "succeeded"
 
     servers = children_of(process.pid)
-    assert len(servers) == 4  # redis, s3, worker, api
+    assert len(servers) == 5  # redis, s3, worker, webhook dispatcher, api
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert all(not os.path.exists(f"/proc/{pid}") for pid in servers)

@@ -116,4 +116,11 @@ def test_png_reproduces_itself_from_its_own_parameters(client, worker):
     assert "Seed: 21, Size: 64x64, Model: tiny-sd" in second_image.text["parameters"]
     again, pixels = run(client, **json.loads(second_image.text["latentq"]))
     assert again["images"][0]["seed"] == 21
-    assert np.array_equal(pixels, np.asarray(second_image.convert("RGB")))
+    # Made in a batch of two, redrawn alone: CPU kernels may round differently per batch size (about
+    # 1e-6 here, plain diffusers alike), which can move a pixel by one level, never more.
+    difference = np.abs(pixels.astype(int) - np.asarray(second_image.convert("RGB")).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
+    # Made alone and redrawn alone: pixel-identical.
+    alone = Image.open(io.BytesIO(httpx.get(again["images"][0]["url"], timeout=30).content))
+    _, redrawn = run(client, **json.loads(alone.text["latentq"]))
+    assert np.array_equal(redrawn, np.asarray(alone.convert("RGB")))

@@ -11,7 +11,7 @@ import shlex
 import pytest
 import yaml
 
-from latentq.settings import ApiSettings, WorkerSettings
+from latentq.settings import ApiSettings, DispatcherSettings, WorkerSettings
 from tests.conftest import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -69,8 +69,11 @@ def json_command(stage: str, instruction: str) -> list[str]:
 
 def test_compose_services():
     services = COMPOSE["services"]
-    assert set(services) == {"redis", "s3", "api", "worker"}
+    assert set(services) == {"redis", "s3", "api", "worker", "webhooks"}
     assert services["api"]["build"]["target"] == "api"
+    assert services["webhooks"]["build"]["target"] == "api"  # the dispatcher needs no torch
+    assert services["webhooks"]["command"] == ["python", "-m", "latentq.dispatcher"]
+    assert (REPO / "latentq" / "dispatcher.py").exists()
     assert services["worker"]["build"]["target"] == "worker"
     assert services["s3"]["build"]["target"] == "s3"
 
@@ -86,7 +89,10 @@ def test_compose_worker_reserves_a_gpu():
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
 
 
-@pytest.mark.parametrize(("service", "settings"), [("api", ApiSettings), ("worker", WorkerSettings)])
+@pytest.mark.parametrize(
+    ("service", "settings"),
+    [("api", ApiSettings), ("worker", WorkerSettings), ("webhooks", DispatcherSettings)],
+)
 def test_compose_sets_only_real_settings(service, settings):
     names = {name.removeprefix("LATENTQ_").lower() for name in COMPOSE["services"][service]["environment"]}
     assert names <= set(settings.model_fields)
