@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import certifi
 import httpx
 from redis import Redis
 from rq import Queue, SimpleWorker
@@ -68,14 +71,19 @@ class Dispatcher:
             JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s),
             ImageStore(settings),
             WebhookAccounts(redis),
-            http_client(settings.webhook_timeout_s),
+            http_client(settings.webhook_timeout_s, settings.webhook_ca_file),
         )
 
 
-def http_client(timeout_s: float) -> httpx.Client:
+def http_client(timeout_s: float, ca_file: Path | None = None) -> httpx.Client:
     """Return the client deliveries use: no redirects, no proxies from the environment, and no
-    kept-alive connections (each delivery connects to the address it resolved, with its own SNI)."""
+    kept-alive connections (each delivery connects to the address it resolved, with its own SNI).
+    Certificates are checked against the public CAs, and those in ``ca_file`` if given."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
     return httpx.Client(
+        verify=context,
         follow_redirects=False,
         trust_env=False,
         timeout=timeout_s,

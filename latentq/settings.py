@@ -112,6 +112,9 @@ class DispatcherSettings(CommonSettings):
     webhook_retry_schedule_s: Annotated[tuple[Annotated[int, Field(ge=1)], ...], NoDecode] = (
         5, 30, 120, 600, 1800, 3600, 7200, 14400,
     )  # fmt: skip
+    #: A PEM file of more CA certificates to trust for https receivers (e.g. an internal CA), in
+    #: addition to the usual public ones.
+    webhook_ca_file: Path | None = None
     #: Seconds a URL that answered 410 Gone stays disabled for its API key.
     webhook_disabled_s: int = Field(7 * 86400, ge=1)
     #: Name the dispatcher registers under in RQ; default is RQ's own.
