@@ -23,7 +23,6 @@ import json
 import logging
 import ssl
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +42,7 @@ from latentq.settings import DispatcherSettings, get_dispatcher_settings
 from latentq.ssrf import Target, UnsafeUrl, resolve
 from latentq.storage import ImageStore
 from latentq.views import job_public
-from latentq.webhooks import WebhookAccounts, sign
+from latentq.webhooks import WebhookAccounts, signature_headers
 
 log = logging.getLogger("latentq.dispatcher")
 
@@ -127,75 +126,64 @@ def deliver(job_id: str, event: str, message_id: str, occurred_at: str) -> Retry
     """Deliver webhook ``event`` of ``job_id`` (the RQ task); return RQ a ``Retry`` to try again later."""
     dispatcher = get_dispatcher()
     current = get_current_job()
-    attempt = (current.number_of_retries or 0) + 1 if current is not None else 1
     record = dispatcher.records.get(job_id)
     if record is None or record.spec.webhook is None:
         log.info("webhook %s of job %s not sent: the job expired", event, job_id)
         return {"state": "expired"}
     url = record.spec.webhook.url
-
-    def outcome(
-        state: str, status_code: int | None = None, error: str | None = None, retry_s: int | None = None
-    ):
-        delivery = WebhookDelivery(
-            state=state, attempts=attempt, status_code=status_code, error=error and error[:MAX_ERROR_CHARS],
-            updated_at=utc_now(), next_attempt_at=_later(retry_s) if retry_s else None,
-        )  # fmt: skip
-        dispatcher.records.record_delivery(job_id, event, delivery)
-        log.info(
-            "webhook %s of job %s, attempt %d: %s %s",
-            event,
-            job_id,
-            attempt,
-            state,
-            error or status_code or "",
-        )
-        return delivery.model_dump()
-
+    report = Report(dispatcher.records, job_id, event, (current.number_of_retries or 0) + 1 if current else 1)
     if event != "completed" and record.status.is_terminal:
-        return outcome("dropped", error=f"the job had already ended {record.status.value}")
+        return report("dropped", error=f"the job had already ended {record.status.value}")
     if dispatcher.accounts.is_disabled(record.owner, url):
-        return outcome("disabled", error="the URL answered 410 Gone to an earlier webhook")
-    body = json.dumps(
-        {
-            "type": f"job.{event}",
-            "timestamp": occurred_at,
-            "data": job_public(record, dispatcher.store).model_dump(mode="json", exclude={"webhook"}),
-        },
-        separators=(",", ":"),
-    ).encode()
-    timestamp = int(time.time())
-    signatures = [
-        sign(secret, message_id, timestamp, body)
-        for secret in dispatcher.accounts.signing_secrets(record.owner)
-    ]
-    headers = {
-        "webhook-id": message_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": " ".join(signatures),
-    }
+        return report("disabled", error="the URL answered 410 Gone to an earlier webhook")
+    data = job_public(record, dispatcher.store).model_dump(mode="json", exclude={"webhook"})
+    body = json.dumps({"type": f"job.{event}", "timestamp": occurred_at, "data": data}).encode()
+    headers = signature_headers(dispatcher.accounts.signing_secrets(record.owner), message_id, body)
     status_code, error = None, None
     try:
-        target = resolve(url, dispatcher.settings.webhook_allowed_hosts)
-        status_code = post(dispatcher.http, target, body, headers)
+        status_code = post(
+            dispatcher.http, resolve(url, dispatcher.settings.webhook_allowed_hosts), body, headers
+        )
     except UnsafeUrl as refused:
-        return outcome("refused", error=f"webhook_url: {refused}")
+        return report("refused", error=f"webhook_url: {refused}")
     except (httpx.HTTPError, OSError) as failure:
         error = f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
     if status_code is not None and 200 <= status_code < 300:
-        return outcome("delivered", status_code)
+        return report("delivered", status_code)
     if status_code == 410:
         dispatcher.accounts.disable(record.owner, url, dispatcher.settings.webhook_disabled_s)
-        return outcome("disabled", status_code, "the URL answered 410 Gone: no more webhooks go to it")
+        return report("disabled", status_code, "the URL answered 410 Gone: no more webhooks go to it")
     if status_code is not None:
-        error = f"the receiver answered {status_code}" + (
-            " (redirects are not followed)" if 300 <= status_code < 400 else ""
-        )
+        redirect = 300 <= status_code < 400
+        error = f"the receiver answered {status_code}" + (" (redirects are not followed)" if redirect else "")
     schedule = dispatcher.settings.webhook_retry_schedule_s
-    if event in RETRIED_EVENTS and attempt <= len(schedule):
-        outcome("retrying", status_code, error, retry_s=schedule[attempt - 1])
+    if event in RETRIED_EVENTS and report.attempt <= len(schedule):
+        report("retrying", status_code, error, retry_s=schedule[report.attempt - 1])
         return Retry(max=len(schedule), interval=list(schedule))
-    return outcome("failed", status_code, error)
+    return report("failed", status_code, error)
+
+
+@dataclass
+class Report:
+    """Keeps the outcome of one delivery attempt in the job record, and logs it."""
+
+    records: JobRecords
+    job_id: str
+    event: str
+    attempt: int
+
+    def __call__(
+        self, state: str, status_code: int | None = None, error: str | None = None, retry_s: int | None = None
+    ) -> dict[str, object]:
+        delivery = WebhookDelivery(
+            state=state, attempts=self.attempt, status_code=status_code,
+            error=error[:MAX_ERROR_CHARS] if error else None, updated_at=utc_now(),
+            next_attempt_at=_later(retry_s) if retry_s else None,
+        )  # fmt: skip
+        self.records.record_delivery(self.job_id, self.event, delivery)
+        log.info("webhook %s of job %s, attempt %d: %s %s", self.event, self.job_id, self.attempt, state,
+                 error or status_code or "")  # fmt: skip
+        return delivery.model_dump()
 
 
 def _later(seconds: int) -> str:

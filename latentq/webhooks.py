@@ -65,6 +65,14 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+def signature_headers(signing_secrets: list[str], message_id: str, body: bytes) -> dict[str, str]:
+    """Return the Standard Webhooks headers of ``body`` sent now as ``message_id``, signed with each
+    of ``signing_secrets`` (space-separated signatures)."""
+    timestamp = int(time.time())
+    signatures = " ".join(sign(secret, message_id, timestamp, body) for secret in signing_secrets)
+    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp), "webhook-signature": signatures}
+
+
 def message_id(job_id: str, event: WebhookEvent, step: int | None = None) -> str:
     """Return the ``webhook-id`` of ``event`` of ``job_id``: the same for every retry of it."""
     return f"msg_{job_id}_{event}" + (f"_{step}" if step is not None else "")
