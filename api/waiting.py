@@ -8,12 +8,22 @@ from typing import Any
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from latentq.jobs import JobRecord, JobRecords
-from latentq.keys import job_events_key
+from latentq.jobs import JobRecord, JobRecords, has_ended
+from latentq.keys import job_events_key, job_key, rq_job_key
 
 #: Longest blocking read between two looks at the record, seconds: bounds how late a job whose
 #: worker died (no terminal event, found by reconciliation with RQ) is noticed.
 RECHECK_S = 2.0
+
+
+async def job_ended(redis: AsyncRedis, job_id: str) -> bool:
+    """Return whether ``job_id`` is over (or expired): two hash fields read in one round trip, with
+    no thread and no parsing, so hundreds of waiting streams can ask every ``RECHECK_S``."""
+    async with redis.pipeline(transaction=False) as pipeline:
+        pipeline.hget(job_key(job_id), "status")
+        pipeline.hget(rq_job_key(job_id), "status")
+        status, rq_status = await pipeline.execute()
+    return has_ended(status and status.decode(), rq_status and rq_status.decode())
 
 
 async def wait_for_job(
@@ -22,12 +32,12 @@ async def wait_for_job(
     """Return ``job_id``'s record once terminal, or as it stands after ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s
     last_event = "0"
-    while True:
-        record = await run_in_threadpool(records.get, job_id)
+    while not await job_ended(redis, job_id):
         remaining = deadline - time.monotonic()
-        if record is None or record.status.is_terminal or remaining <= 0:
-            return record
+        if remaining <= 0:
+            break
         block_ms = max(1, int(min(remaining, RECHECK_S) * 1000))
         answer: Any = await redis.xread({job_events_key(job_id): last_event}, block=block_ms, count=100)
         for _stream, entries in answer:
             last_event = entries[-1][0]
+    return await run_in_threadpool(records.get, job_id)

@@ -236,6 +236,14 @@ class JobRecords:
             pipeline.expire(events, self.retention_s, nx=True)
 
 
+def has_ended(status: str | None, rq_status: str | None) -> bool:
+    """Return whether a job is over, from its record's status (None: no record, it expired) and RQ's
+    (None: no RQ job); the same rule ``JobRecords.get`` reconciles by."""
+    if status is None or JobStatus(status).is_terminal:
+        return True
+    return rq_status is not None and status_from_rq(rq_status).is_terminal
+
+
 def _reconcile(record: JobRecord, rq_status: JobStatus) -> None:
     """Correct a record whose job RQ ended without the task writing the outcome.
 

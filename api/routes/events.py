@@ -10,6 +10,7 @@ nothing; a client connecting late first receives everything so far. Streams bloc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiKeyDep, AsyncRedisDep, ImageStoreDep, JobRecordsDep
 from api.job_views import find_record
-from api.waiting import RECHECK_S
+from api.waiting import RECHECK_S, job_ended
 from latentq.contract import JobStatus
 from latentq.jobs import JobRecords
 from latentq.keys import job_events_key
@@ -30,6 +31,10 @@ from latentq.views import job_public
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 _TERMINAL = {status.value for status in JobStatus if status.is_terminal}
+
+#: Seconds a job's terminal event, once made, is shared by its other streams.
+FINAL_EVENT_SHARED_S = 5.0
+_final_events: dict[tuple[str, str], asyncio.Future[str]] = {}
 
 
 def sse(event_id: str, event: str, data: str) -> str:
@@ -70,8 +75,7 @@ async def event_stream(
         if not answer:
             # No event for a while: a worker that died leaves no terminal event, but its record
             # reads as failed (worker_lost) once RQ notices; end the stream with it.
-            record = await run_in_threadpool(records.get, job_id)
-            if record is None or record.status.is_terminal:
+            if await job_ended(redis, job_id):
                 yield await final_event(records, store, job_id, last)
                 return
             yield ": waiting\n\n"
@@ -86,7 +90,21 @@ async def event_stream(
 
 
 async def final_event(records: JobRecords, store: ImageStore, job_id: str, event_id: str) -> str:
-    """Return the terminal event: the final job (with fresh image URLs) as its data."""
+    """Return the terminal event: the final job (with fresh image URLs) as its data.
+
+    Every stream of a job ends with the same event, so it is made once and shared by the streams
+    that ask within ``FINAL_EVENT_SHARED_S``: hundreds of followers cost one record read.
+    """
+    key = (job_id, event_id)
+    shared = _final_events.get(key)
+    if shared is None:
+        shared = asyncio.ensure_future(_final_event(records, store, job_id, event_id))
+        _final_events[key] = shared
+        asyncio.get_running_loop().call_later(FINAL_EVENT_SHARED_S, _final_events.pop, key, None)
+    return await asyncio.shield(shared)
+
+
+async def _final_event(records: JobRecords, store: ImageStore, job_id: str, event_id: str) -> str:
     record = await run_in_threadpool(records.get, job_id)
     if record is None:
         return sse(event_id, "expired", "{}")
