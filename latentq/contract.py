@@ -2,7 +2,7 @@
 
 The API validates a ``GenerateRequest``, resolves it into a ``JobSpec`` and enqueues that
 (JSON) for the task named ``GENERATE_TASK``; the worker trusts the spec. Clients read a
-``JobPublic``.
+``JobPublic`` (``latentq.views``).
 """
 
 from __future__ import annotations
@@ -259,24 +259,6 @@ class JobError(BaseModel):
     message: str
 
 
-class ImagePublic(BaseModel):
-    """An image as clients see it."""
-
-    url: str
-    seed: int
-    width: int
-    height: int
-    content_type: str
-
-
-class Progress(BaseModel):
-    """How far a job's denoising has come."""
-
-    step: int
-    total_steps: int
-    fraction: float
-
-
 class WebhookDelivery(BaseModel):
     """How the deliveries of one webhook event type of a job went (the latest, for progress)."""
 
@@ -290,38 +272,3 @@ class WebhookDelivery(BaseModel):
     error: str | None = Field(None, description="Why the last attempt failed.")
     updated_at: str
     next_attempt_at: str | None = None
-
-
-class WebhookPublic(BaseModel):
-    """A job's webhook: where its events go and how each event type's delivery went."""
-
-    url: str
-    events: list[WebhookEvent]
-    deliveries: dict[str, WebhookDelivery] = Field(
-        default_factory=dict, description="By event type: started, progress, completed."
-    )
-
-
-class JobPublic(BaseModel):
-    """A job as clients see it (``GET /v1/jobs/{id}``, and the answer to a submit)."""
-
-    id: str
-    status: JobStatus
-    model: str
-    images: list[ImagePublic]
-    error: JobError | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    progress: Progress | None = Field(None, description="Denoising steps done, once sampling has begun.")
-    queue_position: int | None = Field(None, description="While queued: jobs ahead of this one in its queue.")
-    preview_url: str | None = Field(None, description="The latest live preview (JPEG), when asked for.")
-    eta_seconds: float | None = Field(None, description="While running: estimated seconds of sampling left.")
-    timings: dict[str, float] | None = Field(
-        None,
-        description="Once succeeded, milliseconds: queued_ms, load_ms, sampling_ms, encode_ms, upload_ms.",
-    )
-    webhook: WebhookPublic | None = Field(None, description="The job's webhook and its deliveries, if any.")
-    request: dict = Field(
-        description="The parameters the job runs with: defaults filled, style applied, seed chosen."
-    )

@@ -1,4 +1,5 @@
-"""Jobs as clients see them: the public view of a job record, with freshly signed image URLs.
+"""Jobs as clients see them: the public view of a job record (``JobPublic``), with freshly signed
+image URLs.
 
 Used by the API (job reads, event streams) and by the webhook dispatcher (payloads).
 """
@@ -7,17 +8,64 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from latentq.contract import (
-    ImagePublic,
-    JobPublic,
-    JobSpec,
-    JobStatus,
-    Progress,
-    WebhookDelivery,
-    WebhookPublic,
-)
+from pydantic import BaseModel, Field
+
+from latentq.contract import JobError, JobSpec, JobStatus, WebhookDelivery, WebhookEvent
 from latentq.jobs import JobRecord
 from latentq.storage import ImageStore
+
+
+class ImagePublic(BaseModel):
+    """An image as clients see it."""
+
+    url: str
+    seed: int
+    width: int
+    height: int
+    content_type: str
+
+
+class Progress(BaseModel):
+    """How far a job's denoising has come."""
+
+    step: int
+    total_steps: int
+    fraction: float
+
+
+class WebhookPublic(BaseModel):
+    """A job's webhook: where its events go and how each event type's delivery went."""
+
+    url: str
+    events: list[WebhookEvent]
+    deliveries: dict[str, WebhookDelivery] = Field(
+        default_factory=dict, description="By event type: started, progress, completed."
+    )
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it (``GET /v1/jobs/{id}``, and the answer to a submit)."""
+
+    id: str
+    status: JobStatus
+    model: str
+    images: list[ImagePublic]
+    error: JobError | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: Progress | None = Field(None, description="Denoising steps done, once sampling has begun.")
+    queue_position: int | None = Field(None, description="While queued: jobs ahead of this one in its queue.")
+    preview_url: str | None = Field(None, description="The latest live preview (JPEG), when asked for.")
+    eta_seconds: float | None = Field(None, description="While running: estimated seconds of sampling left.")
+    timings: dict[str, float] | None = Field(
+        None,
+        description="Once succeeded, milliseconds: queued_ms, load_ms, sampling_ms, encode_ms, upload_ms.",
+    )
+    webhook: WebhookPublic | None = Field(None, description="The job's webhook and its deliveries, if any.")
+    request: dict = Field(
+        description="The parameters the job runs with: defaults filled, style applied, seed chosen."
+    )
 
 
 def job_public(record: JobRecord, store: ImageStore) -> JobPublic:

@@ -29,7 +29,6 @@ from api.validation import json_body_openapi, parse_body
 from api.waiting import wait_for_job
 from latentq.contract import (
     GenerateRequest,
-    JobPublic,
     JobSpec,
     JobStatus,
     UpscaleRequest,
@@ -38,7 +37,7 @@ from latentq.contract import (
 )
 from latentq.errors import LatentqError
 from latentq.keys import queue_name
-from latentq.views import job_public, public_request, webhook_public
+from latentq.views import JobPublic, job_public, public_request, webhook_public
 from latentq.webhooks import WebhookAccounts, webhook_target
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
