@@ -24,7 +24,7 @@ from PIL.Image import Image
 from latentq.contract import JobSpec, Task, WeightedPrompt
 from latentq.models import MAX_UPSCALE_PIXELS
 from worker.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
-from worker.prompts import prompt_arguments
+from worker.prompts import conditioning, prompt_arguments
 from worker.schedulers import make_scheduler
 
 log = logging.getLogger("latentq.worker")
@@ -127,6 +127,46 @@ class WarmPipeline:
             if spec.task == "masking":
                 return self._masking(pipe, spec, inputs["init"], inputs["mask"], common)
             return list(pipe(width=spec.width, height=spec.height, **common).images)
+
+    def generate_batch(self, members: list[tuple[JobSpec, OnStep | None]]) -> list[list[Image]]:
+        """Run text-to-image jobs that share a ``batch_key`` as one pipeline call; return each one's
+        images. Each image keeps its own seeded generator and each job its own prompt conditioning,
+        so a job's images are what it would get alone (to float rounding: see docs). ``on_step`` of
+        a member sees its own slice of the latents; a member that asks to stop is left to finish
+        with the others (its images are then discarded by the caller), unless all ask to stop."""
+        first = members[0][0]
+        pipe = self.pipe
+        pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
+        with torch.inference_mode():
+            parts = [conditioning(pipe, spec.prompts, self.device) for spec, _ in members]
+            arguments = {
+                name: torch.cat([part[name].repeat_interleave(spec.samples, dim=0)
+                                 for part, (spec, _) in zip(parts, members, strict=True)])
+                for name in parts[0]
+            }  # fmt: skip
+            generators = [
+                torch.Generator("cpu").manual_seed(seed) for spec, _ in members for seed in spec.image_seeds()
+            ]
+            slices, offset = [], 0
+            for spec, on_step in members:
+                slices.append((offset, offset + spec.samples, on_step))
+                offset += spec.samples
+            stopped: set[int] = set()
+
+            def on_batch_step(step: int, total: int, latents: Any) -> bool:
+                for index, (start, end, on_step) in enumerate(slices):
+                    if index not in stopped and on_step is not None:
+                        part = latents[start:end] if latents is not None else None
+                        if on_step(step, total, part):
+                            stopped.add(index)
+                return len(stopped) == len(slices)
+
+            images = pipe(
+                **arguments, width=first.width, height=first.height, num_inference_steps=first.steps,
+                guidance_scale=first.cfg_scale, generator=generators, output_type="pil",
+                callback_on_step_end=step_callback(None, on_batch_step),
+            ).images  # fmt: skip
+        return [list(images[start:end]) for start, end, _ in slices]
 
     def _image_to_image(
         self, pipe: Any, spec: JobSpec, init: Image, common: dict, on_step: OnStep | None

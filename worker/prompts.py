@@ -118,3 +118,23 @@ def prompt_arguments(pipe: Any, prompts: list[WeightedPrompt]) -> dict[str, Any]
     if pooled is not None:
         arguments |= {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
     return arguments
+
+
+def conditioning(pipe: Any, prompts: list[WeightedPrompt], device: torch.device) -> dict[str, torch.Tensor]:
+    """Return ``prompts``' conditioning as tensors, one row each (``prompt_embeds``,
+    ``negative_prompt_embeds`` and, for SDXL, the pooled pair), exactly as a call with
+    ``prompt_arguments`` would compute it: for jobs batched with others, whose rows are stacked."""
+    arguments = prompt_arguments(pipe, prompts)
+    if "prompt_embeds" in arguments:
+        return {name: value for name, value in arguments.items() if value is not None}
+    encoded = pipe.encode_prompt(
+        prompt=arguments["prompt"], device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+        negative_prompt=arguments["negative_prompt"],
+    )  # fmt: skip
+    names = [
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    ]
+    return dict(zip(names, encoded, strict=False))
