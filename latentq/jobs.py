@@ -65,6 +65,7 @@ class JobRecord:
         self.eta_s = float(fields.get("eta_s") or 0)
         self.preview_step = int(fields.get("preview_step") or 0)
         self.timings: dict[str, float] = json.loads(fields.get("timings") or "{}")
+        self.batch_size = int(fields["batch_size"]) if fields.get("batch_size") else None
         self.webhook_deliveries = {
             name.removeprefix(_DELIVERY_FIELD): WebhookDelivery.model_validate_json(value)
             for name, value in fields.items()
@@ -181,12 +182,15 @@ class JobRecords:
         """Record that ``job_id`` was canceled."""
         self._update(job_id, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
 
-    def mark_succeeded(self, job_id: str, images: list[StoredImage], timings: dict[str, float]) -> None:
-        """Record that ``job_id`` finished with ``images``, and the milliseconds of its stages."""
+    def mark_succeeded(
+        self, job_id: str, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
+    ) -> None:
+        """Record that ``job_id`` finished with ``images``, the milliseconds of its stages, and how many
+        jobs were sampled in its pipeline call (itself included)."""
         payload = json.dumps([image.model_dump() for image in images])
         self._update(
             job_id, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
-            timings=json.dumps(timings),
+            timings=json.dumps(timings), batch_size=str(batch_size),
         )  # fmt: skip
 
     def mark_failed(self, job_id: str, error: JobError) -> None:

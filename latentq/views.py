@@ -62,6 +62,10 @@ class JobPublic(BaseModel):
         None,
         description="Once succeeded, milliseconds: queued_ms, load_ms, sampling_ms, encode_ms, upload_ms.",
     )
+    batch_size: int | None = Field(
+        None,
+        description="Once succeeded: jobs sampled in the same pipeline call as this one, itself included.",
+    )
     webhook: WebhookPublic | None = Field(None, description="The job's webhook and its deliveries, if any.")
     request: dict = Field(
         description="The parameters the job runs with: defaults filled, style applied, seed chosen."
@@ -98,6 +102,7 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         )
         if record.total_steps
         else None,
+        batch_size=record.batch_size if record.status is JobStatus.SUCCEEDED else None,
         webhook=webhook_public(record.spec, record.webhook_deliveries),
         request=public_request(record.spec),
     )

@@ -64,6 +64,8 @@ def build_worker(settings: WorkerSettings, redis: Redis, model_ids: list[str]) -
     queues = [Queue(queue_name(id_), connection=redis, serializer=JSONSerializer) for id_ in model_ids]
     worker = WarmWorker(queues, connection=redis, serializer=JSONSerializer, name=settings.worker_name)
     worker.heartbeat_interval_s = settings.heartbeat_interval_s
+    worker.max_batch = settings.max_batch
+    worker.batch_wait_s = settings.batch_wait_ms / 1000
     worker.job_monitoring_interval = max(1, int(settings.heartbeat_interval_s))
     return worker
 
@@ -92,7 +94,10 @@ def main() -> int:
     worker = build_worker(settings, redis, list(pipelines))
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
     # Round robin: with several models, no model's queue starves the others.
-    worker.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+    try:
+        worker.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+    finally:
+        worker.drain()  # the last round's uploads and records
     return 0
 
 

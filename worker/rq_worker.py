@@ -1,13 +1,21 @@
-"""The RQ worker class: runs jobs in its own process (no fork) with a heartbeat during each job."""
+"""The RQ worker class: runs jobs in its own process (no fork), in rounds that sample together,
+with a heartbeat for each job while it runs."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job
+from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
+
+from worker.batching import Round, join_round
 
 
 class Heartbeat:
@@ -37,26 +45,88 @@ class Heartbeat:
 
 
 class WarmWorker(SimpleWorker):
-    """A ``SimpleWorker`` (jobs run in this process, so the pipeline stays warm and CUDA survives)
-    whose job and worker heartbeats continue while sampling blocks the main thread.
+    """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives) that
+    runs jobs in rounds: the job RQ hands it plus any already waiting in the same queue, up to
+    ``max_batch`` images, each job in its own thread through RQ's ``perform_job`` with its own
+    heartbeat, their sampling done together on this (the main) thread (``worker.batching``).
 
-    Without them, a long job would look dead to RQ; with them, a worker that really dies stops
-    beating and its job is found within ``heartbeat_ttl_s``.
+    A job's thread goes on encoding and uploading while the next round samples; at most
+    ``max_batch`` such threads run at once, and ``drain`` waits for them (warm shutdown).
     """
 
     #: Seconds between heartbeats during a job.
     heartbeat_interval_s: float = 10.0
+    #: Most images sampled in one pipeline call (1: no batching).
+    max_batch: int = 1
+    #: Seconds to wait for more jobs when a round is not full (0: take what is queued).
+    batch_wait_s: float = 0.0
+    # Job timeouts raise in the job's thread (RQ's signal-based penalty works on the main thread only).
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._job_threads: list[threading.Thread] = []
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run ``job`` in this process while a background thread keeps its heartbeat."""
-        execution = self.prepare_execution(job)
-        with Heartbeat(
-            lambda: self.maintain_heartbeats(job, execution),
-            self.heartbeat_interval_s,
-            lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
-        ):
-            self.perform_job(job, queue, execution)
+        """Run a round: ``job`` and the jobs waiting behind it in ``queue``."""
+        self._limit_job_threads(self.max_batch)
+        jobs = [job, *self._take_more(queue)]
+        round_ = Round(len(jobs))
+        for member in jobs:
+            execution = self.prepare_execution(member)
+            thread = threading.Thread(
+                target=self._run_job_thread, args=(round_, member, queue, execution), name=f"job-{member.id}"
+            )
+            thread.start()
+            self._job_threads.append(thread)
+        round_.run(self.max_batch)
         self.set_state(WorkerStatus.IDLE)
+
+    def _take_more(self, queue: Queue) -> list[Job]:
+        """Take jobs waiting in ``queue`` for this round (up to ``max_batch`` - 1), waiting up to
+        ``batch_wait_s`` for them."""
+        taken: list[Job] = []
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(taken) < self.max_batch - 1:
+            job_id = self.connection.lpop(queue.key)
+            if job_id is None:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
+                continue
+            try:
+                taken.append(
+                    self.job_class.fetch(
+                        job_id.decode(), connection=self.connection, serializer=self.serializer
+                    )
+                )
+            except NoSuchJobError:
+                continue
+        return taken
+
+    def _run_job_thread(self, round_: Round, job: Job, queue: Queue, execution: Execution) -> None:
+        join_round(round_)
+        try:
+            with Heartbeat(
+                lambda: self.maintain_heartbeats(job, execution),
+                self.heartbeat_interval_s,
+                lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
+            ):
+                self.perform_job(job, queue, execution)
+        finally:
+            round_.leave()
+
+    def _limit_job_threads(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` job threads (of earlier rounds) still run."""
+        self._job_threads = [thread for thread in self._job_threads if thread.is_alive()]
+        while len(self._job_threads) >= max(1, limit):
+            self._job_threads.pop(0).join()
+
+    def drain(self) -> None:
+        """Wait for every job thread (their uploads and records) to finish."""
+        for thread in self._job_threads:
+            thread.join()
+        self._job_threads = []
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds a running job stays alive in RQ's started registry without a new heartbeat."""

@@ -22,6 +22,7 @@ from latentq.errors import ERRORS
 from latentq.jobs import JobRecords
 from latentq.keys import image_object_key
 from latentq.storage import STORAGE_ERRORS
+from worker.batching import current_round
 from worker.encoding import CONTENT_TYPES, encode_image
 from worker.runtime import ImagePipeline, ObjectStore, Runtime
 
@@ -122,7 +123,7 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
         with timings.stage("load_ms"):
             inputs = load_inputs(runtime.store, spec)
         with timings.stage("sampling_ms"):
-            images = pipeline.generate(spec, inputs, reporter)
+            images, batch_size = sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
             runtime.records.mark_canceled(spec.job_id)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
@@ -133,10 +134,21 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
         runtime.records.mark_failed(spec.job_id, job_error)
         raise
-    runtime.records.mark_succeeded(spec.job_id, stored, timings.ms)
+    runtime.records.mark_succeeded(spec.job_id, stored, timings.ms, batch_size)
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored
+
+
+def sample(
+    pipeline: ImagePipeline, spec: JobSpec, inputs: dict[str, Image], reporter: StepReporter
+) -> tuple[list[Image], int]:
+    """Sample ``spec`` with the other jobs of this thread's round (batched where they fit), or alone;
+    return its images and the number of jobs in its pipeline call."""
+    round_ = current_round()
+    if round_ is None:
+        return pipeline.generate(spec, inputs, reporter), 1
+    return round_.sample(pipeline, spec, inputs, reporter)
 
 
 def pipeline_for(runtime: Runtime, model: str) -> ImagePipeline:

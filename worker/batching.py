@@ -1,0 +1,177 @@
+"""Cross-request batching: the jobs of one round sample together, each still a job of its own.
+
+The worker takes a round of jobs (the one RQ handed it and whatever else already waits in that
+queue, up to ``LATENTQ_MAX_BATCH`` images). Each job runs in its own thread through RQ's usual
+``perform_job`` (its record, events, cancel, timeout, failure and result are its own) until it
+needs sampling; there it hands a ``SampleRequest`` to the ``Round`` and waits. The worker's main
+thread samples the round: requests that share a ``batch_key`` go through one pipeline call
+(``WarmPipeline.generate_batch``), chunked to the image limit; others run alone. If a batched call
+fails, its members are run again one by one, so one job never fails another. Then each job's
+thread encodes and uploads its images while the main thread takes the next round: sampling does
+not wait on storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL.Image import Image
+
+from latentq.contract import JobSpec
+
+log = logging.getLogger("latentq.worker")
+
+#: Seconds a job thread waits between looks at its request: the timeout exception RQ raises in it
+#: (``TimerDeathPenalty``) arrives between them.
+WAIT_SLICE_S = 0.25
+
+OnStep = Callable[[int, int, Any], bool]
+
+
+def batch_key(spec: JobSpec) -> tuple | None:
+    """Return what jobs must share to sample in one pipeline call, or None if ``spec`` runs alone.
+
+    Per-job prompts and seeds differ freely; guidance is one number per pipeline call here.
+    """
+    if spec.task != "text-to-image":
+        return None
+    return (spec.model, spec.width, spec.height, spec.steps, spec.sampler, spec.cfg_scale)
+
+
+@dataclass
+class SampleRequest:
+    """One job's sampling, handed from its thread to the round."""
+
+    pipeline: Any
+    spec: JobSpec
+    inputs: dict[str, Image]
+    on_step: OnStep | None
+    images: list[Image] | None = None
+    error: BaseException | None = None
+    #: Jobs sampled in the same pipeline call, this one included.
+    batch_size: int = 1
+    #: Set once the job no longer waits (it stopped, timed out or failed): its slot is wasted work.
+    abandoned: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def step(self, step: int, total: int, latents: Any) -> bool:
+        """Report a step to the job; a job that asks to stop is released at once."""
+        if self.abandoned:
+            return True
+        if self.on_step is not None and self.on_step(step, total, latents):
+            self.finish([])
+            return True
+        return False
+
+    def finish(self, images: list[Image] | None = None, error: BaseException | None = None) -> None:
+        """Hand the job its images (or error), once."""
+        if not self.done.is_set():
+            self.images, self.error = images, error
+            self.done.set()
+
+
+class Round:
+    """The jobs a worker runs together: ``expected`` job threads, each of which samples through
+    ``sample`` or leaves without sampling."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.requests: list[SampleRequest] = []
+        self.left = 0
+        self._changed = threading.Condition()
+        self._submitted = threading.local()
+
+    # -- job threads -------------------------------------------------------------------------
+    def sample(
+        self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
+    ) -> list[Image]:
+        """Sample ``spec`` with the round (called by the job's thread); return its images."""
+        request = SampleRequest(pipeline, spec, inputs, on_step)
+        self._submitted.done = True
+        with self._changed:
+            self.requests.append(request)
+            self._changed.notify_all()
+        try:
+            while not request.done.wait(WAIT_SLICE_S):
+                pass
+        finally:
+            request.abandoned = True
+        if request.error is not None:
+            raise request.error
+        return request.images or [], request.batch_size
+
+    def leave(self) -> None:
+        """Note that the calling job thread is done; if it never sampled, the round stops waiting for it."""
+        if getattr(self._submitted, "done", False):
+            return
+        with self._changed:
+            self.left += 1
+            self._changed.notify_all()
+
+    # -- the worker's main thread ------------------------------------------------------------
+    def wait_for_requests(self) -> list[SampleRequest]:
+        """Wait until every job thread has asked to sample or left; return the requests."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.requests) + self.left >= self.expected)
+            return list(self.requests)
+
+    def run(self, max_images: int) -> None:
+        """Sample every request of the round: compatible ones batched, up to ``max_images`` a call."""
+        groups: dict[Any, list[SampleRequest]] = {}
+        for index, request in enumerate(self.wait_for_requests()):
+            key = batch_key(request.spec)
+            groups.setdefault((id(request.pipeline), key) if key else index, []).append(request)
+        for members in groups.values():
+            for chunk in _chunks(members, max_images):
+                run_chunk(chunk)
+
+
+def _chunks(members: list[SampleRequest], max_images: int) -> list[list[SampleRequest]]:
+    """Split ``members`` into runs of at most ``max_images`` images (a larger job runs alone)."""
+    chunks: list[list[SampleRequest]] = [[]]
+    images = 0
+    for member in members:
+        if chunks[-1] and images + member.spec.samples > max_images:
+            chunks.append([])
+            images = 0
+        chunks[-1].append(member)
+        images += member.spec.samples
+    return [chunk for chunk in chunks if chunk]
+
+
+def run_chunk(chunk: list[SampleRequest]) -> None:
+    """Sample ``chunk`` in one call (or alone, for one member); on a failed batch, each alone."""
+    live = [request for request in chunk if not request.abandoned]
+    if len(live) > 1:
+        try:
+            results = live[0].pipeline.generate_batch([(request.spec, request.step) for request in live])
+        except Exception as error:  # noqa: BLE001 - isolate: the members run alone below
+            log.warning("a batch of %d jobs failed (%s); running them one by one", len(live), error)
+        else:
+            for request, images in zip(live, results, strict=True):
+                request.batch_size = len(live)
+                request.finish(images)
+            log.info("sampled %d jobs (%d images) in one batch", len(live), sum(r.spec.samples for r in live))
+            return
+    for request in live:
+        try:
+            request.finish(request.pipeline.generate(request.spec, request.inputs, request.step))
+        except BaseException as error:  # noqa: BLE001 - the job's own thread raises it
+            request.finish(error=error)
+
+
+_current = threading.local()
+
+
+def current_round() -> Round | None:
+    """Return the round the calling job thread belongs to, if any."""
+    return getattr(_current, "round", None)
+
+
+def join_round(round_: Round | None) -> None:
+    """Make the calling thread a job thread of ``round_`` (None: none)."""
+    _current.round = round_
