@@ -1,0 +1,133 @@
+"""Throughput under concurrent load: the service's cross-request batching vs a plain diffusers loop.
+
+``--clients`` concurrent clients (default 8) each submit 64x64, 20-step K_EULER jobs one after
+another for ``--seconds`` through the whole stack (HTTP with ``Prefer: wait`` → Redis/RQ → one
+warm worker batching up to ``LATENTQ_MAX_BATCH`` images → PNG → S3 → fetch the image URL); then
+the direct diffusers batch-1 loop runs in this process for as long. Reports images/s of each, the
+ratio, the per-job latency distribution and the batch sizes the worker formed.
+
+    .venv/bin/python -m bench.batching [--clients 8] [--seconds 60] [--max-batch 8]
+        [--batch-wait-ms 0] [--json bench/results/batching.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import write_result
+from bench.overhead import BODY, KEY, percentile
+from latentq.devrun import start_stack, stop_all
+from latentq.devstack import environment_without_settings, free_port
+
+
+def run_clients(base_url: str, clients: int, seconds: float) -> tuple[list[float], list[int]]:
+    """Run ``clients`` submit-and-wait loops for ``seconds``; return each finished job's latency (s,
+    submit to image downloaded) and its batch size."""
+    latencies: list[float] = []
+    sizes: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client_loop(index: int) -> None:
+        headers = {"Authorization": f"Bearer {KEY}", "Prefer": "wait=60"}
+        with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
+            seed = index * 100_000
+            while time.monotonic() < deadline:
+                seed += 1
+                started = time.perf_counter()
+                job = client.post("/v1/generate", json={**BODY, "seed": seed}).json()
+                assert job["status"] == "succeeded", job
+                client.get(job["images"][0]["url"]).raise_for_status()
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    sizes.append(job["batch_size"])
+
+    threads = [threading.Thread(target=client_loop, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, sizes
+
+
+def run_direct_loop(model_dir: Path, seconds: float) -> int:
+    """Return how many plain diffusers batch-1 calls finish in ``seconds`` in this process."""
+    import torch
+    from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
+
+    pipe = AutoPipelineForText2Image.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe(BODY["prompt"], width=64, height=64, num_inference_steps=20)  # warm
+    count, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pipe(BODY["prompt"], width=64, height=64, num_inference_steps=20,
+             generator=torch.Generator("cpu").manual_seed(count + 1))  # fmt: skip
+        count += 1
+    return count
+
+
+def main() -> int:
+    """Run the benchmark; print a table; write JSON if asked."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from worker.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
+        state = Path(temp)
+        model_dir = build_tiny_model(state / "models" / "tiny-sd")
+        env = environment_without_settings()
+        env.update(LATENTQ_EMBEDDED_MODEL_DIR=str(model_dir.parent), LATENTQ_WORKER_MODELS="tiny-sd",
+                   LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench", LATENTQ_MAX_BATCH=str(args.max_batch),
+                   LATENTQ_BATCH_WAIT_MS=str(args.batch_wait_ms))  # fmt: skip
+        port, started = free_port(), []
+        try:
+            start_stack(state, env, port, started, access_log=False)
+            run_clients(f"http://127.0.0.1:{port}", args.clients, 3)  # warm connections and caches
+            latencies, sizes = run_clients(f"http://127.0.0.1:{port}", args.clients, args.seconds)
+        finally:
+            stop_all(started)
+        direct_count = run_direct_loop(model_dir, args.seconds)
+    service_rate = len(latencies) / args.seconds
+    direct_rate = direct_count / args.seconds
+    result = {
+        "benchmark": "batching",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "job": BODY,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "max_batch": args.max_batch,
+        "batch_wait_ms": args.batch_wait_ms,
+        "service_images_per_s": round(service_rate, 2),
+        "direct_images_per_s": round(direct_rate, 2),
+        "ratio": round(service_rate / direct_rate, 2),
+        "latency_ms": {
+            q: round(percentile(latencies, value) * 1000, 1)
+            for q, value in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+        "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
+    }
+    print(f"service ({args.clients} clients, max batch {args.max_batch}): {service_rate:.2f} images/s")
+    print(f"direct diffusers batch-1 loop: {direct_rate:.2f} images/s; ratio {result['ratio']:.2f}")
+    print(f"latency ms: {result['latency_ms']}; batch sizes (jobs: count): {result['batch_sizes']}")
+    write_result(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
