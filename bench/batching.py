@@ -7,7 +7,7 @@ the direct diffusers batch-1 loop runs in this process for as long. Reports imag
 ratio, the per-job latency distribution and the batch sizes the worker formed.
 
     .venv/bin/python -m bench.batching [--clients 8] [--seconds 60] [--max-batch 8]
-        [--batch-wait-ms 0] [--json bench/results/batching.json]
+        [--batch-wait-ms 50] [--json bench/results/batching.json]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--batch-wait-ms", type=float, default=0)
+    parser.add_argument("--batch-wait-ms", type=float, default=50)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from worker.tiny_model import build_tiny_model

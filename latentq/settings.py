@@ -98,8 +98,9 @@ class WorkerSettings(CommonSettings):
     progress_interval_s: float = Field(0.25, ge=0)
     #: Most images sampled together in one pipeline call, across jobs (1: no batching).
     max_batch: int = Field(8, ge=1, le=64)
-    #: Milliseconds to wait for more jobs when a batch is not full (0: take only what is queued).
-    batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    #: Milliseconds to wait for more jobs when a batch is not full, under concurrent load only (a lone
+    #: job after a lone job never waits); 0: take only what is already queued.
+    batch_wait_ms: float = Field(50.0, ge=0, le=1000)
     #: Seconds between two ``progress`` webhooks of one job (0: at every progress update).
     webhook_progress_interval_s: float = Field(2.0, ge=0)
 

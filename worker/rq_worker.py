@@ -66,11 +66,13 @@ class WarmWorker(SimpleWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._job_threads: list[threading.Thread] = []
+        self._last_round_size = 1
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run a round: ``job`` and the jobs waiting behind it in ``queue``."""
         self._limit_job_threads(self.max_batch)
         jobs = [job, *self._take_more(queue)]
+        self._last_round_size = len(jobs)
         round_ = Round(len(jobs))
         for member in jobs:
             execution = self.prepare_execution(member)
@@ -83,25 +85,27 @@ class WarmWorker(SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def _take_more(self, queue: Queue) -> list[Job]:
-        """Take jobs waiting in ``queue`` for this round (up to ``max_batch`` - 1), waiting up to
-        ``batch_wait_s`` for them."""
+        """Take jobs waiting in ``queue`` for this round (up to ``max_batch`` - 1). Under concurrent
+        load (the last round had several jobs, or this one has) wait up to ``batch_wait_s`` for more;
+        a lone job after a lone job never waits."""
         taken: list[Job] = []
-        deadline = time.monotonic() + self.batch_wait_s
+        deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
         while len(taken) < self.max_batch - 1:
             job_id = self.connection.lpop(queue.key)
             if job_id is None:
-                if time.monotonic() >= deadline:
+                if deadline is None and taken:
+                    deadline = time.monotonic() + self.batch_wait_s
+                if deadline is None or time.monotonic() >= deadline:
                     break
                 time.sleep(0.002)
                 continue
             try:
-                taken.append(
-                    self.job_class.fetch(
-                        job_id.decode(), connection=self.connection, serializer=self.serializer
-                    )
+                job = self.job_class.fetch(
+                    job_id.decode(), connection=self.connection, serializer=self.serializer
                 )
             except NoSuchJobError:
                 continue
+            taken.append(job)
         return taken
 
     def _run_job_thread(self, round_: Round, job: Job, queue: Queue, execution: Execution) -> None:
