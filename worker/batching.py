@@ -78,7 +78,7 @@ class Round:
     """The jobs a worker runs together: ``expected`` job threads, each of which samples through
     ``sample`` or leaves without sampling."""
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int = 0) -> None:
         self.expected = expected
         self.requests: list[SampleRequest] = []
         self.left = 0
@@ -121,13 +121,18 @@ class Round:
 
     def run(self, max_images: int) -> None:
         """Sample every request of the round: compatible ones batched, up to ``max_images`` a call."""
+        requests = self.wait_for_requests()
         groups: dict[Any, list[SampleRequest]] = {}
-        for index, request in enumerate(self.wait_for_requests()):
+        for index, request in enumerate(requests):
             key = batch_key(request.spec)
             groups.setdefault((id(request.pipeline), key) if key else index, []).append(request)
-        for members in groups.values():
-            for chunk in _chunks(members, max_images):
-                run_chunk(chunk)
+        try:
+            for members in groups.values():
+                for chunk in _chunks(members, max_images):
+                    run_chunk(chunk)
+        finally:  # no job thread may wait forever, whatever went wrong here
+            for request in requests:
+                request.finish(error=RuntimeError("the worker stopped before sampling this job"))
 
 
 def _chunks(members: list[SampleRequest], max_images: int) -> list[list[SampleRequest]]:

@@ -73,15 +73,20 @@ class WarmWorker(SimpleWorker):
         self._limit_job_threads(self.max_batch)
         jobs = [job, *self._take_more(queue)]
         self._last_round_size = len(jobs)
-        round_ = Round(len(jobs))
-        for member in jobs:
-            execution = self.prepare_execution(member)
-            thread = threading.Thread(
-                target=self._run_job_thread, args=(round_, member, queue, execution), name=f"job-{member.id}"
-            )
-            thread.start()
-            self._job_threads.append(thread)
-        round_.run(self.max_batch)
+        round_ = Round()
+        try:
+            for member in jobs:
+                execution = self.prepare_execution(member)
+                thread = threading.Thread(
+                    target=self._run_job_thread,
+                    args=(round_, member, queue, execution),
+                    name=f"job-{member.id}",
+                )
+                thread.start()
+                self._job_threads.append(thread)
+                round_.expected += 1
+        finally:  # the jobs whose thread started are sampled, whatever happened to the others
+            round_.run(self.max_batch)
         self.set_state(WorkerStatus.IDLE)
 
     def _take_more(self, queue: Queue) -> list[Job]:
