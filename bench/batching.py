@@ -16,6 +16,8 @@ import argparse
 import collections
 import os
 import platform
+import re
+import statistics
 import sys
 import tempfile
 import threading
@@ -60,6 +62,12 @@ def run_clients(base_url: str, clients: int, seconds: float) -> tuple[list[float
     return latencies, sizes
 
 
+def idle_times(log: Path) -> list[float]:
+    """Return the milliseconds sampling sat idle before each round, from the worker's log."""
+    pattern = re.compile(r"round of \d+ jobs: sampling sat idle ([\d.]+) ms")
+    return [float(match.group(1)) for match in pattern.finditer(log.read_text())]
+
+
 def run_direct_loop(model_dir: Path, seconds: float) -> int:
     """Return how many plain diffusers batch-1 calls finish in ``seconds`` in this process."""
     import torch
@@ -99,7 +107,10 @@ def main() -> int:
         try:
             start_stack(state, env, port, started, access_log=False)
             run_clients(f"http://127.0.0.1:{port}", args.clients, 3)  # warm connections and caches
+            log = state / "logs" / "worker.log"
+            rounds_before = len(idle_times(log))
             latencies, sizes = run_clients(f"http://127.0.0.1:{port}", args.clients, args.seconds)
+            idle = idle_times(log)[rounds_before + 1 :]  # the rounds of the measured period
         finally:
             stop_all(started)
         direct_count = run_direct_loop(model_dir, args.seconds)
@@ -121,10 +132,17 @@ def main() -> int:
             for q, value in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
         },
         "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
+        "rounds": len(idle),
+        "sampling_idle_between_rounds_ms": {
+            "median": round(statistics.median(idle), 1) if idle else None,
+            "p90": round(percentile(idle, 0.9), 1) if idle else None,
+            "share_of_time": round(sum(idle) / 1000 / args.seconds, 4),
+        },
     }
     print(f"service ({args.clients} clients, max batch {args.max_batch}): {service_rate:.2f} images/s")
     print(f"direct diffusers batch-1 loop: {direct_rate:.2f} images/s; ratio {result['ratio']:.2f}")
     print(f"latency ms: {result['latency_ms']}; batch sizes (jobs: count): {result['batch_sizes']}")
+    print(f"{len(idle)} rounds; sampling idle between rounds: {result['sampling_idle_between_rounds_ms']}")
     write_result(args.json, result)
     return 0
 

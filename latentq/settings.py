@@ -101,6 +101,9 @@ class WorkerSettings(CommonSettings):
     #: Milliseconds to wait for more jobs when a batch is not full, under concurrent load only (a lone
     #: job after a lone job never waits); 0: take only what is already queued.
     batch_wait_ms: float = Field(50.0, ge=0, le=1000)
+    #: ``torch.compile`` each model's UNet on CUDA (slower start-up and a compile per new shape,
+    #: faster steps); the warm-up compiles before the worker takes jobs.
+    compile: bool = False
     #: Seconds between two ``progress`` webhooks of one job (0: at every progress update).
     webhook_progress_interval_s: float = Field(2.0, ge=0)
 

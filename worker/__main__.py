@@ -53,7 +53,7 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
     elif model.family == "upscaler-x4":
         pipeline = Upscaler.load(model_source(model, settings), settings.device)
     else:
-        pipeline = WarmPipeline.load(model_source(model, settings), settings.device)
+        pipeline = WarmPipeline.load(model_source(model, settings), settings.device, settings.compile)
     if settings.warmup:
         log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up(model.tasks[0]))
     return pipeline

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,8 @@ class Round:
 
     def __init__(self, expected: int = 0) -> None:
         self.expected = expected
+        #: When sampling began (``time.monotonic``).
+        self.started = 0.0
         self.requests: list[SampleRequest] = []
         self.left = 0
         self._changed = threading.Condition()
@@ -120,15 +123,18 @@ class Round:
             return list(self.requests)
 
     def run(self, max_images: int) -> None:
-        """Sample every request of the round: compatible ones batched, up to ``max_images`` a call."""
+        """Sample every request of the round: compatible ones batched, up to ``max_images`` a call
+        and no more than the pipeline's ``batch_limit`` (what fits in free GPU memory)."""
         requests = self.wait_for_requests()
+        self.started = time.monotonic()
         groups: dict[Any, list[SampleRequest]] = {}
         for index, request in enumerate(requests):
             key = batch_key(request.spec)
             groups.setdefault((id(request.pipeline), key) if key else index, []).append(request)
         try:
             for members in groups.values():
-                for chunk in _chunks(members, max_images):
+                limit = getattr(members[0].pipeline, "batch_limit", lambda _spec: None)(members[0].spec)
+                for chunk in _chunks(members, min(max_images, limit or max_images)):
                     run_chunk(chunk)
         finally:  # no job thread may wait forever, whatever went wrong here
             for request in requests:

@@ -76,12 +76,34 @@ def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
     return callback
 
 
+#: Side (pixels) of the CUDA warm-up that measures the memory one more image of a batch takes.
+MEASURE_SIDE = 512
+#: Share of the free GPU memory a batch may plan to use (the rest: allocator slack, other models).
+MEMORY_SHARE = 0.8
+#: Images of more pixels than this decode with VAE tiling (bounded memory, seams blended).
+TILE_ABOVE_PIXELS = 1536 * 1536
+
+
+def tune_for_cuda(pipe: Any, compile_unet: bool) -> None:
+    """Make ``pipe`` fast on CUDA: a channels-last UNet (SDPA attention is diffusers' default with
+    torch 2), VAE slicing (a batch decodes one image at a time) and, if asked, ``torch.compile``."""
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.enable_slicing()
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+
+
 class WarmPipeline:
     """A warm Stable Diffusion model: text-to-image, and image-to-image and inpainting pipelines
     made from the same components (``from_pipe``: no second copy of the weights)."""
 
-    def __init__(self, pipe: Any, device: torch.device) -> None:
+    def __init__(self, pipe: Any, device: torch.device, compile_unet: bool = False) -> None:
         self.device = device
+        if device.type == "cuda":
+            tune_for_cuda(pipe, compile_unet)
+        #: Bytes of GPU memory one more image of a ``MEASURE_SIDE`` square batch takes (measured by
+        #: ``warm_up`` on CUDA); None: not measured, batches are not capped by memory.
+        self.image_bytes: float | None = None
         self.pipes = {
             "text-to-image": pipe,
             "image-to-image": AutoPipelineForImage2Image.from_pipe(pipe),
@@ -104,9 +126,33 @@ class WarmPipeline:
         return preview_jpeg(latents, SD_FACTORS)
 
     @classmethod
-    def load(cls, model: str, device: str = "auto") -> WarmPipeline:
+    def load(cls, model: str, device: str = "auto", compile_unet: bool = False) -> WarmPipeline:
         """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
-        return cls(*load_pretrained(AutoPipelineForText2Image, model, device))
+        return cls(*load_pretrained(AutoPipelineForText2Image, model, device), compile_unet=compile_unet)
+
+    def batch_limit(self, spec: JobSpec) -> int | None:
+        """Most images of ``spec``'s size one call can hold in the GPU memory free now (None: no
+        limit known, as on CPU): never an out-of-memory error from batching."""
+        if self.device.type != "cuda" or not self.image_bytes:
+            return None
+        free, _total = torch.cuda.mem_get_info(self.device)
+        per_image = self.image_bytes * spec.width * spec.height / MEASURE_SIDE**2
+        return max(1, int(free * MEMORY_SHARE // per_image))
+
+    def _measure_image_bytes(self) -> float:
+        """Return the GPU memory one more image of a ``MEASURE_SIDE`` square batch takes, bytes."""
+        peaks = []
+        for samples in (1, 2):
+            spec = JobSpec(
+                job_id="measure", model="measure", prompts=[WeightedPrompt(text="measure", weight=1.0)],
+                width=MEASURE_SIDE, height=MEASURE_SIDE, steps=2, cfg_scale=7.0, samples=samples, seed=1,
+                sampler="K_EULER",
+            )  # fmt: skip
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.generate(spec, {})
+            peaks.append(torch.cuda.max_memory_allocated(self.device))
+        return float(max(peaks[1] - peaks[0], 1))
 
     def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
         """Run sampling for ``spec`` with its input images (``init``, ``mask``), reporting each step."""
@@ -120,6 +166,11 @@ class WarmPipeline:
             "generator": generators_for(spec),
             "output_type": "pil",
         }
+        # The VAE is shared by every task's pipeline; calls run one at a time.
+        if spec.width * spec.height > TILE_ABOVE_PIXELS:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
         with torch.inference_mode():
             if spec.task == "image-to-image":
                 return self._image_to_image(pipe, spec, inputs["init"], common, on_step)
@@ -197,6 +248,10 @@ class WarmPipeline:
         )  # fmt: skip
         inputs = {"init": PILImage.new("RGB", (64, 64)), "mask": PILImage.new("L", (64, 64), 255)}
         self.generate(spec, inputs)
+        if self.device.type == "cuda" and task == "text-to-image":
+            self.image_bytes = self._measure_image_bytes()
+            log.info("one more %dx%d image in a batch takes %.0f MiB", MEASURE_SIDE, MEASURE_SIDE,
+                     self.image_bytes / 2**20)  # fmt: skip
         return time.perf_counter() - started
 
 

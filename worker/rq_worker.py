@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from rq import Queue, SimpleWorker
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from worker.batching import Round, join_round
+from latentq.contract import JobSpec
+from worker.batching import Round, batch_key, join_round
 
 
 class Heartbeat:
@@ -44,11 +44,34 @@ class Heartbeat:
                 self.on_error(error)
 
 
+#: Queued jobs looked at when filling a round.
+PEEK = 64
+
+
+def _spec(job: Job) -> JobSpec | None:
+    try:
+        return JobSpec.model_validate(job.kwargs["spec"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _batch_key(job: Job) -> tuple | None:
+    """The RQ job's ``batch_key`` (None: not a generation job, or one that runs alone)."""
+    spec = _spec(job)
+    return batch_key(spec) if spec is not None else None
+
+
+def _samples(job: Job) -> int:
+    spec = _spec(job)
+    return spec.samples if spec is not None else 1
+
+
 class WarmWorker(SimpleWorker):
     """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives) that
-    runs jobs in rounds: the job RQ hands it plus any already waiting in the same queue, up to
-    ``max_batch`` images, each job in its own thread through RQ's ``perform_job`` with its own
-    heartbeat, their sampling done together on this (the main) thread (``worker.batching``).
+    runs jobs in rounds: the job RQ hands it plus the queued jobs that can sample in the same
+    pipeline call, up to ``max_batch`` images; each job in its own thread through RQ's
+    ``perform_job`` with its own heartbeat, their sampling done together on this (the main) thread
+    (``worker.batching``).
 
     A job's thread goes on encoding and uploading while the next round samples; at most
     ``max_batch`` such threads run at once, and ``drain`` waits for them (warm shutdown).
@@ -67,11 +90,12 @@ class WarmWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self._job_threads: list[threading.Thread] = []
         self._last_round_size = 1
+        self._sampling_ended = 0.0
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run a round: ``job`` and the jobs waiting behind it in ``queue``."""
+        """Run a round: ``job`` and the queued jobs that can sample with it."""
         self._limit_job_threads(self.max_batch)
-        jobs = [job, *self._take_more(queue)]
+        jobs = [job, *self._take_more(queue, job)]
         self._last_round_size = len(jobs)
         round_ = Round()
         try:
@@ -87,30 +111,47 @@ class WarmWorker(SimpleWorker):
                 round_.expected += 1
         finally:  # the jobs whose thread started are sampled, whatever happened to the others
             round_.run(self.max_batch)
+            self._log_round(round_)
         self.set_state(WorkerStatus.IDLE)
 
-    def _take_more(self, queue: Queue) -> list[Job]:
-        """Take jobs waiting in ``queue`` for this round (up to ``max_batch`` - 1). Under concurrent
-        load (the last round had several jobs, or this one has) wait up to ``batch_wait_s`` for more;
-        a lone job after a lone job never waits."""
+    def _log_round(self, round_: Round) -> None:
+        """Log the round: its jobs, and how long sampling sat idle between the last round and this one
+        (from the end of the last sampling to the start of this one: under load, the cost of taking
+        and preparing the round; when idle, also the wait for work)."""
+        idle_ms = (round_.started - self._sampling_ended) * 1000 if self._sampling_ended else 0.0
+        self._sampling_ended = time.monotonic()
+        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it", round_.expected, idle_ms)
+
+    def _take_more(self, queue: Queue, head: Job) -> list[Job]:
+        """Take the jobs waiting in ``queue`` that can sample in one call with ``head`` (the same
+        ``batch_key``), oldest first, up to ``max_batch`` images in all; the others stay queued for
+        later rounds, so no job's time limit runs while it waits behind another call. Under
+        concurrent load (the last round, or this one, has several jobs) wait up to ``batch_wait_s``
+        for more; a lone job after a lone job never waits."""
+        key, images = _batch_key(head), _samples(head)
+        if key is None:
+            return []
         taken: list[Job] = []
+        keys: dict[str, tuple | None] = {}
         deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
-        while len(taken) < self.max_batch - 1:
-            job_id = self.connection.lpop(queue.key)
-            if job_id is None:
-                if deadline is None and taken:
-                    deadline = time.monotonic() + self.batch_wait_s
-                if deadline is None or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.002)
-                continue
-            try:
-                job = self.job_class.fetch(
-                    job_id.decode(), connection=self.connection, serializer=self.serializer
-                )
-            except NoSuchJobError:
-                continue
-            taken.append(job)
+        while images < self.max_batch:
+            waiting = [job_id.decode() for job_id in self.connection.lrange(queue.key, 0, PEEK - 1)]
+            unseen = [job_id for job_id in waiting if job_id not in keys]
+            for job in self.job_class.fetch_many(
+                unseen, connection=self.connection, serializer=self.serializer
+            ):
+                if job is not None:
+                    keys[job.id] = _batch_key(job) if _samples(job) + images <= self.max_batch else None
+                    if keys[job.id] == key and self.connection.lrem(queue.key, 1, job.id):
+                        taken.append(job)
+                        images += _samples(job)
+            if images >= self.max_batch:
+                break
+            if deadline is None and taken:
+                deadline = time.monotonic() + self.batch_wait_s
+            if deadline is None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
         return taken
 
     def _run_job_thread(self, round_: Round, job: Job, queue: Queue, execution: Execution) -> None:

@@ -26,7 +26,7 @@ def test_cuda_pipeline_runs_fp16_and_keeps_seeds_reproducible(request, model, pr
         job_id="gpu", model="m", prompts=prompts, width=512, height=512, steps=20, cfg_scale=7, samples=2,
         seed=42, sampler="K_DPMPP_2M_KARRAS",
     )  # fmt: skip
-    first, again = pipeline.generate(spec), pipeline.generate(spec)
+    first, again = pipeline.generate(spec, {}), pipeline.generate(spec, {})
     assert [image.size for image in first] == [(512, 512)] * 2
     assert [image.tobytes() for image in first] == [image.tobytes() for image in again]
 
@@ -47,3 +47,21 @@ def test_cuda_image_jobs_run_fp16(tiny_model, task):
     assert image.size == (512, 512)
     if task == "masking":
         assert image.getpixel((0, 0)) == (200, 40, 40)  # outside the mask: the init image, exactly
+
+
+def test_cuda_batches_are_capped_by_measured_memory_and_match_images_alone(tiny_model):
+    pipeline = WarmPipeline.load(str(tiny_model), "auto")
+    pipeline.warm_up()
+    assert pipeline.image_bytes and pipeline.image_bytes > 0
+    specs = [
+        JobSpec(job_id=f"gpu-{index}", model="m", prompts=[WeightedPrompt(text=f"light {index}", weight=1.0)],
+                width=512, height=512, steps=20, cfg_scale=7, samples=1, seed=100 + index,
+                sampler="K_EULER")
+        for index in range(4)
+    ]  # fmt: skip
+    assert pipeline.batch_limit(specs[0]) >= 1
+    batched = pipeline.generate_batch([(spec, None) for spec in specs])
+    for spec, [image] in zip(specs, batched, strict=True):
+        [alone] = pipeline.generate(spec, {})
+        difference = torch.tensor(list(image.tobytes())) - torch.tensor(list(alone.tobytes()))
+        assert difference.abs().max() <= 8  # fp16 batch rounding; the figure goes in docs/BENCHMARKS.md

@@ -1,0 +1,105 @@
+"""How fast the API accepts jobs: ``POST /v1/generate`` with no worker running, under wrk.
+
+A private Redis, the API under uvicorn with 1 and then 2 processes on loopback, and ``wrk``
+(``apt-get install wrk``) posting a 64x64, 20-step job with a bounded number of connections for
+a fixed time. Reports accepted jobs/s and latency percentiles. Every accepted job is a real RQ job
+with its record, queued for a worker that never comes.
+
+    .venv/bin/python -m bench.api [--seconds 15] [--connections 32] [--json bench/results/api.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from redis import Redis
+from rq import Queue
+
+from bench import write_result
+from latentq.devstack import Process, RedisServer, environment_without_settings, free_port, wait_until
+from latentq.keys import queue_name
+
+KEY = "bench-key"
+BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20}
+SCRIPT = """wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    """Return requests/s, non-2xx count and latency percentiles (ms) from ``wrk --latency`` output."""
+    result = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    for percent, value, unit in re.findall(
+        r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE
+    ):
+        result[f"p{percent}_ms"] = round(float(value) * _UNITS[unit], 2)
+    return result
+
+
+def measure(redis_url: str, processes: int, seconds: int, connections: int, folder: Path) -> dict[str, float]:
+    """Run the API with ``processes`` uvicorn workers under wrk; return wrk's figures."""
+    port = free_port()
+    env = environment_without_settings()
+    env.update({"LATENTQ_REDIS_URL": redis_url, "LATENTQ_API_KEYS": KEY, "LATENTQ_S3_ACCESS_KEY_ID": "bench",
+                "LATENTQ_S3_SECRET_ACCESS_KEY": "bench"})  # fmt: skip
+    argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
+            "--workers", str(processes), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    api = Process.start("api", argv, folder / f"api-{processes}.log", env)
+    script = folder / "post.lua"
+    script.write_text(SCRIPT.format(body=json.dumps(BODY), key=KEY))
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 30, "the API", api
+        )
+        url = f"http://127.0.0.1:{port}/v1/generate"
+        subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], check=True, capture_output=True)
+        output = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        api.stop()
+    return {"processes": processes, **parse_wrk(output)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench.api needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory() as temp:
+        redis = RedisServer(Path(temp) / "redis").start()
+        try:
+            for processes in (1, 2):
+                row = measure(redis.url, processes, args.seconds, args.connections, Path(temp))
+                queued = Queue(queue_name("tiny-sd"), connection=Redis.from_url(redis.url)).count
+                print(f"{processes} API process(es): {row} ({queued} jobs queued so far)")
+                rows.append(row)
+        finally:
+            redis.stop()
+    write_result(args.json, {"benchmark": "api", "job": BODY, "connections": args.connections, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

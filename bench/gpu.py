@@ -1,0 +1,219 @@
+"""GPU throughput of full-size SD 1.5 and SDXL, direct and through the worker's batching path.
+
+No weights can be downloaded, and the compute cost of a network does not depend on its weight
+values, so both architectures are built from their published configurations with random
+weights, directly on the device, in fp16. For each model and batch size (1, 2, 4, 8, 16 images at
+512x512 for SD 1.5, 1024x1024 for SDXL, 20 steps, ``K_EULER``): UNet iterations/s, images/s and
+peak memory, for the plain diffusers call and for ``WarmPipeline.generate_batch`` (the path a
+batching worker takes, with the worker's CUDA tuning: channels-last UNet, VAE slicing).
+
+    .venv/bin/python -m bench.gpu [--models sd15 sdxl] [--batches 1 2 4 8 16] [--steps 20]
+        [--json bench/results/gpu.json]
+
+It needs a CUDA device; ``--device cpu --side 64 --steps 1 --batches 1`` only checks the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import write_result
+from latentq.contract import JobSpec, WeightedPrompt
+from worker.tiny_tokenizer import build_tokenizer
+
+SIDES = {"sd15": 512, "sdxl": 1024}
+
+
+def _clip(tokenizer, hidden: int, layers: int, heads: int, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _vae(scaling: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+        scaling_factor=scaling,
+    )
+
+
+def build(model: str, device: torch.device):
+    """Return a full-size ``sd15`` or ``sdxl`` pipeline with random weights, in fp16 on ``device``."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+
+    tokenizer = build_tokenizer()
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    with torch.device(device):
+        if model == "sd15":  # runwayml/stable-diffusion-v1-5's unet/config.json, in diffusers' defaults
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+            pipe = StableDiffusionPipeline(
+                vae=_vae(0.18215),
+                text_encoder=_clip(tokenizer, 768, 12, 12),
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        else:  # stabilityai/stable-diffusion-xl-base-1.0's unet/config.json
+            unet = UNet2DConditionModel(
+                sample_size=128,
+                block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20),
+                cross_attention_dim=2048,
+                use_linear_projection=True,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )
+            pipe = StableDiffusionXLPipeline(
+                vae=_vae(0.13025),
+                text_encoder=_clip(tokenizer, 768, 12, 12),
+                text_encoder_2=_clip(tokenizer, 1280, 32, 20, projection=True),
+                tokenizer=tokenizer,
+                tokenizer_2=build_tokenizer(),
+                unet=unet,
+                scheduler=scheduler,
+                force_zeros_for_empty_prompt=True,
+            )
+    pipe = pipe.to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def timed(run, device: torch.device) -> tuple[float, float]:
+    """Return (seconds, peak GiB) of ``run()``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return time.perf_counter() - started, peak
+
+
+def measure(pipe, warm, model: str, side: int, batch: int, steps: int, device: torch.device) -> dict:
+    """Time one call of ``batch`` images (after one warm-up call of that shape): plain diffusers,
+    or ``warm.generate_batch`` when ``warm`` is given."""
+    specs = [
+        JobSpec(
+            job_id=f"b{index}",
+            model=model,
+            prompts=[WeightedPrompt(text=f"a lighthouse {index}", weight=1.0)],
+            width=side,
+            height=side,
+            steps=steps,
+            cfg_scale=7.0,
+            samples=1,
+            seed=index + 1,
+            sampler="K_EULER",
+        )
+        for index in range(batch)
+    ]
+
+    def run() -> None:
+        if warm is not None:
+            warm.generate_batch([(spec, None) for spec in specs])
+        else:
+            generators = [torch.Generator("cpu").manual_seed(spec.seed) for spec in specs]
+            pipe(
+                [spec.prompts[0].text for spec in specs],
+                width=side,
+                height=side,
+                num_inference_steps=steps,
+                generator=generators,
+            )
+
+    row = {"model": model, "side": side, "batch": batch, "path": "worker batch" if warm else "direct"}
+    try:
+        timed(run, device)
+        seconds, peak = timed(run, device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {**row, "error": "out of memory"}
+    return {
+        **row,
+        "it_per_s": round(steps / seconds, 2),
+        "images_per_s": round(batch / seconds, 3),
+        "peak_gib": round(peak, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=list(SIDES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--side", type=int, help="image side, pixels (default: 512 SD 1.5, 1024 SDXL)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from worker.pipeline import WarmPipeline
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench.gpu needs a CUDA device (or --device cpu to check the script)", file=sys.stderr)
+        return 2
+    rows = []
+    for model in args.models:
+        pipe = build(model, device)
+        side = args.side or SIDES[model]
+        # Plain diffusers first; then the worker's wrapper, whose CUDA tuning changes the shared UNet.
+        for path in ("direct", "worker batch"):
+            warm = WarmPipeline(pipe, device) if path == "worker batch" else None
+            for batch in args.batches:
+                rows.append(measure(pipe, warm, model, side, batch, args.steps, device))
+                print(rows[-1], flush=True)
+        del pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    write_result(args.json, {"benchmark": "gpu", "device": name, "torch": torch.__version__, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
