@@ -1,14 +1,14 @@
 """Cross-request batching: the jobs of one round sample together, each still a job of its own.
 
-The worker takes a round of jobs (the one RQ handed it and whatever else already waits in that
-queue, up to ``LATENTQ_MAX_BATCH`` images). Each job runs in its own thread through RQ's usual
-``perform_job`` (its record, events, cancel, timeout, failure and result are its own) until it
-needs sampling; there it hands a ``SampleRequest`` to the ``Round`` and waits. The worker's main
-thread samples the round: requests that share a ``batch_key`` go through one pipeline call
-(``WarmPipeline.generate_batch``), chunked to the image limit; others run alone. If a batched call
-fails, its members are run again one by one, so one job never fails another. Then each job's
-thread encodes and uploads its images while the main thread takes the next round: sampling does
-not wait on storage.
+The worker takes a round of jobs: the one RQ handed it and the queued jobs with the same
+``batch_key``, up to ``LATENTQ_MAX_BATCH`` images. Each job runs in its own thread through RQ's
+usual ``perform_job`` (its record, events, cancel, timeout, failure and result are its own) until
+it needs sampling; there it hands a ``SampleRequest`` to the ``Round`` and waits. The worker's
+main thread samples the round: requests that share a ``batch_key`` go through one pipeline call
+(``WarmPipeline.generate_batch``), chunked to the image and memory limits; any other runs alone.
+If a batched call fails, its members are run again one by one, so one job never fails another.
+Then each job's thread encodes and uploads its images while the main thread takes the next
+round: sampling does not wait on storage.
 """
 
 from __future__ import annotations
