@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 import latentq
+from api.deps import image_store_for
 from api.routes import events, health, jobs, models, stability, webhooks
 from api.validation import validation_error
 from latentq.errors import LatentqError
@@ -82,7 +83,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version=latentq.__version__,
         summary="Self-hostable Stable Diffusion image generation over a job queue.",
     )
-    app.dependency_overrides[get_api_settings] = lambda: settings
+    app.state.settings = settings
+    image_store_for(settings)  # a boto3 client takes a while to make: not on the first request
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)

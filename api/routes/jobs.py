@@ -18,6 +18,7 @@ from api.deps import (
     ApiKeyDep,
     ImageStoreDep,
     JobRecordsDep,
+    JobServices,
     JobServicesDep,
     RedisDep,
     key_owner,
@@ -105,14 +106,8 @@ async def submit_upscale(
 class Submission:
     """Queues a job for a submit route, honouring ``Idempotency-Key`` and ``Prefer: wait=N``."""
 
-    def __init__(
-        self,
-        request: Request,
-        response: Response,
-        key: ApiKeyDep,
-        services: JobServicesDep,
-    ) -> None:
-        self.request, self.response, self.owner = request, response, key_owner(key)
+    def __init__(self, request: Request, response: Response, owner: str, services: JobServices) -> None:
+        self.request, self.response, self.owner = request, response, owner
         self.services = services
 
     async def submit(self, prepare: Callable[[], JobSpec], body: WebhookFields) -> JobPublic:
@@ -121,10 +116,7 @@ class Submission:
         if idempotency is not None:
             check_key(idempotency)
         wait_s = prefer_wait(self.request.headers.get("prefer"))
-        webhook = await run_in_threadpool(self.webhook, body)
-        spec = await run_in_threadpool(prepare)
-        if webhook is not None:
-            spec = spec.model_copy(update={"webhook": webhook})
+        spec = await run_in_threadpool(self.resolve, prepare, body)
         self.response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
         if idempotency is not None:
             body_print = fingerprint(self.request.url.path, body.model_dump_json())
@@ -163,6 +155,12 @@ class Submission:
             request=public_request(spec),
         )  # fmt: skip
 
+    def resolve(self, prepare: Callable[[], JobSpec], body: WebhookFields) -> JobSpec:
+        """Return the job's spec with its webhook (the webhook first: it is cheap to refuse)."""
+        webhook = self.webhook(body)
+        spec = prepare()
+        return spec.model_copy(update={"webhook": webhook}) if webhook is not None else spec
+
     def webhook(self, body: WebhookFields) -> WebhookTarget | None:
         """Return the job's webhook: the request's, else the key's default; make sure the key has
         a signing secret before a delivery needs one."""
@@ -175,7 +173,14 @@ class Submission:
         return target
 
 
-SubmissionDep = Annotated[Submission, Depends()]
+async def get_submission(
+    request: Request, response: Response, key: ApiKeyDep, services: JobServicesDep
+) -> Submission:
+    """Return the submission of this request (made without the thread pool: no I/O)."""
+    return Submission(request, response, key_owner(key), services)
+
+
+SubmissionDep = Annotated[Submission, Depends(get_submission)]
 
 
 @router.get("/jobs", responses={401: {"description": "Missing or invalid API key"}})

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
+    JobServices,
     JobServicesDep,
     RegistryDep,
     SettingsDep,
@@ -85,7 +86,7 @@ class StabilityRoute(APIRoute):
         return route
 
 
-def require_stability_key(request: Request, settings: SettingsDep) -> str:
+async def require_stability_key(request: Request, settings: SettingsDep) -> str:
     """Return the caller's key from ``Authorization: Bearer <key>`` or a bare ``Authorization: <key>``."""
     header = request.headers.get("authorization", "").strip()
     if not header:
@@ -102,12 +103,8 @@ router = APIRouter(prefix="/v1", tags=["stability-v1"], route_class=StabilityRou
 class Generation:
     """What every generation route needs: settings, registry, Redis (both clients), records, storage."""
 
-    def __init__(
-        self,
-        key: StabilityKeyDep,
-        services: JobServicesDep,
-    ) -> None:
-        self.owner = key_owner(key)
+    def __init__(self, owner: str, services: JobServices) -> None:
+        self.owner = owner
         self.services = services
 
     def engine(self, engine_id: str) -> str:
@@ -152,7 +149,12 @@ class Generation:
         return JSONResponse({"artifacts": artifacts})
 
 
-GenerationDep = Annotated[Generation, Depends()]
+async def get_generation(key: StabilityKeyDep, services: JobServicesDep) -> Generation:
+    """Return the generation helper of this request (made without the thread pool: no I/O)."""
+    return Generation(key_owner(key), services)
+
+
+GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"}

@@ -46,7 +46,7 @@ class WebhookSettingsView(BaseModel):
     disabled_urls: list[DisabledUrl] = Field(description="URLs that answered 410 Gone, and until when.")
 
 
-def get_accounts(redis: RedisDep) -> WebhookAccounts:
+async def get_accounts(redis: RedisDep) -> WebhookAccounts:
     """Return the per-key webhook settings store."""
     return WebhookAccounts(redis)
 
