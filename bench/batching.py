@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 
 from bench import write_result
-from bench.overhead import BODY, KEY, percentile
+from bench.overhead import BODY, KEY, percentile, tiny_stack
 from latentq.devrun import start_stack, stop_all
-from latentq.devstack import environment_without_settings, free_port
+from latentq.devstack import free_port
 
 
 def run_clients(base_url: str, clients: int, seconds: float) -> tuple[list[float], list[int]]:
@@ -94,15 +94,11 @@ def main() -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=50)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from worker.tiny_model import build_tiny_model
-
     with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
         state = Path(temp)
-        model_dir = build_tiny_model(state / "models" / "tiny-sd")
-        env = environment_without_settings()
-        env.update(LATENTQ_EMBEDDED_MODEL_DIR=str(model_dir.parent), LATENTQ_WORKER_MODELS="tiny-sd",
-                   LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench", LATENTQ_MAX_BATCH=str(args.max_batch),
-                   LATENTQ_BATCH_WAIT_MS=str(args.batch_wait_ms))  # fmt: skip
+        model_dir, env = tiny_stack(
+            state, LATENTQ_MAX_BATCH=str(args.max_batch), LATENTQ_BATCH_WAIT_MS=str(args.batch_wait_ms)
+        )
         port, started = free_port(), []
         try:
             start_stack(state, env, port, started, access_log=False)

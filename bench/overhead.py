@@ -109,20 +109,27 @@ def summarize(name: str, times: list[float]) -> dict:
     }
 
 
+def tiny_stack(state: Path, **settings: str) -> tuple[Path, dict[str, str]]:
+    """Build the embedded ``tiny-sd`` under ``state``; return it and the environment of a stack (as
+    ``start_stack`` runs it) serving it, with ``settings`` (``LATENTQ_*`` names) added."""
+    from worker.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(state / "models" / "tiny-sd")
+    env = environment_without_settings()
+    env.update(LATENTQ_EMBEDDED_MODEL_DIR=str(model_dir.parent), LATENTQ_WORKER_MODELS="tiny-sd",
+               LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench", **settings)  # fmt: skip
+    return model_dir, env
+
+
 def main() -> int:
     """Run the benchmark; print a table; write JSON if asked."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=30)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from worker.tiny_model import build_tiny_model
-
     with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
         state = Path(temp)
-        model_dir = build_tiny_model(state / "models" / "tiny-sd")
-        env = environment_without_settings()
-        env.update(LATENTQ_EMBEDDED_MODEL_DIR=str(model_dir.parent), LATENTQ_WORKER_MODELS="tiny-sd",
-                   LATENTQ_API_KEYS=KEY, LATENTQ_S3_BUCKET="bench")  # fmt: skip
+        model_dir, env = tiny_stack(state)
         port, started = free_port(), []
         try:
             start_stack(state, env, port, started, access_log=False)
