@@ -20,9 +20,10 @@ from latentq.models import ModelRegistry, ModelSpec
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import ImageStore
 from worker import runtime
-from worker.pipeline import Resampler, Upscaler, WarmPipeline
+from worker.pipeline import WarmPipeline
 from worker.rq_worker import WarmWorker
 from worker.tiny_model import BUILDERS, ensure_tiny_model
+from worker.upscalers import Resampler, Upscaler
 
 log = logging.getLogger("latentq.worker")
 

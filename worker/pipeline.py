@@ -1,12 +1,12 @@
 """The pipeline wrappers: load a model's diffusers pipelines and run one job's sampling.
 
-With ``prompts`` and ``schedulers`` beside it, the only modules that touch torch and diffusers.
+With ``upscalers``, ``prompts`` and ``schedulers`` beside it, the only modules that touch torch
+and diffusers.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +16,11 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
-    DiffusionPipeline,
 )
 from PIL import Image as PILImage
 from PIL.Image import Image
 
 from latentq.contract import JobSpec, Task, WeightedPrompt
-from latentq.models import MAX_UPSCALE_PIXELS
 from worker.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.prompts import conditioning, prompt_arguments
 from worker.schedulers import make_scheduler
@@ -253,64 +251,3 @@ class WarmPipeline:
             log.info("one more %dx%d image in a batch takes %.0f MiB", MEASURE_SIDE, MEASURE_SIDE,
                      self.image_bytes / 2**20)  # fmt: skip
         return time.perf_counter() - started
-
-
-class Upscaler:
-    """A diffusion upscaler (diffusers' ``StableDiffusionUpscalePipeline``, x4)."""
-
-    #: The model's scale factor.
-    FACTOR = 4
-
-    def __init__(self, pipe: Any, device: torch.device) -> None:
-        self.pipe = pipe
-        self.device = device
-        self.scheduler_config = pipe.scheduler.config
-
-    @classmethod
-    def load(cls, model: str, device: str = "auto") -> Upscaler:
-        """Load the upscaler ``model``: fp16 on CUDA, fp32 on CPU."""
-        return cls(*load_pretrained(DiffusionPipeline, model, device))
-
-    def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
-        """Upscale the init image x4 (shrunk first if x4 would pass the output limit), then resample
-        to the requested size."""
-        low = inputs["init"]
-        shrink = min(1.0, math.sqrt(MAX_UPSCALE_PIXELS / (self.FACTOR**2 * low.width * low.height)))
-        # The upscaler's UNet wants sides in multiples of 8.
-        size = (max(8, round(low.width * shrink / 8) * 8), max(8, round(low.height * shrink / 8) * 8))
-        if size != low.size:
-            low = low.resize(size, PILImage.Resampling.LANCZOS)
-        self.pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
-        with torch.inference_mode():
-            image = self.pipe(
-                **prompt_arguments(self.pipe, spec.prompts), image=low, num_inference_steps=spec.steps,
-                guidance_scale=spec.cfg_scale, generator=generators_for(spec), output_type="pil",
-            ).images[0]  # fmt: skip
-        return [resample(image, (spec.width, spec.height))]
-
-    def warm_up(self, task: Task = "upscale") -> float:
-        """Run one small upscale so the first job is not slow; return its seconds."""
-        started = time.perf_counter()
-        spec = JobSpec(
-            job_id="warm-up", model="warm-up", prompts=[WeightedPrompt(text="", weight=1.0)], width=64,
-            height=64, steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="DDIM", task="upscale",
-        )  # fmt: skip
-        self.generate(spec, {"init": PILImage.new("RGB", (16, 16))})
-        return time.perf_counter() - started
-
-
-class Resampler:
-    """The non-diffusion upscaler: Lanczos resampling, no weights, no GPU."""
-
-    def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
-        """Resample the init image to the requested size."""
-        return [resample(inputs["init"], (spec.width, spec.height))]
-
-    def warm_up(self, task: Task = "upscale") -> float:
-        """Nothing to warm up."""
-        return 0.0
-
-
-def resample(image: Image, size: tuple[int, int]) -> Image:
-    """Return ``image`` at ``size`` (Lanczos), or itself when it already is."""
-    return image if image.size == size else image.resize(size, PILImage.Resampling.LANCZOS)
