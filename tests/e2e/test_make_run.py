@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -45,8 +46,15 @@ def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model, tiny_inpainting_mod
         assert time.monotonic() < deadline, "".join(lines)
         lines.append(line)
     yield process, lines, tmp_path / "state"
-    if process.poll() is None:
-        process.kill()
+    if process.poll() is None:  # the test failed before stopping it: stop the whole stack anyway
+        children = children_of(process.pid)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            for pid in [*children, process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def children_of(pid: int) -> list[int]:
