@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
+
+from latentq.devstack import Process, environment_without_settings, free_port, wait_until
+
+#: The API key of the benchmarks' local stacks.
+KEY = "bench-key"
 
 
 def write_result(path: Path | None, result: dict) -> None:
@@ -11,3 +21,27 @@ def write_result(path: Path | None, result: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
+
+
+def service_env(redis_url: str, **settings: str) -> dict[str, str]:
+    """Return the environment of a latentq process on ``redis_url`` with dummy S3 credentials (the
+    benchmarks that use it never touch S3), plus ``settings`` (``LATENTQ_*`` names)."""
+    env = environment_without_settings()
+    env.update(LATENTQ_REDIS_URL=redis_url, LATENTQ_API_KEYS=KEY, LATENTQ_S3_ACCESS_KEY_ID="bench",
+               LATENTQ_S3_SECRET_ACCESS_KEY="bench", **settings)  # fmt: skip
+    return env
+
+
+@contextmanager
+def running_api(env: dict[str, str], log_path: Path, processes: int = 1) -> Iterator[int]:
+    """Run the API under uvicorn (``processes`` workers) with ``env`` until it answers; yield its port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
+            "--workers", str(processes), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    api = Process.start("api", argv, log_path, env)
+    try:
+        healthy = lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200  # noqa: E731
+        wait_until(healthy, 30, "the API", api)
+        yield port
+    finally:
+        api.stop()

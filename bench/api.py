@@ -19,15 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 from redis import Redis
 from rq import Queue
 
-from bench import write_result
-from latentq.devstack import Process, RedisServer, environment_without_settings, free_port, wait_until
+from bench import KEY, running_api, service_env, write_result
+from latentq.devstack import RedisServer
 from latentq.keys import queue_name
 
-KEY = "bench-key"
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20}
 SCRIPT = """wrk.method = "POST"
 wrk.body = '{body}'
@@ -51,19 +49,9 @@ def parse_wrk(output: str) -> dict[str, float]:
 
 def measure(redis_url: str, processes: int, seconds: int, connections: int, folder: Path) -> dict[str, float]:
     """Run the API with ``processes`` uvicorn workers under wrk; return wrk's figures."""
-    port = free_port()
-    env = environment_without_settings()
-    env.update({"LATENTQ_REDIS_URL": redis_url, "LATENTQ_API_KEYS": KEY, "LATENTQ_S3_ACCESS_KEY_ID": "bench",
-                "LATENTQ_S3_SECRET_ACCESS_KEY": "bench"})  # fmt: skip
-    argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
-            "--workers", str(processes), "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    api = Process.start("api", argv, folder / f"api-{processes}.log", env)
     script = folder / "post.lua"
     script.write_text(SCRIPT.format(body=json.dumps(BODY), key=KEY))
-    try:
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 30, "the API", api
-        )
+    with running_api(service_env(redis_url), folder / f"api-{processes}.log", processes) as port:
         url = f"http://127.0.0.1:{port}/v1/generate"
         subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], check=True, capture_output=True)
         output = subprocess.run(
@@ -72,8 +60,6 @@ def measure(redis_url: str, processes: int, seconds: int, connections: int, fold
             capture_output=True,
             text=True,
         ).stdout
-    finally:
-        api.stop()
     return {"processes": processes, **parse_wrk(output)}
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from bench import write_result
-from bench.overhead import BODY, KEY, percentile, tiny_stack
+from bench import KEY, write_result
+from bench.overhead import BODY, percentile, tiny_stack
 from latentq.devrun import start_stack, stop_all
 from latentq.devstack import free_port
 

@@ -25,6 +25,7 @@ import torch
 
 from bench import write_result
 from latentq.contract import JobSpec, WeightedPrompt
+from worker.tiny_model import sdxl_scheduler
 from worker.tiny_tokenizer import build_tokenizer
 
 SIDES = {"sd15": 512, "sdxl": 1024}
@@ -65,20 +66,13 @@ def _vae(scaling: float):
 def build(model: str, device: torch.device):
     """Return a full-size ``sd15`` or ``sdxl`` pipeline with random weights, in fp16 on ``device``."""
     from diffusers import (
-        EulerDiscreteScheduler,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
 
     tokenizer = build_tokenizer()
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = sdxl_scheduler()  # SD 1.5's betas too, with Euler
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     with torch.device(device):
         if model == "sd15":  # runwayml/stable-diffusion-v1-5's unet/config.json, in diffusers' defaults

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import httpx
 
-from bench import write_result
+from bench import KEY, write_result
 from latentq.devrun import start_stack, stop_all
 from latentq.devstack import environment_without_settings, free_port
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
 STABILITY_BODY = {"text_prompts": [{"text": BODY["prompt"]}], "width": 128, "height": 128, "steps": 20,
                   "sampler": "K_EULER"}  # fmt: skip
-KEY = "bench-key"
 #: Seconds between status polls. Polling adds up to this to each job's client-view latency; polling
 #: much faster steals CPU from sampling on a 2-core machine (2 ms polls halved throughput here).
 POLL_S = 0.02

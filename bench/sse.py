@@ -21,10 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from bench import write_result
-from latentq.devstack import Process, RedisServer, environment_without_settings, free_port, wait_until
+from bench import KEY, running_api, service_env, write_result
+from latentq.devstack import RedisServer
 
-KEY = "bench-key"
 IDLE = {
     "id": "idle-sd",
     "source": "/nowhere",
@@ -90,24 +89,14 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as temp:
         redis = RedisServer(Path(temp) / "redis").start()
-        port = free_port()
-        env = environment_without_settings()
-        env.update({"LATENTQ_REDIS_URL": redis.url, "LATENTQ_API_KEYS": KEY,
-                    "LATENTQ_MODELS": json.dumps([IDLE]), "LATENTQ_S3_ACCESS_KEY_ID": "bench",
-                    "LATENTQ_S3_SECRET_ACCESS_KEY": "bench"})  # fmt: skip
-        argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
-                "--no-access-log", "--log-level", "warning"]  # fmt: skip
-        api = Process.start("api", argv, Path(temp) / "api.log", env)
+        env = service_env(redis.url, LATENTQ_MODELS=json.dumps([IDLE]))
         try:
-            wait_until(
-                lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 30, "the API", api
-            )
-            for clients in args.clients:
-                row = asyncio.run(fan_out(port, clients))
-                print(row)
-                rows.append(row)
+            with running_api(env, Path(temp) / "api.log") as port:
+                for clients in args.clients:
+                    row = asyncio.run(fan_out(port, clients))
+                    print(row)
+                    rows.append(row)
         finally:
-            api.stop()
             redis.stop()
     write_result(args.json, {"benchmark": "sse", "rows": rows})
     return 0

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from redis import Redis
 
-from bench import write_result
+from bench import service_env, write_result
 from latentq.contract import JobSpec, WebhookTarget, WeightedPrompt
-from latentq.devstack import Process, RedisServer, environment_without_settings, wait_until
+from latentq.devstack import Process, RedisServer, wait_until
 from latentq.jobs import JobRecords
 
 STEPS = 20
@@ -91,9 +91,7 @@ def delivery_rate(
             pipeline.execute()
         records.mark_succeeded(job.job_id, [], {})
     receiver.times.clear()
-    env = environment_without_settings()
-    env.update({"LATENTQ_REDIS_URL": redis_url, "LATENTQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-                "LATENTQ_S3_ACCESS_KEY_ID": "bench", "LATENTQ_S3_SECRET_ACCESS_KEY": "bench"})  # fmt: skip
+    env = service_env(redis_url, LATENTQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
     processes = [
         Process.start(
             f"dispatcher-{n}", [sys.executable, "-m", "latentq.dispatcher"], logs / f"d{n}.log", env

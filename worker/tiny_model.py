@@ -112,11 +112,25 @@ def build_sd_pipeline():  # -> StableDiffusionPipeline
     )
 
 
+def sdxl_scheduler():  # -> EulerDiscreteScheduler
+    """Return the scheduler configuration of SDXL 1.0 base."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
 def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
     """Return the tiny SDXL-shaped pipeline: two text encoders (one projecting the pooled output
     that SDXL's "text_time" micro-conditioning consumes), linear-projection attention."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
 
     tokenizer = build_tokenizer()
     torch.manual_seed(BUILD_SEED)
@@ -137,15 +151,6 @@ def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
     text_encoder = _tiny_text_encoder(tokenizer)
     torch.manual_seed(BUILD_SEED + 1)
     text_encoder_2 = _tiny_text_encoder(tokenizer, with_projection=True)
-    # The scheduler configuration of SDXL 1.0 base.
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -153,7 +158,7 @@ def build_sdxl_pipeline():  # -> StableDiffusionXLPipeline
         tokenizer=tokenizer,
         tokenizer_2=build_tokenizer(),
         unet=unet,
-        scheduler=scheduler,
+        scheduler=sdxl_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
 
