@@ -9,10 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
-from redis import Redis
-from rq import Queue
-from rq.serializers import JSONSerializer
-
+from api.deps import JobServices
 from api.image_jobs import Inputs, check_task, read_inputs, request_task, store_inputs, upscale_size
 from api.images import decode_base64, open_image
 from latentq.contract import (
@@ -25,12 +22,13 @@ from latentq.contract import (
     WeightedPrompt,
 )
 from latentq.errors import LatentqError
-from latentq.jobs import JobRecords
-from latentq.keys import queue_name
+from latentq.keys import owner_webhook_key, queue_name
 from latentq.models import ModelRegistry, ModelSpec, size_problem
 from latentq.presets import apply_style, style_presets
-from latentq.settings import ApiSettings
+from latentq.redisbatch import CommandBatch
+from latentq.rqjobs import queue_job
 from latentq.storage import ImageStore
+from latentq.webhooks import ensure_secret
 
 
 def resolve_model(registry: ModelRegistry, model_id: str | None) -> ModelSpec:
@@ -132,27 +130,29 @@ def build_upscale_spec(model: ModelSpec, size: tuple[int, int], output_format: O
     )  # fmt: skip
 
 
-def enqueue_job(
-    spec: JobSpec, settings: ApiSettings, redis: Redis, records: JobRecords, owner: str = ""
-) -> str:
-    """Queue ``spec`` on its model's queue with its job record; return the record's created_at."""
-    queue = Queue(queue_name(spec.model), connection=redis, serializer=JSONSerializer)
-    with redis.pipeline() as pipeline:
-        # One MULTI/EXEC: the RQ job and our record exist together or not at all. RQ calls
-        # pipeline.multi() itself, so it must queue its commands before ours.
-        queue.enqueue_call(
-            GENERATE_TASK,
-            kwargs={"spec": spec.model_dump(mode="json")},
-            job_id=spec.job_id,
-            timeout=settings.job_timeout_s,
-            result_ttl=spec.retention_s or settings.job_retention_s,
-            failure_ttl=spec.retention_s or settings.job_retention_s,
-            description=f"generate {spec.job_id}",
-            pipeline=pipeline,
-        )
-        created_at = records.create(spec, pipeline, owner)
-        pipeline.execute()
-    return created_at
+async def enqueue_job(
+    spec: JobSpec, services: JobServices, owner: str = "", unless_default_webhook: bool = False
+) -> str | None:
+    """Queue ``spec`` on its model's queue with its job record; return the record's created_at.
+
+    One round trip on the asyncio client, with no thread, and one reply (``CommandBatch``): the
+    RQ job (as RQ writes it, ``latentq.rqjobs``), our record and, for a job with a webhook, the
+    owner's signing secret exist together or not at all. With ``unless_default_webhook``, nothing
+    is queued and None returned if ``owner`` has a default webhook (which the job must take)."""
+    settings = services.settings
+    retention_s = spec.retention_s or settings.job_retention_s
+    batch = CommandBatch()
+    arguments = {"spec": spec.model_dump(mode="json")}
+    queue_job(
+        batch.pipeline, queue_name(spec.model), GENERATE_TASK, arguments, job_id=spec.job_id,
+        timeout=settings.job_timeout_s, result_ttl=retention_s, failure_ttl=retention_s,
+        description=f"generate {spec.job_id}",
+    )  # fmt: skip
+    created_at = services.records.create(spec, batch.pipeline, owner)
+    if spec.webhook is not None:  # its deliveries are signed with the owner's secret
+        ensure_secret(batch.pipeline, owner)
+    guard = (owner_webhook_key(owner), "url") if unless_default_webhook else None
+    return created_at if await batch.run(services.async_redis, guard) else None
 
 
 def prepare_job(

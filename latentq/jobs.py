@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 
 from latentq.contract import (
     JobError,
@@ -26,6 +25,7 @@ from latentq.contract import (
 )
 from latentq.errors import ERRORS
 from latentq.keys import cancel_key, job_events_key, job_key, owner_jobs_key, preview_key, rq_job_key
+from latentq.rqjobs import AnyPipeline
 from latentq.webhooks import WEBHOOK_EVENT_OF, queue_delivery
 
 #: Prefix of the record fields holding the state of each webhook event type's deliveries.
@@ -81,7 +81,7 @@ class JobRecords:
         self.retention_s = retention_s
         self.max_retention_s = max(retention_s, max_retention_s or retention_s)
 
-    def create(self, spec: JobSpec, pipeline: Pipeline, owner: str = "") -> str:
+    def create(self, spec: JobSpec, pipeline: AnyPipeline, owner: str = "") -> str:
         """Queue the write of a new ``queued`` record for ``spec``, submitted by API key ``owner``, on
         ``pipeline``, and its entry in the owner's job index; return its created_at."""
         key = job_key(spec.job_id)
@@ -146,9 +146,10 @@ class JobRecords:
         """Note denoising step ``step`` of ``total_steps`` (written and published when ``publish``, sent
         to the job's webhook when ``notify``); return whether the job's cancel was requested. One
         round trip."""
-        with self.redis.pipeline(transaction=False) as pipeline:
-            if notify:  # first: RQ starts a MULTI on the pipeline, which must still be empty
-                queue_delivery(pipeline, self.redis, job_id, "progress", utc_now(), step=step)
+        # A transaction when a webhook is notified: the delivery and the progress event go together.
+        with self.redis.pipeline(transaction=notify) as pipeline:
+            if notify:
+                queue_delivery(pipeline, job_id, "progress", utc_now(), step=step)
             cancel_index = len(pipeline)
             pipeline.exists(cancel_key(job_id))
             if publish:
@@ -220,7 +221,7 @@ class JobRecords:
         with self.redis.pipeline() as pipeline:
             if webhook is not None and hook in webhook.events:
                 # In the same transaction as the change: the event and its delivery exist together.
-                queue_delivery(pipeline, self.redis, job_id, hook, utc_now())
+                queue_delivery(pipeline, job_id, hook, utc_now())
             pipeline.hset(key, mapping=dict[Any, str](fields))
             # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
             pipeline.expire(key, self.retention_s, nx=True)
@@ -228,7 +229,7 @@ class JobRecords:
             pipeline.execute()
 
     def _event(
-        self, pipeline: Pipeline, job_id: str, event: str, ttl_s: int | None = None, **data: Any
+        self, pipeline: AnyPipeline, job_id: str, event: str, ttl_s: int | None = None, **data: Any
     ) -> None:
         """Append ``event`` to the job's event stream, which waiters and event streams read. The stream
         gets its TTL (the job's retention) when the job is created and keeps it."""

@@ -24,13 +24,12 @@ import time
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
-from rq import Queue
-from rq.serializers import JSONSerializer
+from redis.asyncio import Redis as AsyncRedis
 
 from latentq.contract import DELIVER_TASK, WebhookEvent, WebhookTarget
 from latentq.errors import LatentqError
 from latentq.keys import WEBHOOK_QUEUE, owner_disabled_webhooks_key, owner_webhook_key
+from latentq.rqjobs import AnyPipeline, queue_job
 from latentq.ssrf import UnsafeUrl, check_url
 
 SECRET_PREFIX = "whsec_"
@@ -121,10 +120,7 @@ class WebhookAccounts:
 
     def default(self, owner: str) -> WebhookTarget | None:
         """Return ``owner``'s default webhook, if it set one."""
-        fields = self._fields(owner)
-        if not fields.get("url"):
-            return None
-        return WebhookTarget(url=fields["url"], events=json.loads(fields.get("events") or '["completed"]'))
+        return _default_of(self._fields(owner))
 
     def set_default(self, owner: str, target: WebhookTarget | None) -> None:
         """Set (or, with None, remove) ``owner``'s default webhook."""
@@ -165,6 +161,23 @@ class WebhookAccounts:
         self.redis.delete(owner_disabled_webhooks_key(owner))
 
 
+def ensure_secret(pipeline: AnyPipeline, owner: str) -> None:
+    """Queue on ``pipeline`` the making of ``owner``'s signing secret, unless it has one."""
+    pipeline.hsetnx(owner_webhook_key(owner), "secret", new_secret())
+
+
+async def default_webhook(redis: AsyncRedis, owner: str) -> WebhookTarget | None:
+    """Return ``owner``'s default webhook, if it set one (on the asyncio client: no thread)."""
+    fields: Any = await redis.hgetall(owner_webhook_key(owner))
+    return _default_of({key.decode(): value.decode() for key, value in fields.items()})
+
+
+def _default_of(fields: dict[str, str]) -> WebhookTarget | None:
+    if not fields.get("url"):
+        return None
+    return WebhookTarget(url=fields["url"], events=json.loads(fields.get("events") or '["completed"]'))
+
+
 def webhook_target(
     url: str | None,
     events: list[WebhookEvent] | None,
@@ -196,19 +209,19 @@ def webhook_target(
 
 
 def queue_delivery(
-    pipeline: Pipeline,
-    redis: Redis,
+    pipeline: AnyPipeline,
     job_id: str,
     event: WebhookEvent,
     occurred_at: str,
     step: int | None = None,
 ) -> None:
     """Queue the delivery of ``event`` of ``job_id`` (which happened at ``occurred_at``) on ``pipeline``,
-    to run with the record change queued there. Call it before queueing anything else on the
-    pipeline: RQ starts a MULTI on it."""
-    Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer).enqueue_call(
+    to run with the record change queued there."""
+    queue_job(
+        pipeline,
+        WEBHOOK_QUEUE,
         DELIVER_TASK,
-        kwargs={
+        {
             "job_id": job_id,
             "event": event,
             "message_id": message_id(job_id, event, step),
@@ -218,5 +231,4 @@ def queue_delivery(
         result_ttl=DELIVERY_RESULT_TTL_S,
         failure_ttl=DELIVERY_FAILURE_TTL_S,
         description=f"webhook {event} of job {job_id}",
-        pipeline=pipeline,
     )

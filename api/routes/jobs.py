@@ -19,9 +19,10 @@ from api.deps import (
     ImageStoreDep,
     JobRecordsDep,
     JobServices,
-    JobServicesDep,
     RedisDep,
+    get_job_services,
     key_owner,
+    require_api_key,
 )
 from api.idempotency import check_key, claim, fingerprint, original_record, prefer_wait, release
 from api.job_views import find_record
@@ -39,7 +40,7 @@ from latentq.contract import (
 from latentq.errors import LatentqError
 from latentq.keys import queue_name
 from latentq.views import JobPublic, job_public, public_request, webhook_public
-from latentq.webhooks import WebhookAccounts, webhook_target
+from latentq.webhooks import default_webhook, webhook_target
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -79,6 +80,7 @@ async def submit_generate(body: GenerateBody, submission: SubmissionDep) -> JobP
     return await submission.submit(
         lambda: prepare_job(body, submission.services.registry, submission.services.store, max_retention_s),
         body,
+        stores_images=body.init_image is not None,
     )
 
 
@@ -99,7 +101,9 @@ async def submit_upscale(
 ) -> JobPublic:
     """Queue an upscale job; answers as ``POST /v1/generate`` does."""
     return await submission.submit(
-        lambda: prepare_upscale(body, submission.services.registry, submission.services.store), body
+        lambda: prepare_upscale(body, submission.services.registry, submission.services.store),
+        body,
+        stores_images=True,
     )
 
 
@@ -110,13 +114,24 @@ class Submission:
         self.request, self.response, self.owner = request, response, owner
         self.services = services
 
-    async def submit(self, prepare: Callable[[], JobSpec], body: WebhookFields) -> JobPublic:
-        """Resolve the job with ``prepare``, queue it (once per idempotency key) and answer with it."""
+    async def submit(
+        self, prepare: Callable[[], JobSpec], body: WebhookFields, stores_images: bool
+    ) -> JobPublic:
+        """Resolve the job with ``prepare``, queue it (once per idempotency key) and answer with it.
+
+        ``prepare`` runs in the thread pool when it decodes and stores input images; otherwise it is
+        a few checks and runs on the event loop. A job that names no webhook is then queued in one
+        Redis round trip, on the condition that the key has no default webhook (else it takes the
+        default, at the cost of two more)."""
         idempotency = self.request.headers.get("idempotency-key")
         if idempotency is not None:
             check_key(idempotency)
         wait_s = prefer_wait(self.request.headers.get("prefer"))
-        spec = await run_in_threadpool(self.resolve, prepare, body)
+        names_webhook = body.webhook_url is not None or body.webhook_events is not None
+        webhook = await self.webhook(body) if names_webhook else None  # first: it is cheap to refuse
+        spec = await run_in_threadpool(prepare) if stores_images else prepare()
+        if webhook is not None:
+            spec = spec.model_copy(update={"webhook": webhook})
         self.response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
         if idempotency is not None:
             body_print = fingerprint(self.request.url.path, body.model_dump_json())
@@ -129,18 +144,15 @@ class Submission:
                 record = await run_in_threadpool(original_record, self.services.records, original)
                 return await run_in_threadpool(job_public, record, self.services.store)
         try:
-            created_at = await run_in_threadpool(
-                enqueue_job,
-                spec,
-                self.services.settings,
-                self.services.redis,
-                self.services.records,
-                self.owner,
-            )
+            created_at = await enqueue_job(spec, self.services, self.owner, not names_webhook)
+            if created_at is None:  # the key has a default webhook: the job takes it
+                spec = spec.model_copy(update={"webhook": await self.webhook(body)})
+                created_at = await enqueue_job(spec, self.services, self.owner)
         except BaseException:
             if idempotency is not None:
                 await run_in_threadpool(release, self.services.redis, self.owner, idempotency)
             raise
+        assert created_at is not None
         if wait_s:
             self.response.headers["Preference-Applied"] = f"wait={wait_s}"
             finished = await wait_for_job(
@@ -155,29 +167,19 @@ class Submission:
             request=public_request(spec),
         )  # fmt: skip
 
-    def resolve(self, prepare: Callable[[], JobSpec], body: WebhookFields) -> JobSpec:
-        """Return the job's spec with its webhook (the webhook first: it is cheap to refuse)."""
-        webhook = self.webhook(body)
-        spec = prepare()
-        return spec.model_copy(update={"webhook": webhook}) if webhook is not None else spec
-
-    def webhook(self, body: WebhookFields) -> WebhookTarget | None:
-        """Return the job's webhook: the request's, else the key's default; make sure the key has
-        a signing secret before a delivery needs one."""
-        accounts = WebhookAccounts(self.services.redis)
-        default = accounts.default(self.owner) if body.webhook_url is None else None
+    async def webhook(self, body: WebhookFields) -> WebhookTarget | None:
+        """Return the job's webhook: the request's, else the key's default."""
+        default = None
+        if body.webhook_url is None:
+            default = await default_webhook(self.services.async_redis, self.owner)
         allowed = self.services.settings.webhook_allowed_hosts
-        target = webhook_target(body.webhook_url, body.webhook_events, default, allowed)
-        if target is not None:
-            accounts.secret(self.owner)
-        return target
+        return webhook_target(body.webhook_url, body.webhook_events, default, allowed)
 
 
-async def get_submission(
-    request: Request, response: Response, key: ApiKeyDep, services: JobServicesDep
-) -> Submission:
-    """Return the submission of this request (made without the thread pool: no I/O)."""
-    return Submission(request, response, key_owner(key), services)
+async def get_submission(request: Request, response: Response) -> Submission:
+    """Return the submission of this request, for its API key (one dependency, no thread: no I/O)."""
+    key = await require_api_key(request)
+    return Submission(request, response, key_owner(key), await get_job_services(request))
 
 
 SubmissionDep = Annotated[Submission, Depends(get_submission)]

@@ -125,9 +125,7 @@ class Generation:
                     "`application/json`",
                 )  # fmt: skip
             spec = await run_in_threadpool(prepare_job, ours, self.services.registry, self.services.store)
-        await run_in_threadpool(
-            enqueue_job, spec, self.services.settings, self.services.redis, self.services.records, self.owner
-        )
+        await enqueue_job(spec, self.services, self.owner)
         record = await wait_for_job(
             self.services.async_redis,
             self.services.records,
