@@ -1,10 +1,11 @@
 """Overhead of the service over plain diffusers, measured side by side in one run.
 
-N sequential 64x64, 20-step K_EULER jobs through the whole stack (HTTP submit → Redis/RQ →
-warm worker → PNG → S3 → poll → fetch the image URL), then the same N calls made directly on
-the diffusers pipeline in this process. A second pair does the same at 128x128 (Stability's
-smallest size) through the Stability v1 route, which waits on the job's event stream instead
-of polling and answers with the PNG. Prints a table and writes JSON.
+N sequential 64x64, 20-step K_EULER jobs through the whole stack (HTTP submit with
+``Prefer: wait`` → Redis/RQ → warm worker → PNG → S3 → answer → fetch the image URL), and the same
+N calls made directly on the diffusers pipeline in this process, interleaved (a direct call,
+then a service job, N times) so that both see the same machine: this VM's speed drifts by ±15 %
+within minutes. A second pair does the same at 128x128 (Stability's smallest size) through the
+Stability v1 route, which answers with the PNG itself. Prints a table and writes JSON.
 
     .venv/bin/python -m bench.overhead --jobs 30 [--json bench/results/overhead.json]
 """
@@ -18,8 +19,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -30,9 +33,6 @@ from latentq.devstack import environment_without_settings, free_port
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
 STABILITY_BODY = {"text_prompts": [{"text": BODY["prompt"]}], "width": 128, "height": 128, "steps": 20,
                   "sampler": "K_EULER"}  # fmt: skip
-#: Seconds between status polls. Polling adds up to this to each job's client-view latency; polling
-#: much faster steals CPU from sampling on a 2-core machine (2 ms polls halved throughput here).
-POLL_S = 0.02
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,37 +41,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_service_jobs(base_url: str, count: int) -> tuple[list[float], list[float]]:
-    """Run ``count`` sequential jobs; return each one's wall time (s, submit to image downloaded)
-    and its server-side time (s, created_at to finished_at in the job record: no polling delay)."""
-    times, server_times = [], []
-    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        for index in range(count + 1):
-            started = time.perf_counter()
-            job_id = client.post("/v1/generate", json={**BODY, "seed": index + 1}).json()["id"]
-            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
-                time.sleep(POLL_S)
-            assert job["status"] == "succeeded", job
-            client.get(job["images"][0]["url"]).raise_for_status()
-            if index:  # the first job warms connections and caches
-                times.append(time.perf_counter() - started)
-                server_times.append(_seconds_between(job["created_at"], job["finished_at"]))
-    return times, server_times
+def service_job(client: httpx.Client, seed: int) -> tuple[float, float]:
+    """Run one job through the stack as an integrator would: submit with ``Prefer: wait``, then fetch
+    the image. Return its wall time (s) and its server-side time (s, ``created_at`` to ``finished_at``
+    in its record)."""
+    started = time.perf_counter()
+    job = client.post("/v1/generate", json={**BODY, "seed": seed}, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded", job
+    client.get(job["images"][0]["url"]).raise_for_status()
+    return time.perf_counter() - started, _seconds_between(job["created_at"], job["finished_at"])
 
 
-def run_stability_jobs(base_url: str, count: int) -> list[float]:
-    """Run ``count`` sequential Stability v1 text-to-image calls (``Accept: image/png``); return
-    each one's wall time (s, request sent to PNG received)."""
-    times = []
-    headers = {"Authorization": f"Bearer {KEY}", "Accept": "image/png"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
-        for index in range(count + 1):
-            started = time.perf_counter()
-            body = {**STABILITY_BODY, "seed": index + 1}
-            client.post("/v1/generation/tiny-sd/text-to-image", json=body).raise_for_status()
-            if index:
-                times.append(time.perf_counter() - started)
-    return times
+def stability_job(client: httpx.Client, seed: int) -> float:
+    """Run one Stability v1 text-to-image call (``Accept: image/png``); return its wall time (s)."""
+    started = time.perf_counter()
+    headers = {"Accept": "image/png"}
+    client.post("/v1/generation/tiny-sd/text-to-image", json={**STABILITY_BODY, "seed": seed}, headers=headers
+                ).raise_for_status()  # fmt: skip
+    return time.perf_counter() - started
 
 
 def _seconds_between(start: str, end: str) -> float:
@@ -79,22 +66,36 @@ def _seconds_between(start: str, end: str) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
-def run_direct_calls(model_dir: Path, count: int, side: int = 64) -> list[float]:
-    """Return the wall time (s) of each of ``count`` plain diffusers calls in this process."""
-    import torch
+def direct_pipeline(model_dir: Path) -> Any:
+    """Return the plain diffusers pipeline of ``model_dir`` with the Euler scheduler (``K_EULER``)."""
     from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
 
     pipe = AutoPipelineForText2Image.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    times = []
-    for index in range(count + 1):
-        started = time.perf_counter()
-        pipe(BODY["prompt"], width=side, height=side, num_inference_steps=20,
-             generator=torch.Generator("cpu").manual_seed(index + 1))  # fmt: skip
-        if index:
-            times.append(time.perf_counter() - started)
-    return times
+    return pipe
+
+
+def direct_call(pipe: Any, seed: int, side: int = 64) -> float:
+    """Return the wall time (s) of one plain diffusers call."""
+    import torch
+
+    started = time.perf_counter()
+    pipe(BODY["prompt"], width=side, height=side, num_inference_steps=20,
+         generator=torch.Generator("cpu").manual_seed(seed))  # fmt: skip
+    return time.perf_counter() - started
+
+
+def interleaved(count: int, first: Callable[[int], Any], second: Callable[[int], Any]) -> tuple[list, list]:
+    """Run ``first(seed)`` then ``second(seed)`` for ``count`` + 1 seeds; return their results, the
+    first round (warm-up: connections, caches) left out."""
+    firsts, seconds = [], []
+    for seed in range(1, count + 2):
+        a, b = first(seed), second(seed)
+        if seed > 1:
+            firsts.append(a)
+            seconds.append(b)
+    return firsts, seconds
 
 
 def summarize(name: str, times: list[float]) -> dict:
@@ -129,17 +130,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="latentq-bench-") as temp:
         state = Path(temp)
         model_dir, env = tiny_stack(state)
+        pipe = direct_pipeline(model_dir)
         port, started = free_port(), []
+        headers = {"Authorization": f"Bearer {KEY}"}
         try:
             start_stack(state, env, port, started, access_log=False)
-            times, server_times = run_service_jobs(f"http://127.0.0.1:{port}", args.jobs)
-            stability_times = run_stability_jobs(f"http://127.0.0.1:{port}", args.jobs)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=70) as client:
+                direct_times, pairs = interleaved(
+                    args.jobs, lambda seed: direct_call(pipe, seed), lambda seed: service_job(client, seed)
+                )
+                direct_128_times, stability_times = interleaved(
+                    args.jobs,
+                    lambda seed: direct_call(pipe, seed, 128),
+                    lambda seed: stability_job(client, seed),
+                )
         finally:
             stop_all(started)
-        direct = summarize("direct diffusers call", run_direct_calls(model_dir, args.jobs))
-        direct_128 = summarize("direct diffusers call, 128x128", run_direct_calls(model_dir, args.jobs, 128))
-    service = summarize(f"service, client view (poll {POLL_S * 1000:g} ms)", times)
-    server = summarize("service, job record (created→finished)", server_times)
+    direct = summarize("direct diffusers call", direct_times)
+    server = summarize("service, job record (created→finished)", [server for _, server in pairs])
+    service = summarize("service, client view (Prefer: wait, fetch)", [wall for wall, _ in pairs])
+    direct_128 = summarize("direct diffusers call, 128x128", direct_128_times)
     stability = summarize("Stability route, 128x128, PNG answer", stability_times)
     result = {
         "benchmark": "overhead",

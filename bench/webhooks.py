@@ -52,7 +52,7 @@ def job_life(records: JobRecords, redis: Redis, webhook: WebhookTarget | None) -
     records.mark_running(job.job_id)
     for step in range(1, STEPS + 1):
         notify = webhook is not None and "progress" in webhook.events and step < STEPS
-        records.step(job.job_id, step, STEPS, publish=True, notify=notify)
+        records.progress(job.job_id, step, STEPS, publish=True, notify=notify)
     records.mark_succeeded(job.job_id, [], {})
     return (time.perf_counter() - started) * 1000
 

@@ -24,7 +24,15 @@ from latentq.contract import (
     status_from_rq,
 )
 from latentq.errors import ERRORS
-from latentq.keys import cancel_key, job_events_key, job_key, owner_jobs_key, preview_key, rq_job_key
+from latentq.keys import (
+    CANCEL_CHANNEL,
+    cancel_key,
+    job_events_key,
+    job_key,
+    owner_jobs_key,
+    preview_key,
+    rq_job_key,
+)
 from latentq.rqjobs import AnyPipeline
 from latentq.webhooks import WEBHOOK_EVENT_OF, queue_delivery
 
@@ -134,7 +142,7 @@ class JobRecords:
         """Record that a worker started ``job_id``."""
         self._update(job_id, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
 
-    def step(
+    def progress(
         self,
         job_id: str,
         step: int,
@@ -142,21 +150,20 @@ class JobRecords:
         publish: bool,
         eta_s: float = 0.0,
         notify: bool = False,
-    ) -> bool:
-        """Note denoising step ``step`` of ``total_steps`` (written and published when ``publish``, sent
-        to the job's webhook when ``notify``); return whether the job's cancel was requested. One
-        round trip."""
+    ) -> None:
+        """Note denoising step ``step`` of ``total_steps``: written and published when ``publish``, sent
+        to the job's webhook when ``notify``. One round trip (none if neither)."""
+        if not publish and not notify:
+            return
         # A transaction when a webhook is notified: the delivery and the progress event go together.
         with self.redis.pipeline(transaction=notify) as pipeline:
             if notify:
                 queue_delivery(pipeline, job_id, "progress", utc_now(), step=step)
-            cancel_index = len(pipeline)
-            pipeline.exists(cancel_key(job_id))
             if publish:
                 mapping: dict[Any, Any] = {"step": step, "total_steps": total_steps, "eta_s": round(eta_s, 2)}
                 pipeline.hset(job_key(job_id), mapping=mapping)
                 self._event(pipeline, job_id, "progress", step=step, total_steps=total_steps)
-            return bool(pipeline.execute()[cancel_index])
+            pipeline.execute()
 
     def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
         """Keep ``jpeg`` as the job's latest preview (made at ``step``) and publish it as an event."""
@@ -172,12 +179,20 @@ class JobRecords:
         return data.encode() if isinstance(data, str) else data
 
     def request_cancel(self, job_id: str) -> None:
-        """Ask the worker running (or about to run) ``job_id`` to stop it at its next step."""
-        self.redis.set(cancel_key(job_id), 1, ex=self.retention_s)
+        """Ask the worker running (or about to run) ``job_id`` to stop it at its next step: the flag
+        it checks before it starts, announced on ``CANCEL_CHANNEL`` to the workers' cancel watch."""
+        with self.redis.pipeline() as pipeline:
+            pipeline.set(cancel_key(job_id), 1, ex=self.retention_s)
+            pipeline.publish(CANCEL_CHANNEL, job_id)
+            pipeline.execute()
 
-    def cancel_requested(self, job_id: str) -> bool:
-        """Return whether ``job_id``'s cancel was requested."""
-        return bool(self.redis.exists(cancel_key(job_id)))
+    def cancel_requested(self, *job_ids: str) -> list[str]:
+        """Return those of ``job_ids`` whose cancel was requested (one round trip)."""
+        with self.redis.pipeline(transaction=False) as pipeline:
+            for job_id in job_ids:
+                pipeline.exists(cancel_key(job_id))
+            flags = pipeline.execute()
+        return [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
 
     def mark_canceled(self, job_id: str) -> None:
         """Record that ``job_id`` was canceled."""

@@ -31,6 +31,11 @@ def cancel_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:cancel"
 
 
+#: The pub/sub channel on which a cancel request is announced (the message: the job id), so that
+#: the worker running the job learns of it without looking at ``cancel_key`` at every step.
+CANCEL_CHANNEL = f"{PREFIX}:cancels"
+
+
 def idempotency_key(owner: str, key_digest: str) -> str:
     """Return the Redis key remembering an ``Idempotency-Key`` (by digest) of API key ``owner``."""
     return f"{PREFIX}:idempotency:{owner}:{key_digest}"

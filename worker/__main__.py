@@ -20,6 +20,7 @@ from latentq.models import ModelRegistry, ModelSpec
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import ImageStore
 from worker import runtime
+from worker.cancels import CancelWatch
 from worker.pipeline import WarmPipeline
 from worker.rq_worker import WarmWorker
 from worker.tiny_model import BUILDERS, ensure_tiny_model
@@ -88,6 +89,7 @@ def main() -> int:
             dict(pipelines),
             store,
             records,
+            CancelWatch(redis, records).start(),
             settings.progress_interval_s,
             settings.webhook_progress_interval_s,
         )

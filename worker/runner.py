@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,17 +56,20 @@ class StageTimings:
 class StepReporter:
     """Reports denoising steps to the job record (at most every ``interval_s``, and the last step),
     and to the job's webhook (at most every ``webhook_interval_s``, never the last step: ``completed``
-    follows), and checks the job's cancel flag at every step."""
+    follows), and stops the job at the first step after ``cancel`` is set (by the cancel watch: no
+    Redis call for it)."""
 
     def __init__(
         self,
         records: JobRecords,
         job_id: str,
         interval_s: float,
+        cancel: threading.Event,
         preview: Callable[[Any], bytes] | None = None,
         webhook_interval_s: float | None = None,
     ) -> None:
         self.records, self.job_id, self.interval_s, self.preview = records, job_id, interval_s, preview
+        self.cancel = cancel
         #: Seconds between progress webhooks; None: the job wants none.
         self.webhook_interval_s = webhook_interval_s
         self.published = self.notified = float("-inf")
@@ -96,7 +100,8 @@ class StepReporter:
             self.notified = now
         # Remaining steps at the mean step time so far.
         eta_s = (total_steps - step) * (now - self.started) / step
-        self.canceled = self.records.step(self.job_id, step, total_steps, publish, eta_s, notify)
+        self.records.progress(self.job_id, step, total_steps, publish, eta_s, notify)
+        self.canceled = self.cancel.is_set()
         return self.canceled
 
 
@@ -106,9 +111,14 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     A job canceled before it starts never runs; one canceled while it runs stops at its next
     denoising step. Either ends ``canceled`` and returns no images (RQ sees a finished job).
     """
-    if runtime.records.cancel_requested(spec.job_id):
-        runtime.records.mark_canceled(spec.job_id)
-        return []
+    with runtime.cancels.watching(spec.job_id) as cancel:  # watched first: no request slips by
+        if runtime.records.cancel_requested(spec.job_id):
+            runtime.records.mark_canceled(spec.job_id)
+            return []
+        return _run(runtime, spec, cancel)
+
+
+def _run(runtime: Runtime, spec: JobSpec, cancel: threading.Event) -> list[StoredImage]:
     runtime.records.mark_running(spec.job_id)
     started = time.perf_counter()
     timings = StageTimings()
@@ -117,7 +127,7 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
         preview = getattr(pipeline, "preview", None) if spec.preview else None
         wants_progress = spec.webhook is not None and "progress" in spec.webhook.events
         reporter = StepReporter(
-            runtime.records, spec.job_id, runtime.progress_interval_s, preview,
+            runtime.records, spec.job_id, runtime.progress_interval_s, cancel, preview,
             runtime.webhook_progress_interval_s if wants_progress else None,
         )  # fmt: skip
         with timings.stage("load_ms"):

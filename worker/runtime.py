@@ -10,6 +10,7 @@ from PIL.Image import Image
 
 from latentq.contract import JobSpec
 from latentq.jobs import JobRecords
+from worker.cancels import CancelWatch
 
 
 class ImagePipeline(Protocol):
@@ -37,12 +38,14 @@ class ObjectStore(Protocol):
 
 @dataclass
 class Runtime:
-    """Everything a job needs that outlives it: the warm pipelines by model id, storage, job records."""
+    """Everything a job needs that outlives it: the warm pipelines by model id, storage, job records,
+    the cancel watch."""
 
     pipelines: dict[str, ImagePipeline]
     store: ObjectStore
     records: JobRecords
-    #: Seconds between progress writes while sampling (the cancel flag is checked every step).
+    cancels: CancelWatch
+    #: Seconds between progress writes while sampling (a cancel is seen at the next step).
     progress_interval_s: float = 0.25
     #: Seconds between two progress webhooks of a job that asked for them.
     webhook_progress_interval_s: float = 2.0

@@ -237,7 +237,7 @@ def cancel_job(
         raise LatentqError(
             "job_finished", f"Job {job_id} already ended {record.status.value}; nothing to cancel."
         )
-    records.request_cancel(job_id)  # the worker checks this before it starts and at every step
+    records.request_cancel(job_id)  # seen by the worker before it starts and at the next step
     if record.status is JobStatus.QUEUED:
         with suppress(NoSuchJobError, InvalidJobOperation):
             Job.fetch(job_id, connection=redis, serializer=JSONSerializer).cancel()
