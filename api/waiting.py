@@ -8,8 +8,12 @@ from typing import Any
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
+from latentq.contract import JobStatus
 from latentq.jobs import JobRecord, JobRecords, has_ended
 from latentq.keys import job_events_key, job_key, rq_job_key
+
+#: The names of the events that end a job's stream (its terminal statuses).
+_TERMINAL_EVENTS = {status.value.encode() for status in JobStatus if status.is_terminal}
 
 #: Longest blocking read between two looks at the record, seconds: bounds how late a job whose
 #: worker died (no terminal event, found by reconciliation with RQ) is noticed.
@@ -32,12 +36,14 @@ async def wait_for_job(
     """Return ``job_id``'s record once terminal, or as it stands after ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s
     last_event = "0"
-    while not await job_ended(redis, job_id):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
+    ended = await job_ended(redis, job_id)
+    while not ended and (remaining := deadline - time.monotonic()) > 0:
         block_ms = max(1, int(min(remaining, RECHECK_S) * 1000))
         answer: Any = await redis.xread({job_events_key(job_id): last_event}, block=block_ms, count=100)
+        terminal_event = False
         for _stream, entries in answer:
             last_event = entries[-1][0]
+            terminal_event = any(fields.get(b"event") in _TERMINAL_EVENTS for _, fields in entries)
+        # A terminal event is the record's last change: no need to look at the record first.
+        ended = terminal_event or await job_ended(redis, job_id)
     return await run_in_threadpool(records.get, job_id)
