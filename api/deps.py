@@ -12,6 +12,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from latentq.errors import LatentqError
 from latentq.jobs import JobRecords
@@ -55,7 +56,7 @@ class JobServices:
         )
         async_redis = AsyncRedis.from_url(
             settings.redis_url, socket_connect_timeout=5, max_connections=settings.async_redis_connections,
-            connection_class=HiredisPackingConnection,
+            connection_class=HiredisPackingConnection if HIREDIS_AVAILABLE else AsyncConnection,
         )  # fmt: skip
         records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
         return cls(settings, get_registry(settings), redis, async_redis, records, ImageStore(settings))

@@ -89,7 +89,7 @@ def main() -> int:
             dict(pipelines),
             store,
             records,
-            CancelWatch(redis, records).start(),
+            CancelWatch(records).start(),
             settings.progress_interval_s,
             settings.webhook_progress_interval_s,
         )

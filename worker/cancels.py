@@ -7,9 +7,9 @@ a local flag: a Redis round trip at every step cost ~5 % of a small job's sampli
 one round trip per member per step.
 
 No cancel is missed: the watch subscribes before the worker takes jobs; a job is watched before it
-checks its flag at start (a request made before the watch sees it there, one made after reaches
-the watch); and every ``poll_s`` the thread also reads the flags of the jobs it watches, which
-covers announcements lost while the pub/sub connection was down.
+checks its flag at start (a request made before that is seen there, one made after is announced
+to the watch); and every ``poll_s`` the thread also reads the flags of the jobs it watches, which
+covers announcements lost while the pub/sub connection was down (or not yet subscribed).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from latentq.jobs import JobRecords
@@ -32,17 +31,17 @@ log = logging.getLogger("latentq.worker")
 class CancelWatch:
     """Sets a watched job's event when its cancel is requested (``start`` it before taking jobs)."""
 
-    def __init__(self, redis: Redis, records: JobRecords, poll_s: float = 1.0) -> None:
+    def __init__(self, records: JobRecords, poll_s: float = 1.0) -> None:
         self.records = records
         self.poll_s = poll_s
-        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = records.redis.pubsub(ignore_subscribe_messages=True)
         self._watched: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latentq-cancel-watch", daemon=True)
 
     def start(self) -> CancelWatch:
-        """Subscribe (before returning: announcements from now on are seen) and start listening."""
+        """Subscribe to the announcements and start listening."""
         self._pubsub.subscribe(CANCEL_CHANNEL)
         self._thread.start()
         return self

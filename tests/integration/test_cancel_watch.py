@@ -14,7 +14,7 @@ from worker.cancels import CancelWatch
 
 @pytest.fixture
 def watch(redis) -> Iterator[CancelWatch]:
-    started = CancelWatch(redis, JobRecords(redis, retention_s=60), poll_s=0.2).start()
+    started = CancelWatch(JobRecords(redis, retention_s=60), poll_s=0.2).start()
     yield started
     started.stop()
 
