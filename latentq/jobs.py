@@ -138,9 +138,9 @@ class JobRecords:
             _reconcile(record, status_from_rq(rq_status.decode()))
         return record
 
-    def mark_running(self, job_id: str) -> None:
-        """Record that a worker started ``job_id``."""
-        self._update(job_id, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
+    def mark_running(self, job: str | JobSpec) -> None:
+        """Record that a worker started ``job`` (its id, or its spec: see ``_update``)."""
+        self._update(job, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
 
     def progress(
         self,
@@ -194,25 +194,25 @@ class JobRecords:
             flags = pipeline.execute()
         return [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
 
-    def mark_canceled(self, job_id: str) -> None:
-        """Record that ``job_id`` was canceled."""
-        self._update(job_id, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
+    def mark_canceled(self, job: str | JobSpec) -> None:
+        """Record that ``job`` was canceled."""
+        self._update(job, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
 
     def mark_succeeded(
-        self, job_id: str, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
+        self, job: str | JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
     ) -> None:
-        """Record that ``job_id`` finished with ``images``, the milliseconds of its stages, and how many
+        """Record that ``job`` finished with ``images``, the milliseconds of its stages, and how many
         jobs were sampled in its pipeline call (itself included)."""
         payload = json.dumps([image.model_dump() for image in images])
         self._update(
-            job_id, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
+            job, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
             timings=json.dumps(timings), batch_size=str(batch_size),
         )  # fmt: skip
 
-    def mark_failed(self, job_id: str, error: JobError) -> None:
-        """Record that ``job_id`` failed with ``error``."""
+    def mark_failed(self, job: str | JobSpec, error: JobError) -> None:
+        """Record that ``job`` failed with ``error``."""
         self._update(
-            job_id,
+            job,
             "failed",
             status=JobStatus.FAILED.value,
             error=error.model_dump_json(),
@@ -229,10 +229,17 @@ class JobRecords:
         script = self.redis.register_script(_HSET_IF_EXISTS)
         script(keys=[job_key(job_id)], args=[_DELIVERY_FIELD + event, delivery.model_dump_json()])
 
-    def _update(self, job_id: str, event: str, **fields: str) -> None:
+    def _update(self, job: str | JobSpec, event: str, **fields: str) -> None:
+        """Write ``fields`` to ``job``'s record and append ``event``, with the webhook delivery the
+        event calls for. ``job`` is the job's id, or its spec when the caller holds it (the worker):
+        the webhook is then the spec's (the record's copy of it is made from the spec) instead of
+        one more round trip to read it."""
+        job_id = job if isinstance(job, str) else job.job_id
         key = job_key(job_id)
         hook = WEBHOOK_EVENT_OF.get(event)
-        webhook = self.webhook(job_id) if hook else None
+        webhook = None
+        if hook is not None:
+            webhook = self.webhook(job_id) if isinstance(job, str) else job.webhook
         with self.redis.pipeline() as pipeline:
             if webhook is not None and hook in webhook.events:
                 # In the same transaction as the change: the event and its delivery exist together.

@@ -113,13 +113,13 @@ def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
     """
     with runtime.cancels.watching(spec.job_id) as cancel:  # watched first: no request slips by
         if runtime.records.cancel_requested(spec.job_id):
-            runtime.records.mark_canceled(spec.job_id)
+            runtime.records.mark_canceled(spec)
             return []
         return _run(runtime, spec, cancel)
 
 
 def _run(runtime: Runtime, spec: JobSpec, cancel: threading.Event) -> list[StoredImage]:
-    runtime.records.mark_running(spec.job_id)
+    runtime.records.mark_running(spec)
     started = time.perf_counter()
     timings = StageTimings()
     try:
@@ -135,16 +135,16 @@ def _run(runtime: Runtime, spec: JobSpec, cancel: threading.Event) -> list[Store
         with timings.stage("sampling_ms"):
             images, batch_size = sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
-            runtime.records.mark_canceled(spec.job_id)
+            runtime.records.mark_canceled(spec)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
         stored = store_images(runtime.store, spec, images, timings)
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
-        runtime.records.mark_failed(spec.job_id, job_error)
+        runtime.records.mark_failed(spec, job_error)
         raise
-    runtime.records.mark_succeeded(spec.job_id, stored, timings.ms, batch_size)
+    runtime.records.mark_succeeded(spec, stored, timings.ms, batch_size)
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored
