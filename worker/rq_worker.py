@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
@@ -109,10 +110,27 @@ class WarmWorker(SimpleWorker):
                 thread.start()
                 self._job_threads.append(thread)
                 round_.expected += 1
+        except BaseException:
+            # The jobs this round took from the queue but did not start go back to its front, in
+            # order (the head is RQ's: its intermediate queue and registries account for it).
+            self._requeue(queue, jobs[max(round_.expected, 1) :])
+            raise
         finally:  # the jobs whose thread started are sampled, whatever happened to the others
             round_.run(self.max_batch)
             self._log_round(round_)
         self.set_state(WorkerStatus.IDLE)
+
+    def _requeue(self, queue: Queue, jobs: list[Job]) -> None:
+        """Put ``jobs`` back at the front of ``queue``, in their order."""
+        if not jobs:
+            return
+        try:
+            self.connection.lpush(queue.key, *[job.id for job in reversed(jobs)])
+            self.log.warning("round failed to start: %d taken job(s) put back in the queue", len(jobs))
+        except RedisError as error:
+            self.log.error(
+                "round failed to start; could not put back jobs %s: %s", [j.id for j in jobs], error
+            )
 
     def _log_round(self, round_: Round) -> None:
         """Log the round: its jobs, and how long sampling sat idle between the last round and this one
