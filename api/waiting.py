@@ -8,12 +8,8 @@ from typing import Any
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from latentq.contract import JobStatus
-from latentq.jobs import JobRecord, JobRecords, has_ended
+from latentq.jobs import TERMINAL_EVENTS, JobRecord, JobRecords, has_ended
 from latentq.keys import job_events_key, job_key, rq_job_key
-
-#: The names of the events that end a job's stream (its terminal statuses).
-_TERMINAL_EVENTS = {status.value.encode() for status in JobStatus if status.is_terminal}
 
 #: Longest blocking read between two looks at the record, seconds: bounds how late a job whose
 #: worker died (no terminal event, found by reconciliation with RQ) is noticed.
@@ -43,7 +39,7 @@ async def wait_for_job(
         terminal_event = False
         for _stream, entries in answer:
             last_event = entries[-1][0]
-            terminal_event = any(fields.get(b"event") in _TERMINAL_EVENTS for _, fields in entries)
+            terminal_event = any(fields[b"event"].decode() in TERMINAL_EVENTS for _, fields in entries)
         # A terminal event is the record's last change: no need to look at the record first.
         ended = terminal_event or await job_ended(redis, job_id)
     return await run_in_threadpool(records.get, job_id)

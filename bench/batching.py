@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from bench import KEY, write_result
-from bench.overhead import BODY, percentile, tiny_stack
+from bench.overhead import BODY, direct_call, direct_pipeline, percentile, tiny_stack
 from latentq.devrun import start_stack, stop_all
 from latentq.devstack import free_port
 
@@ -70,17 +70,11 @@ def idle_times(log: Path) -> list[float]:
 
 def run_direct_loop(model_dir: Path, seconds: float) -> int:
     """Return how many plain diffusers batch-1 calls finish in ``seconds`` in this process."""
-    import torch
-    from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
-
-    pipe = AutoPipelineForText2Image.from_pretrained(model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe(BODY["prompt"], width=64, height=64, num_inference_steps=20)  # warm
+    pipe = direct_pipeline(model_dir)
+    direct_call(pipe, 1)  # warm
     count, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
-        pipe(BODY["prompt"], width=64, height=64, num_inference_steps=20,
-             generator=torch.Generator("cpu").manual_seed(count + 1))  # fmt: skip
+        direct_call(pipe, count + 1)
         count += 1
     return count
 

@@ -25,7 +25,7 @@ import torch
 
 from bench import write_result
 from latentq.contract import JobSpec, WeightedPrompt
-from worker.tiny_model import sdxl_scheduler
+from worker.tiny_model import sd_pipeline, sdxl_scheduler
 from worker.tiny_tokenizer import build_tokenizer
 
 SIDES = {"sd15": 512, "sdxl": 1024}
@@ -65,11 +65,7 @@ def _vae(scaling: float):
 
 def build(model: str, device: torch.device):
     """Return a full-size ``sd15`` or ``sdxl`` pipeline with random weights, in fp16 on ``device``."""
-    from diffusers import (
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = build_tokenizer()
     scheduler = sdxl_scheduler()  # SD 1.5's betas too, with Euler
@@ -77,16 +73,7 @@ def build(model: str, device: torch.device):
     with torch.device(device):
         if model == "sd15":  # runwayml/stable-diffusion-v1-5's unet/config.json, in diffusers' defaults
             unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-            pipe = StableDiffusionPipeline(
-                vae=_vae(0.18215),
-                text_encoder=_clip(tokenizer, 768, 12, 12),
-                tokenizer=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            pipe = sd_pipeline(_vae(0.18215), _clip(tokenizer, 768, 12, 12), tokenizer, unet, scheduler)
         else:  # stabilityai/stable-diffusion-xl-base-1.0's unet/config.json
             unet = UNet2DConditionModel(
                 sample_size=128,

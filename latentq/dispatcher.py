@@ -24,7 +24,6 @@ import logging
 import ssl
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import certifi
@@ -178,17 +177,12 @@ class Report:
         delivery = WebhookDelivery(
             state=state, attempts=self.attempt, status_code=status_code,
             error=error[:MAX_ERROR_CHARS] if error else None, updated_at=utc_now(),
-            next_attempt_at=_later(retry_s) if retry_s else None,
+            next_attempt_at=utc_now(retry_s) if retry_s else None,
         )  # fmt: skip
         self.records.record_delivery(self.job_id, self.event, delivery)
         log.info("webhook %s of job %s, attempt %d: %s %s", self.event, self.job_id, self.attempt, state,
                  error or status_code or "")  # fmt: skip
         return delivery.model_dump()
-
-
-def _later(seconds: int) -> str:
-    moment = datetime.now(UTC) + timedelta(seconds=seconds)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
@@ -48,10 +48,15 @@ return -1
 #: Most events kept in a job's stream.
 MAX_EVENTS = 1000
 
+#: The events that end a job's stream: its terminal statuses (``_update`` names them so).
+TERMINAL_EVENTS = frozenset(status.value for status in JobStatus if status.is_terminal)
 
-def utc_now() -> str:
-    """Return the current time as an ISO 8601 UTC timestamp with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+def utc_now(later_s: float = 0.0) -> str:
+    """Return the current time (plus ``later_s`` seconds) as an ISO 8601 UTC timestamp with
+    milliseconds."""
+    moment = datetime.now(UTC) + timedelta(seconds=later_s)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JobRecord:

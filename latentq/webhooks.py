@@ -94,7 +94,7 @@ class WebhookAccounts:
 
     def secret(self, owner: str) -> str:
         """Return ``owner``'s current signing secret, making one on first use."""
-        self.redis.hsetnx(owner_webhook_key(owner), "secret", new_secret())
+        ensure_secret(self.redis, owner)
         return self._fields(owner)["secret"]
 
     def signing_secrets(self, owner: str) -> list[str]:
@@ -161,9 +161,9 @@ class WebhookAccounts:
         self.redis.delete(owner_disabled_webhooks_key(owner))
 
 
-def ensure_secret(pipeline: AnyPipeline, owner: str) -> None:
-    """Queue on ``pipeline`` the making of ``owner``'s signing secret, unless it has one."""
-    pipeline.hsetnx(owner_webhook_key(owner), "secret", new_secret())
+def ensure_secret(redis: Redis | AnyPipeline, owner: str) -> None:
+    """Make (or queue on a pipeline the making of) ``owner``'s signing secret, unless it has one."""
+    redis.hsetnx(owner_webhook_key(owner), "secret", new_secret())
 
 
 async def default_webhook(redis: AsyncRedis, owner: str) -> WebhookTarget | None:

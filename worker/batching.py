@@ -91,8 +91,9 @@ class Round:
     # -- job threads -------------------------------------------------------------------------
     def sample(
         self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
-    ) -> list[Image]:
-        """Sample ``spec`` with the round (called by the job's thread); return its images."""
+    ) -> tuple[list[Image], int]:
+        """Sample ``spec`` with the round (called by the job's thread); return its images and the
+        number of jobs in its pipeline call."""
         request = SampleRequest(pipeline, spec, inputs, on_step)
         self._submitted.done = True
         with self._changed:

@@ -49,22 +49,14 @@ class Heartbeat:
 PEEK = 64
 
 
-def _spec(job: Job) -> JobSpec | None:
+def _batch_info(job: Job) -> tuple[tuple | None, int]:
+    """The RQ job's ``batch_key`` (None: not a generation job, or one that runs alone) and how many
+    images it makes, from its spec read once."""
     try:
-        return JobSpec.model_validate(job.kwargs["spec"])
+        spec = JobSpec.model_validate(job.kwargs["spec"])
     except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _batch_key(job: Job) -> tuple | None:
-    """The RQ job's ``batch_key`` (None: not a generation job, or one that runs alone)."""
-    spec = _spec(job)
-    return batch_key(spec) if spec is not None else None
-
-
-def _samples(job: Job) -> int:
-    spec = _spec(job)
-    return spec.samples if spec is not None else 1
+        return None, 1
+    return batch_key(spec), spec.samples
 
 
 class WarmWorker(SimpleWorker):
@@ -146,23 +138,35 @@ class WarmWorker(SimpleWorker):
         later rounds, so no job's time limit runs while it waits behind another call. Under
         concurrent load (the last round, or this one, has several jobs) wait up to ``batch_wait_s``
         for more; a lone job after a lone job never waits."""
-        key, images = _batch_key(head), _samples(head)
+        key, images = _batch_info(head)
         if key is None:
             return []
         taken: list[Job] = []
-        keys: dict[str, tuple | None] = {}
+        seen: set[str] = set()
         deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
         while images < self.max_batch:
             waiting = [job_id.decode() for job_id in self.connection.lrange(queue.key, 0, PEEK - 1)]
-            unseen = [job_id for job_id in waiting if job_id not in keys]
+            unseen = [job_id for job_id in waiting if job_id not in seen]
+            seen.update(unseen)
+            candidates: list[tuple[Job, int]] = []
             for job in self.job_class.fetch_many(
                 unseen, connection=self.connection, serializer=self.serializer
             ):
                 if job is not None:
-                    keys[job.id] = _batch_key(job) if _samples(job) + images <= self.max_batch else None
-                    if keys[job.id] == key and self.connection.lrem(queue.key, 1, job.id):
+                    job_key, samples = _batch_info(job)
+                    if job_key == key and images + samples <= self.max_batch:
+                        candidates.append((job, samples))
+                        images += samples
+            if candidates:  # claimed in one round trip; a job another worker took first is not ours
+                with self.connection.pipeline(transaction=False) as pipeline:
+                    for job, _ in candidates:
+                        pipeline.lrem(queue.key, 1, job.id)
+                    claimed = pipeline.execute()
+                for (job, samples), removed in zip(candidates, claimed, strict=True):
+                    if removed:
                         taken.append(job)
-                        images += _samples(job)
+                    else:
+                        images -= samples
             if images >= self.max_batch:
                 break
             if deadline is None and taken:

@@ -81,7 +81,7 @@ def _tiny_text_encoder(tokenizer, with_projection: bool = False):  # -> CLIPText
 def build_sd_pipeline():  # -> StableDiffusionPipeline
     """Return the tiny SD 1.x-shaped pipeline with seeded random weights (fp32, CPU)."""
     import torch
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import PNDMScheduler
 
     tokenizer = build_tokenizer()
     torch.manual_seed(BUILD_SEED)
@@ -100,16 +100,17 @@ def build_sd_pipeline():  # -> StableDiffusionPipeline
         skip_prk_steps=True,
         steps_offset=1,
     )
+    return sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
+
+
+def sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler):  # -> StableDiffusionPipeline
+    """Return an SD 1.x ``StableDiffusionPipeline`` of these components, with no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
 
 
 def sdxl_scheduler():  # -> EulerDiscreteScheduler

@@ -22,15 +22,12 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ApiKeyDep, AsyncRedisDep, ImageStoreDep, JobRecordsDep
 from api.job_views import find_record
 from api.waiting import RECHECK_S, job_ended
-from latentq.contract import JobStatus
-from latentq.jobs import JobRecords
+from latentq.jobs import TERMINAL_EVENTS, JobRecords
 from latentq.keys import job_events_key
 from latentq.storage import ImageStore
 from latentq.views import job_public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
-
-_TERMINAL = {status.value for status in JobStatus if status.is_terminal}
 
 #: Seconds a job's terminal event, once made, is shared by its other streams.
 FINAL_EVENT_SHARED_S = 5.0
@@ -83,7 +80,7 @@ async def event_stream(
         for entry_id, fields in answer[0][1]:
             last = entry_id.decode()
             event = fields[b"event"].decode()
-            if event in _TERMINAL:
+            if event in TERMINAL_EVENTS:
                 yield await final_event(records, store, job_id, last)
                 return
             yield sse(last, event, fields.get(b"data", b"{}").decode())
