@@ -14,7 +14,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY latentq ./latentq
 COPY api ./api
-# The core dependencies only: the API never imports torch.
+# The webhook dispatcher (python -m dispatcher) runs from this image too.
+COPY dispatcher ./dispatcher
+# The core dependencies only: the API never imports torch. No development tooling (latentq_dev).
 RUN pip install . && useradd --system --uid 10001 latentq
 USER 10001
 EXPOSE 8000
@@ -40,9 +42,9 @@ COPY pyproject.toml README.md ./
 COPY latentq ./latentq
 COPY worker ./worker
 RUN pip install ".[worker]" \
- && python -m worker.tiny_model /opt/latentq/models/tiny-sd --name tiny-sd \
+ && python -m worker.embedded /opt/latentq/models/tiny-sd --name tiny-sd \
  && for name in tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler; do \
-      python -m worker.tiny_model /opt/latentq/models/$name --name $name; done \
+      python -m worker.embedded /opt/latentq/models/$name --name $name; done \
  && useradd --system --uid 10001 latentq && mkdir -p /models && chown 10001 /models
 USER 10001
 # Real weights: mount them under /models, register them (LATENTQ_MODELS_FILE or LATENTQ_MODELS; see

@@ -38,11 +38,11 @@ EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler
 model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
 
 $(STATE)/models/%/model_index.json: | $(STAMP)
-	$(PY) -m worker.tiny_model $(STATE)/models/$* --name $*
+	$(PY) -m worker.embedded $(STATE)/models/$* --name $*
 
 # The embedded models are built up front (a worker would build them on first start anyway).
 run: install redis-server model
-	PORT=$(PORT) $(PY) -m latentq.devrun --state $(STATE)
+	PORT=$(PORT) $(PY) -m latentq_dev.devrun --state $(STATE)
 
 test: install redis-server
 	$(PY) -m pytest

@@ -14,9 +14,9 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 import latentq
-from api.deps import JobServices
-from api.routes import events, health, jobs, models, stability, webhooks
-from api.validation import validation_error
+from api.body_parsing import validation_error
+from api.routes import events, health, jobs, models, stability, webhook_settings
+from api.services import Services
 from latentq.errors import LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
 
@@ -69,10 +69,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Made per app (and so per event loop): asyncio clients must not cross loops.
-        app.state.services = services = JobServices.create(settings)
+        app.state.services = services = Services.create(settings)
         # Everything made so far lives as long as the process: keep it out of the collector's
-        # scans. Without this, full collections over the start-up heap stalled requests for tens
-        # of milliseconds (p99 of bench.api: 90 ms before, 17 ms after).
+        # scans, whose full collections over the start-up heap stalled requests (docs/BENCHMARKS.md).
         gc.collect()
         gc.freeze()
         try:
@@ -91,7 +90,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(stability.router)
-    app.include_router(webhooks.router)
+    app.include_router(webhook_settings.router)
     app.add_exception_handler(LatentqError, _on_latentq_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)

@@ -1,4 +1,4 @@
-"""Safe retries: ``Idempotency-Key`` on job submits, and ``Prefer: wait=N``.
+"""Safe retries: ``Idempotency-Key`` on job submits.
 
 The first request with a key claims it (``SET NX``, 24 h) for its body's fingerprint and its
 new job id, before the job is queued; a repeat with the same body gets that job (200), a repeat
@@ -12,22 +12,21 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
 
+from pydantic import BaseModel
 from redis import Redis
 
 from latentq.errors import LatentqError
-from latentq.jobs import JobRecord, JobRecords
 from latentq.keys import idempotency_key
+from latentq.records import JobRecord, JobRecords
 
 #: How long an idempotency key is remembered, seconds.
 IDEMPOTENCY_TTL_S = 24 * 3600
-#: Longest ``Prefer: wait`` honoured, seconds.
-MAX_WAIT_S = 60
 #: How long a repeat waits for the original request to finish queueing its job, seconds.
 ORIGINAL_WAIT_S = 10.0
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 
 
 def check_key(value: str) -> str:
@@ -40,15 +39,23 @@ def check_key(value: str) -> str:
     return value
 
 
-def prefer_wait(header: str | None) -> int:
-    """Return the seconds ``Prefer: wait=N`` asks for (at most ``MAX_WAIT_S``), or 0."""
-    match = _PREFER_WAIT.search(header or "")
-    return min(int(match[1]), MAX_WAIT_S) if match else 0
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` and the fingerprint of the request that came with it."""
+
+    key: str
+    fingerprint: str
 
 
-def fingerprint(kind: str, body_json: str) -> str:
-    """Return the fingerprint of a request body (its canonical JSON) sent to route ``kind``."""
-    return hashlib.sha256(f"{kind}\n{body_json}".encode()).hexdigest()
+def idempotency_claim(header: str | None, route: str, body: BaseModel) -> IdempotencyClaim | None:
+    """Return the claim of a request to ``route`` with the parsed ``body`` and ``Idempotency-Key``
+    header ``header`` (None: no claim); raise for an unusable key. The fingerprint is of the body's
+    canonical JSON, so formatting and field order do not matter."""
+    if header is None:
+        return None
+    check_key(header)
+    fingerprint = hashlib.sha256(f"{route}\n{body.model_dump_json()}".encode()).hexdigest()
+    return IdempotencyClaim(header, fingerprint)
 
 
 def claim(redis: Redis, owner: str, key: str, body: str, job_id: str) -> str | None:

@@ -1,19 +1,31 @@
-"""Waiting for a job to finish without holding a thread: block on its Redis event stream."""
+"""Waiting for a job to finish without holding a thread: block on its Redis event stream; and
+``Prefer: wait=N``, which asks a submit to wait."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from latentq.jobs import TERMINAL_EVENTS, JobRecord, JobRecords, has_ended
 from latentq.keys import job_events_key, job_key, rq_job_key
+from latentq.records import TERMINAL_EVENTS, JobRecord, JobRecords, has_ended
 
 #: Longest blocking read between two looks at the record, seconds: bounds how late a job whose
 #: worker died (no terminal event, found by reconciliation with RQ) is noticed.
 RECHECK_S = 2.0
+#: Longest ``Prefer: wait`` honoured, seconds.
+MAX_WAIT_S = 60
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def prefer_wait(header: str | None) -> int:
+    """Return the seconds ``Prefer: wait=N`` asks for (at most ``MAX_WAIT_S``), or 0."""
+    match = _PREFER_WAIT.search(header or "")
+    return min(int(match[1]), MAX_WAIT_S) if match else 0
 
 
 async def job_ended(redis: AsyncRedis, job_id: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from latentq.devstack import Process, environment_without_settings, free_port, wait_until
+from latentq_dev.devstack import Process, environment_without_settings, free_port, wait_until
 
 #: The API key of the benchmarks' local stacks.
 KEY = "bench-key"

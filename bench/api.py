@@ -23,8 +23,8 @@ from redis import Redis
 from rq import Queue
 
 from bench import KEY, running_api, service_env, write_result
-from latentq.devstack import RedisServer
 from latentq.keys import queue_name
+from latentq_dev.devstack import RedisServer
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20}
 SCRIPT = """wrk.method = "POST"

@@ -28,8 +28,8 @@ import httpx
 
 from bench import KEY, write_result
 from bench.overhead import BODY, direct_call, direct_pipeline, percentile, tiny_stack
-from latentq.devrun import start_stack, stop_all
-from latentq.devstack import free_port
+from latentq_dev.devrun import start_stack, stop_all
+from latentq_dev.devstack import free_port
 
 
 def run_clients(base_url: str, clients: int, seconds: float) -> tuple[list[float], list[int]]:

@@ -25,8 +25,8 @@ import torch
 
 from bench import write_result
 from latentq.contract import JobSpec, WeightedPrompt
-from worker.tiny_model import sd_pipeline, sdxl_scheduler
-from worker.tiny_tokenizer import build_tokenizer
+from worker.embedded.models import sd_pipeline, sdxl_scheduler
+from worker.embedded.tokenizer import build_tokenizer
 
 SIDES = {"sd15": 512, "sdxl": 1024}
 
@@ -172,7 +172,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from worker.pipeline import WarmPipeline
+    from worker.diffusion.pipelines import WarmPipeline
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -51,7 +51,7 @@ def build_sd15():  # -> StableDiffusionPipeline
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from worker.tiny_tokenizer import build_tokenizer
+    from worker.embedded.tokenizer import build_tokenizer
 
     with torch.no_grad():
         return StableDiffusionPipeline(
@@ -67,7 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from worker.pipeline import WarmPipeline
+    from worker.diffusion.pipelines import WarmPipeline
 
     gc.collect()
     baseline = rss_mib()

@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 
 from bench import KEY, write_result
-from latentq.devrun import start_stack, stop_all
-from latentq.devstack import environment_without_settings, free_port
+from latentq_dev.devrun import start_stack, stop_all
+from latentq_dev.devstack import environment_without_settings, free_port
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
 STABILITY_BODY = {"text_prompts": [{"text": BODY["prompt"]}], "width": 128, "height": 128, "steps": 20,
@@ -121,7 +121,7 @@ def added(direct_times: list[float], service_times: list[float]) -> dict[str, fl
 def tiny_stack(state: Path, **settings: str) -> tuple[Path, dict[str, str]]:
     """Build the embedded ``tiny-sd`` under ``state``; return it and the environment of a stack (as
     ``start_stack`` runs it) serving it, with ``settings`` (``LATENTQ_*`` names) added."""
-    from worker.tiny_model import build_tiny_model
+    from worker.embedded.models import build_tiny_model
 
     model_dir = build_tiny_model(state / "models" / "tiny-sd")
     env = environment_without_settings()

@@ -26,8 +26,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from worker.pipeline import WarmPipeline
-    from worker.tiny_model import build_tiny_model
+    from worker.diffusion.pipelines import WarmPipeline
+    from worker.embedded.models import build_tiny_model
 
     with tempfile.TemporaryDirectory() as temp:
         pipeline = WarmPipeline.load(str(build_tiny_model(Path(temp) / "tiny-sd")), "cpu")

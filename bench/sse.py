@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench import KEY, running_api, service_env, write_result
-from latentq.devstack import RedisServer
+from latentq_dev.devstack import RedisServer
 
 IDLE = {
     "id": "idle-sd",

@@ -5,7 +5,7 @@
    ``started`` and ``completed``, and with one for every event with progress sent at every step
    (the worst case; the default sends one every 2 s), interleaved.
 2. Delivery: ``--deliveries`` finished jobs with a ``completed`` webhook, then 1 and 2 dispatcher
-   processes (``python -m latentq.dispatcher``) deliver them to a local HTTP receiver (answers
+   processes (``python -m dispatcher``) deliver them to a local HTTP receiver (answers
    204); deliveries per second, first to last.
 
     .venv/bin/python -m bench.webhooks [--jobs 200] [--deliveries 500] [--json bench/results/webhooks.json]
@@ -27,8 +27,8 @@ from redis import Redis
 
 from bench import service_env, write_result
 from latentq.contract import JobSpec, WebhookTarget, WeightedPrompt
-from latentq.devstack import Process, RedisServer, wait_until
-from latentq.jobs import JobRecords
+from latentq.records import JobRecords
+from latentq_dev.devstack import Process, RedisServer, wait_until
 
 STEPS = 20
 
@@ -93,9 +93,7 @@ def delivery_rate(
     receiver.times.clear()
     env = service_env(redis_url, LATENTQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
     processes = [
-        Process.start(
-            f"dispatcher-{n}", [sys.executable, "-m", "latentq.dispatcher"], logs / f"d{n}.log", env
-        )
+        Process.start(f"dispatcher-{n}", [sys.executable, "-m", "dispatcher"], logs / f"d{n}.log", env)
         for n in range(dispatchers)
     ]
     try:

@@ -1,8 +1,8 @@
 """The job contract between the API and the workers: requests, job specs, statuses, results.
 
 The API validates a ``GenerateRequest``, resolves it into a ``JobSpec`` and enqueues that
-(JSON) for the task named ``GENERATE_TASK``; the worker trusts the spec. Clients read a
-``JobPublic`` (``latentq.views``).
+(JSON) for the RQ function named ``GENERATE_FUNCTION``; the worker trusts the spec. Clients read
+a ``JobPublic`` (``latentq.views``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Dotted path of the worker task; the API enqueues by this name and never imports the worker.
-GENERATE_TASK = "worker.tasks.generate"
-#: Dotted path of the webhook delivery task, run by the dispatcher (``python -m latentq.dispatcher``).
-DELIVER_TASK = "latentq.dispatcher.deliver"
+#: Dotted path of the RQ function that runs a generation job; the API enqueues by this name and
+#: never imports the worker. (Jobs queued before 0.2 name ``worker.tasks.generate``: an alias.)
+GENERATE_FUNCTION = "worker.job_functions.generate"
+#: Dotted path of the RQ function that delivers one webhook event, run by the dispatcher
+#: (``python -m dispatcher``). (Before 0.2: ``latentq.dispatcher.deliver``, an alias.)
+DELIVER_FUNCTION = "dispatcher.delivery.deliver"
 
 #: Samplers a request may name: Stability v1's ten, their Karras-sigma variants where diffusers
 #: has them, UniPC and LCM. Each maps to a diffusers scheduler (worker/schedulers.py).
@@ -31,8 +33,8 @@ SAMPLERS: tuple[str, ...] = Sampler.__args__  # type: ignore[attr-defined]
 #: Image file formats a job can produce.
 OutputFormat = Literal["png", "jpeg", "webp"]
 
-#: What a job does: draw from text, redraw an image, repaint a masked part of it, or enlarge it.
-Task = Literal["text-to-image", "image-to-image", "masking", "upscale"]
+#: The kind of a job: draw from text, redraw an image, repaint a masked part of it, or enlarge it.
+JobKind = Literal["text-to-image", "image-to-image", "masking", "upscale"]
 #: How an init image's influence is given (Stability v1's modes).
 InitImageMode = Literal["IMAGE_STRENGTH", "STEP_SCHEDULE"]
 #: Where a mask comes from (Stability v1): white or black pixels of a mask image, or the init image's alpha.
@@ -222,7 +224,8 @@ class JobSpec(BaseModel):
     sampler: Sampler
     style_preset: str | None = None
     output_format: OutputFormat = "png"
-    task: Task = "text-to-image"
+    #: The job's kind (the field keeps its wire name, ``task``, in specs and public views).
+    task: JobKind = "text-to-image"
     preview: bool = False
     #: Seconds the job's record, events and RQ result live; None: the service's retention.
     retention_s: int | None = None

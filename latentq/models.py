@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latentq.contract import Sampler, Task
+from latentq.contract import JobKind, Sampler
 
 #: Registry shipped with latentq: the embedded tiny models.
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -110,7 +110,7 @@ class ModelSpec(BaseModel):
     source: str = Field(min_length=1)
     family: Family
     #: What the model does; default: the family's. A dedicated inpainting checkpoint: ["masking"].
-    tasks: tuple[Task, ...] = ()
+    tasks: tuple[JobKind, ...] = ()
     limits: ModelLimits
     defaults: ModelDefaults
 

@@ -111,7 +111,7 @@ class WorkerSettings(CommonSettings):
 
 
 class DispatcherSettings(CommonSettings):
-    """Settings of the webhook dispatcher (``python -m latentq.dispatcher``)."""
+    """Settings of the webhook dispatcher (``python -m dispatcher``)."""
 
     #: Seconds one delivery attempt may take (connect, send, answer) before it counts as failed.
     webhook_timeout_s: float = Field(10.0, gt=0, le=60)

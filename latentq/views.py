@@ -11,7 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from latentq.contract import JobError, JobSpec, JobStatus, WebhookDelivery, WebhookEvent
-from latentq.jobs import JobRecord
+from latentq.records import JobRecord
 from latentq.storage import ImageStore
 
 

@@ -16,7 +16,9 @@ import uvicorn
 from redis import Redis
 from rq import Queue, Worker
 
-from latentq.devstack import (
+from latentq.keys import queue_name
+from latentq.settings import ApiSettings
+from latentq_dev.devstack import (
     Process,
     RedisServer,
     S3Server,
@@ -24,8 +26,6 @@ from latentq.devstack import (
     free_port,
     wait_until,
 )
-from latentq.keys import queue_name
-from latentq.settings import ApiSettings
 
 BUCKET = "latentq-test"
 #: An upscale engine registered under Stability's example id: here, the Lanczos resampler.
@@ -62,7 +62,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def embedded_model(models_dir: Path, name: str) -> Path:
     """Build embedded model ``name`` under ``models_dir`` (where the test workers look for it)."""
-    from worker.tiny_model import build_tiny_model
+    from worker.embedded.models import build_tiny_model
 
     return build_tiny_model(models_dir / name, name)
 

@@ -14,17 +14,17 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import DequeueStrategy
 
-from latentq.jobs import JobRecords
 from latentq.keys import queue_name
 from latentq.models import ModelRegistry, ModelSpec
+from latentq.records import JobRecords
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import ImageStore
-from worker import runtime
-from worker.cancels import CancelWatch
-from worker.pipeline import WarmPipeline
-from worker.rq_worker import WarmWorker
-from worker.tiny_model import BUILDERS, ensure_tiny_model
-from worker.upscalers import Resampler, Upscaler
+from worker.cancel_watch import CancelWatch
+from worker.context import WarmState
+from worker.diffusion.pipelines import WarmPipeline
+from worker.diffusion.upscalers import Resampler, Upscaler
+from worker.embedded.models import BUILDERS, ensure_tiny_model
+from worker.warm_worker import WarmWorker
 
 log = logging.getLogger("latentq.worker")
 
@@ -61,10 +61,13 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
     return pipeline
 
 
-def build_worker(settings: WorkerSettings, redis: Redis, model_ids: list[str]) -> WarmWorker:
-    """Return an RQ worker listening on the queue of each served model."""
-    queues = [Queue(queue_name(id_), connection=redis, serializer=JSONSerializer) for id_ in model_ids]
-    worker = WarmWorker(queues, connection=redis, serializer=JSONSerializer, name=settings.worker_name)
+def build_worker(settings: WorkerSettings, redis: Redis, warm: WarmState) -> WarmWorker:
+    """Return an RQ worker listening on the queue of each model ``warm`` holds, running its jobs
+    with ``warm``."""
+    queues = [Queue(queue_name(id_), connection=redis, serializer=JSONSerializer) for id_ in warm.pipelines]
+    worker = WarmWorker(
+        queues, connection=redis, serializer=JSONSerializer, name=settings.worker_name, warm=warm
+    )
     worker.heartbeat_interval_s = settings.heartbeat_interval_s
     worker.max_batch = settings.max_batch
     worker.batch_wait_s = settings.batch_wait_ms / 1000
@@ -84,17 +87,11 @@ def main() -> int:
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
-    runtime.install(
-        runtime.Runtime(
-            dict(pipelines),
-            store,
-            records,
-            CancelWatch(records).start(),
-            settings.progress_interval_s,
-            settings.webhook_progress_interval_s,
-        )
-    )
-    worker = build_worker(settings, redis, list(pipelines))
+    warm = WarmState(
+        pipelines, store, records, CancelWatch(records).start(),
+        settings.progress_interval_s, settings.webhook_progress_interval_s,
+    )  # fmt: skip
+    worker = build_worker(settings, redis, warm)
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
     # Round robin: with several models, no model's queue starves the others.
     try:

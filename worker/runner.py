@@ -20,12 +20,10 @@ from rq.timeouts import JobTimeoutException
 
 from latentq.contract import JobError, JobSpec, StoredImage
 from latentq.errors import ERRORS
-from latentq.jobs import JobRecords
 from latentq.keys import image_object_key
 from latentq.storage import STORAGE_ERRORS
-from worker.batching import current_round
+from worker.context import ImagePipeline, JobContext, JobLog, ObjectStore, WarmState
 from worker.encoding import CONTENT_TYPES, encode_image
-from worker.runtime import ImagePipeline, ObjectStore, Runtime
 
 log = logging.getLogger("latentq.worker")
 
@@ -61,7 +59,7 @@ class StepReporter:
 
     def __init__(
         self,
-        records: JobRecords,
+        records: JobLog,
         job_id: str,
         interval_s: float,
         cancel: threading.Event,
@@ -105,67 +103,66 @@ class StepReporter:
         return self.canceled
 
 
-def run_job(runtime: Runtime, spec: JobSpec) -> list[StoredImage]:
-    """Run ``spec`` to a terminal job record and return its stored images.
+def run_job(context: JobContext, spec: JobSpec) -> list[StoredImage]:
+    """Run ``spec`` with ``context`` to a terminal job record and return its stored images.
 
     A job canceled before it starts never runs; one canceled while it runs stops at its next
     denoising step. Either ends ``canceled`` and returns no images (RQ sees a finished job).
     """
-    with runtime.cancels.watching(spec.job_id) as cancel:  # watched first: no request slips by
-        if runtime.records.cancel_requested(spec.job_id):
-            runtime.records.mark_canceled(spec)
+    warm = context.warm
+    with warm.cancels.watching(spec.job_id) as cancel:  # watched first: no request slips by
+        if warm.records.cancel_requested(spec.job_id):
+            warm.records.mark_canceled(spec)
             return []
-        return _run(runtime, spec, cancel)
+        return _run(context, spec, cancel)
 
 
-def _run(runtime: Runtime, spec: JobSpec, cancel: threading.Event) -> list[StoredImage]:
-    runtime.records.mark_running(spec)
+def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[StoredImage]:
+    warm = context.warm
+    warm.records.mark_running(spec)
     started = time.perf_counter()
     timings = StageTimings()
     try:
-        pipeline = pipeline_for(runtime, spec.model)
-        preview = getattr(pipeline, "preview", None) if spec.preview else None
-        wants_progress = spec.webhook is not None and "progress" in spec.webhook.events
-        reporter = StepReporter(
-            runtime.records, spec.job_id, runtime.progress_interval_s, cancel, preview,
-            runtime.webhook_progress_interval_s if wants_progress else None,
-        )  # fmt: skip
+        pipeline = pipeline_for(warm, spec.model)
+        reporter = step_reporter(warm, spec, pipeline, cancel)
         with timings.stage("load_ms"):
-            inputs = load_inputs(runtime.store, spec)
+            inputs = load_inputs(warm.store, spec)
         with timings.stage("sampling_ms"):
-            images, batch_size = sample(pipeline, spec, inputs, reporter)
+            images, batch_size = context.sampler.sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
-            runtime.records.mark_canceled(spec)
+            warm.records.mark_canceled(spec)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
-        stored = store_images(runtime.store, spec, images, timings)
+        stored = store_images(warm.store, spec, images, timings)
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
-        runtime.records.mark_failed(spec, job_error)
+        warm.records.mark_failed(spec, job_error)
         raise
-    runtime.records.mark_succeeded(spec, stored, timings.ms, batch_size)
+    warm.records.mark_succeeded(spec, stored, timings.ms, batch_size)
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored
 
 
-def sample(
-    pipeline: ImagePipeline, spec: JobSpec, inputs: dict[str, Image], reporter: StepReporter
-) -> tuple[list[Image], int]:
-    """Sample ``spec`` with the other jobs of this thread's round (batched where they fit), or alone;
-    return its images and the number of jobs in its pipeline call."""
-    round_ = current_round()
-    if round_ is None:
-        return pipeline.generate(spec, inputs, reporter), 1
-    return round_.sample(pipeline, spec, inputs, reporter)
+def step_reporter(
+    warm: WarmState, spec: JobSpec, pipeline: ImagePipeline, cancel: threading.Event
+) -> StepReporter:
+    """Return the step callback of ``spec``'s job: progress, previews if asked, progress webhooks if
+    asked, and its cancel."""
+    preview = getattr(pipeline, "preview", None) if spec.preview else None
+    wants_progress = spec.webhook is not None and "progress" in spec.webhook.events
+    return StepReporter(
+        warm.records, spec.job_id, warm.progress_interval_s, cancel, preview,
+        warm.webhook_progress_interval_s if wants_progress else None,
+    )  # fmt: skip
 
 
-def pipeline_for(runtime: Runtime, model: str) -> ImagePipeline:
+def pipeline_for(warm: WarmState, model: str) -> ImagePipeline:
     """Return the warm pipeline of ``model``; a job for a model this worker lacks fails clearly."""
-    if model not in runtime.pipelines:
-        raise LookupError(f"this worker serves {sorted(runtime.pipelines)}, not model '{model}'")
-    return runtime.pipelines[model]
+    if model not in warm.pipelines:
+        raise LookupError(f"this worker serves {sorted(warm.pipelines)}, not model '{model}'")
+    return warm.pipelines[model]
 
 
 def load_inputs(store: ObjectStore, spec: JobSpec) -> dict[str, Image]:

@@ -1,15 +1,7 @@
-"""RQ entry points. The API enqueues them by dotted path (``latentq.contract.GENERATE_TASK``)."""
+"""Deprecated alias, kept for one release (remove in 0.3): jobs queued before 0.2 name
+``worker.tasks.generate``; RQ resolves that path here. New ones name
+``worker.job_functions.generate`` (``latentq.contract.GENERATE_FUNCTION``)."""
 
-from __future__ import annotations
+from worker.job_functions import generate
 
-from typing import Any
-
-from latentq.contract import JobSpec
-from worker.runner import run_job
-from worker.runtime import get_runtime
-
-
-def generate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one text-to-image job on the warm pipeline; return its images as RQ's result."""
-    stored = run_job(get_runtime(), JobSpec.model_validate(spec))
-    return {"images": [image.model_dump() for image in stored]}
+__all__ = ["generate"]

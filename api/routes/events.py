@@ -19,11 +19,11 @@ from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ApiKeyDep, AsyncRedisDep, ImageStoreDep, JobRecordsDep
-from api.job_views import find_record
+from api.deps import CallerDep
+from api.job_lookup import find_record
 from api.waiting import RECHECK_S, job_ended
-from latentq.jobs import TERMINAL_EVENTS, JobRecords
 from latentq.keys import job_events_key
+from latentq.records import TERMINAL_EVENTS, JobRecords
 from latentq.storage import ImageStore
 from latentq.views import job_public
 
@@ -47,16 +47,14 @@ def sse(event_id: str, event: str, data: str) -> str:
 async def job_events(
     job_id: str,
     request: Request,
-    key: ApiKeyDep,
-    redis: AsyncRedisDep,
-    records: JobRecordsDep,
-    store: ImageStoreDep,
+    caller: CallerDep,
 ) -> StreamingResponse:
     """Stream a job's events until its terminal one (see the module docstring)."""
-    await run_in_threadpool(find_record, job_id, records, key)
+    services = caller.services
+    await run_in_threadpool(find_record, job_id, services.records, caller.owner)
     last = request.headers.get("last-event-id") or "0"
     return StreamingResponse(
-        event_stream(redis, records, store, job_id, last),
+        event_stream(services.async_redis, services.records, services.store, job_id, last),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from rq import Queue, Worker
 
-from api.deps import ImageStoreDep, RedisDep, RegistryDep
+from api.deps import ServicesDep
 from latentq.keys import queue_name
 
 router = APIRouter(tags=["health"])
@@ -21,11 +21,12 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is not ready"}})
-def readyz(registry: RegistryDep, redis: RedisDep, store: ImageStoreDep) -> JSONResponse:
+def readyz(services: ServicesDep) -> JSONResponse:
     """Answer 200 when Redis and S3 are reachable and a worker serves the default model; else 503.
 
     ``checks.workers`` counts live workers per registered model.
     """
+    registry, redis, store = services.registry, services.redis, services.store
     checks: dict[str, Any] = {}
     workers: dict[str, int] = {}
     try:

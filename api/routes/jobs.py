@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import suppress
 from typing import Annotated, Any
 
@@ -14,33 +13,16 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import (
-    ApiKeyDep,
-    ImageStoreDep,
-    JobRecordsDep,
-    JobServices,
-    RedisDep,
-    get_job_services,
-    key_owner,
-    require_api_key,
-)
-from api.idempotency import check_key, claim, fingerprint, original_record, prefer_wait, release
-from api.job_views import find_record
-from api.submission import enqueue_job, prepare_job, prepare_upscale
-from api.validation import json_body_openapi, parse_body
-from api.waiting import wait_for_job
-from latentq.contract import (
-    GenerateRequest,
-    JobSpec,
-    JobStatus,
-    UpscaleRequest,
-    WebhookFields,
-    WebhookTarget,
-)
+from api.body_parsing import json_body_openapi, parse_body
+from api.deps import Caller, CallerDep
+from api.idempotency import idempotency_claim
+from api.job_lookup import find_record
+from api.submit import draft_job, submit_job
+from api.waiting import prefer_wait
+from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
 from latentq.errors import LatentqError
 from latentq.keys import queue_name
 from latentq.views import JobPublic, job_public, public_request, webhook_public
-from latentq.webhooks import default_webhook, webhook_target
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -72,16 +54,13 @@ GenerateBody = Annotated[GenerateRequest, Depends(read_generate_request)]
     responses=_SUBMIT_RESPONSES,
     openapi_extra=json_body_openapi(GenerateRequest),
 )
-async def submit_generate(body: GenerateBody, submission: SubmissionDep) -> JobPublic:
+async def submit_generate(
+    body: GenerateBody, request: Request, response: Response, caller: CallerDep
+) -> JobPublic:
     """Queue a text-to-image, image-to-image or masking job; answer 202 with the job and its ``Location``
     (200 with the original job for a repeated ``Idempotency-Key``, or with the finished job when it
     ends within ``Prefer: wait=N`` seconds)."""
-    max_retention_s = submission.services.settings.max_job_retention_s
-    return await submission.submit(
-        lambda: prepare_job(body, submission.services.registry, submission.services.store, max_retention_s),
-        body,
-        stores_images=body.init_image is not None,
-    )
+    return await submit_and_answer(caller, request, response, body)
 
 
 async def read_upscale_request(request: Request) -> UpscaleRequest:
@@ -97,105 +76,52 @@ async def read_upscale_request(request: Request) -> UpscaleRequest:
     openapi_extra=json_body_openapi(UpscaleRequest),
 )
 async def submit_upscale(
-    body: Annotated[UpscaleRequest, Depends(read_upscale_request)], submission: SubmissionDep
+    body: Annotated[UpscaleRequest, Depends(read_upscale_request)],
+    request: Request,
+    response: Response,
+    caller: CallerDep,
 ) -> JobPublic:
     """Queue an upscale job; answers as ``POST /v1/generate`` does."""
-    return await submission.submit(
-        lambda: prepare_upscale(body, submission.services.registry, submission.services.store),
-        body,
-        stores_images=True,
-    )
+    return await submit_and_answer(caller, request, response, body)
 
 
-class Submission:
-    """Queues a job for a submit route, honouring ``Idempotency-Key`` and ``Prefer: wait=N``."""
-
-    def __init__(self, request: Request, response: Response, owner: str, services: JobServices) -> None:
-        self.request, self.response, self.owner = request, response, owner
-        self.services = services
-
-    async def submit(
-        self, prepare: Callable[[], JobSpec], body: WebhookFields, stores_images: bool
-    ) -> JobPublic:
-        """Resolve the job with ``prepare``, queue it (once per idempotency key) and answer with it.
-
-        ``prepare`` runs in the thread pool when it decodes and stores input images; otherwise it is
-        a few checks and runs on the event loop. A job that names no webhook is then queued in one
-        Redis round trip, on the condition that the key has no default webhook (else it takes the
-        default, at the cost of two more)."""
-        idempotency = self.request.headers.get("idempotency-key")
-        if idempotency is not None:
-            check_key(idempotency)
-        wait_s = prefer_wait(self.request.headers.get("prefer"))
-        names_webhook = body.webhook_url is not None or body.webhook_events is not None
-        webhook = await self.webhook(body) if names_webhook else None  # first: it is cheap to refuse
-        spec = await run_in_threadpool(prepare) if stores_images else prepare()
-        if webhook is not None:
-            spec = spec.model_copy(update={"webhook": webhook})
-        self.response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
-        if idempotency is not None:
-            body_print = fingerprint(self.request.url.path, body.model_dump_json())
-            original = await run_in_threadpool(
-                claim, self.services.redis, self.owner, idempotency, body_print, spec.job_id
-            )
-            if original is not None:
-                self.response.status_code = 200
-                self.response.headers["Location"] = f"/v1/jobs/{original}"
-                record = await run_in_threadpool(original_record, self.services.records, original)
-                return await run_in_threadpool(job_public, record, self.services.store)
-        try:
-            created_at = await enqueue_job(spec, self.services, self.owner, not names_webhook)
-            if created_at is None:  # the key has a default webhook: the job takes it
-                spec = spec.model_copy(update={"webhook": await self.webhook(body)})
-                created_at = await enqueue_job(spec, self.services, self.owner)
-        except BaseException:
-            if idempotency is not None:
-                await run_in_threadpool(release, self.services.redis, self.owner, idempotency)
-            raise
-        assert created_at is not None
-        if wait_s:
-            self.response.headers["Preference-Applied"] = f"wait={wait_s}"
-            finished = await wait_for_job(
-                self.services.async_redis, self.services.records, spec.job_id, wait_s
-            )
-            if finished is not None and finished.status.is_terminal:
-                self.response.status_code = 200
-                return await run_in_threadpool(job_public, finished, self.services.store)
-        return JobPublic(
-            id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
-            created_at=created_at, started_at=None, finished_at=None, webhook=webhook_public(spec),
-            request=public_request(spec),
-        )  # fmt: skip
-
-    async def webhook(self, body: WebhookFields) -> WebhookTarget | None:
-        """Return the job's webhook: the request's, else the key's default."""
-        default = None
-        if body.webhook_url is None:
-            default = await default_webhook(self.services.async_redis, self.owner)
-        allowed = self.services.settings.webhook_allowed_hosts
-        return webhook_target(body.webhook_url, body.webhook_events, default, allowed)
-
-
-async def get_submission(request: Request, response: Response) -> Submission:
-    """Return the submission of this request, for its API key (one dependency, no thread: no I/O)."""
-    key = await require_api_key(request)
-    return Submission(request, response, key_owner(key), await get_job_services(request))
-
-
-SubmissionDep = Annotated[Submission, Depends(get_submission)]
+async def submit_and_answer(
+    caller: Caller, request: Request, response: Response, body: GenerateRequest | UpscaleRequest
+) -> JobPublic:
+    """Submit ``body`` (``api.submit``), honouring ``Idempotency-Key`` and ``Prefer: wait=N``, and
+    answer with the job: as queued (202), or the original or finished one (200)."""
+    services = caller.services
+    claim = idempotency_claim(request.headers.get("idempotency-key"), request.url.path, body)
+    wait_s = prefer_wait(request.headers.get("prefer"))
+    draft = await draft_job(services, caller.owner, body)
+    submitted = await submit_job(services, caller.owner, draft, claim, wait_s)
+    spec, record = submitted.spec, submitted.record
+    response.headers["Location"] = f"/v1/jobs/{submitted.job_id}"
+    if submitted.repeated and record is not None:
+        response.status_code = 200
+        return await run_in_threadpool(job_public, record, services.store)
+    if wait_s:
+        response.headers["Preference-Applied"] = f"wait={wait_s}"
+        if record is not None and record.status.is_terminal:
+            response.status_code = 200
+            return await run_in_threadpool(job_public, record, services.store)
+    return JobPublic(
+        id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
+        created_at=str(submitted.created_at), started_at=None, finished_at=None,
+        webhook=webhook_public(spec), request=public_request(spec),
+    )  # fmt: skip
 
 
 @router.get("/jobs", responses={401: {"description": "Missing or invalid API key"}})
 def list_jobs(
-    key: ApiKeyDep,
-    records: JobRecordsDep,
-    store: ImageStoreDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[float | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
     """List the caller's own jobs, newest first, optionally of one ``status``; page with ``cursor``."""
-    owner, before = key_owner(key), cursor
+    owner, before = caller.owner, cursor
+    records, store = caller.services.records, caller.services.store
     page: list[JobPublic] = []
     while len(page) < limit:
         batch = records.list_ids(owner, before, 100)
@@ -213,26 +139,24 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=_ERROR_RESPONSES)
-def get_job(
-    job_id: str, key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
-) -> JobPublic:
+def get_job(job_id: str, caller: CallerDep) -> JobPublic:
     """Return a job's status, progress (queue position, ETA), images (with fresh URLs), error and timings."""
-    record = find_record(job_id, records, key)
-    job = job_public(record, store)
+    services = caller.services
+    record = find_record(job_id, services.records, caller.owner)
+    job = job_public(record, services.store)
     if record.status is JobStatus.QUEUED:
-        queue = Queue(queue_name(record.model), connection=redis, serializer=JSONSerializer)
+        queue = Queue(queue_name(record.model), connection=services.redis, serializer=JSONSerializer)
         job.queue_position = queue.get_job_position(job_id)
     return job
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=_CANCEL_RESPONSES)
 @router.delete("/jobs/{job_id}", response_model=JobPublic, responses=_CANCEL_RESPONSES)
-def cancel_job(
-    job_id: str, key: ApiKeyDep, redis: RedisDep, records: JobRecordsDep, store: ImageStoreDep
-) -> JobPublic:
+def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
     """Cancel a job: a queued one never starts; a running one stops at its next denoising step and
     ends ``canceled``. Answers with the job as it stands; a finished job is a 409, unchanged."""
-    record = find_record(job_id, records, key)
+    records = caller.services.records
+    record = find_record(job_id, records, caller.owner)
     if record.status.is_terminal:
         raise LatentqError(
             "job_finished", f"Job {job_id} already ended {record.status.value}; nothing to cancel."
@@ -240,9 +164,9 @@ def cancel_job(
     records.request_cancel(job_id)  # seen by the worker before it starts and at the next step
     if record.status is JobStatus.QUEUED:
         with suppress(NoSuchJobError, InvalidJobOperation):
-            Job.fetch(job_id, connection=redis, serializer=JSONSerializer).cancel()
-        records.mark_canceled(job_id)
-    return job_public(find_record(job_id, records, key), store)
+            Job.fetch(job_id, connection=caller.services.redis, serializer=JSONSerializer).cancel()
+        records.mark_canceled(record.spec)
+    return job_public(find_record(job_id, records, caller.owner), caller.services.store)
 
 
 @router.get(
@@ -250,9 +174,10 @@ def cancel_job(
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}, "description": "The latest preview"}, **_ERROR_RESPONSES},
 )
-def get_preview(job_id: str, key: ApiKeyDep, records: JobRecordsDep) -> Response:
+def get_preview(job_id: str, caller: CallerDep) -> Response:
     """Return the job's latest live preview (a small JPEG), for jobs submitted with ``preview: true``."""
-    find_record(job_id, records, key)
+    records = caller.services.records
+    find_record(job_id, records, caller.owner)
     data = records.get_preview(job_id)
     if data is None:
         raise LatentqError("not_found", f"Job {job_id} has no preview (yet): submit it with preview: true.")

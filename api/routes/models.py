@@ -7,20 +7,21 @@ from typing import Any
 from fastapi import APIRouter
 from rq import Queue, Worker
 
-from api.deps import ApiKeyDep, RedisDep, RegistryDep
+from api.deps import ApiKeyDep, CallerDep
+from api.presets import style_presets
 from latentq.contract import SAMPLERS
 from latentq.keys import queue_name
-from latentq.presets import style_presets
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models")
-def list_models(_key: ApiKeyDep, registry: RegistryDep, redis: RedisDep) -> dict[str, Any]:
+def list_models(caller: CallerDep) -> dict[str, Any]:
     """List registered models with their limits, defaults and live worker count.
 
     The envelope (``object: list``, ``data``) is OpenAI's, so OpenAI clients can list models too.
     """
+    registry, redis = caller.services.registry, caller.services.redis
     data = []
     for model in registry.models.values():
         workers = Worker.count(connection=redis, queue=Queue(queue_name(model.id), connection=redis))

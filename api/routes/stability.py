@@ -21,15 +21,9 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import (
-    JobServices,
-    JobServicesDep,
-    RegistryDep,
-    SettingsDep,
-    check_api_key,
-    key_owner,
-)
-from api.stability import (
+from api.body_parsing import json_body_openapi, parse_body, validation_error
+from api.deps import Caller, check_api_key, get_services, key_owner
+from api.stability_bodies import (
     ImageToImageBody,
     MaskingBody,
     TextToImageBody,
@@ -41,13 +35,10 @@ from api.stability import (
     require_file,
     upscale_request,
 )
-from api.submission import enqueue_job, prepare_job, prepare_upscale
-from api.validation import json_body_openapi, parse_body, validation_error
-from api.waiting import wait_for_job
-from latentq.contract import GenerateRequest, JobSpec, JobStatus, StoredImage, UpscaleRequest
+from api.submit import draft_job, submit_job
+from latentq.contract import GenerateRequest, JobStatus, StoredImage, UpscaleRequest
 from latentq.errors import LatentqError, stability_name
-from latentq.jobs import JobRecord
-from latentq.settings import ApiSettings
+from latentq.records import JobRecord
 
 log = logging.getLogger("latentq.api")
 
@@ -86,73 +77,53 @@ class StabilityRoute(APIRoute):
         return route
 
 
-async def require_stability_key(request: Request, settings: SettingsDep) -> str:
-    """Return the caller's key from ``Authorization: Bearer <key>`` or a bare ``Authorization: <key>``."""
+async def get_stability_caller(request: Request) -> Caller:
+    """Return the caller, from ``Authorization: Bearer <key>`` or a bare ``Authorization: <key>``."""
+    services = await get_services(request)
     header = request.headers.get("authorization", "").strip()
     if not header:
         raise LatentqError("unauthorized", "missing authorization header")
     scheme, _, token = header.partition(" ")
-    return check_api_key(token.strip() if scheme.lower() == "bearer" else header, settings)
+    key = check_api_key(token.strip() if scheme.lower() == "bearer" else header, services)
+    return Caller(key_owner(key), services)
 
 
-StabilityKeyDep = Annotated[str, Depends(require_stability_key)]
+StabilityCallerDep = Annotated[Caller, Depends(get_stability_caller)]
 
 router = APIRouter(prefix="/v1", tags=["stability-v1"], route_class=StabilityRoute)
 
 
-class Generation:
-    """What every generation route needs: settings, registry, Redis (both clients), records, storage."""
-
-    def __init__(self, owner: str, services: JobServices) -> None:
-        self.owner = owner
-        self.services = services
-
-    def engine(self, engine_id: str) -> str:
-        """Return ``engine_id`` if it is registered; raise Stability's ``not_found`` otherwise."""
-        if self.services.registry.get(engine_id) is None:
-            raise LatentqError("not_found", f"The specified engine (ID {engine_id}) was not found.")
-        return engine_id
-
-    async def answer(self, ours: GenerateRequest | UpscaleRequest, png: bool) -> Response:
-        """Queue ``ours`` like any job, wait for it, and answer with its images in Stability's shape."""
-        if isinstance(ours, UpscaleRequest):
-            spec = await run_in_threadpool(prepare_upscale, ours, self.services.registry, self.services.store)
-        else:
-            if png and ours.samples > 1:
-                raise LatentqError.for_field(
-                    "invalid_samples", "samples",
-                    "samples: Sample count may only be greater than 1 when the accept header is set to "
-                    "`application/json`",
-                )  # fmt: skip
-            spec = await run_in_threadpool(prepare_job, ours, self.services.registry, self.services.store)
-        await enqueue_job(spec, self.services, self.owner)
-        record = await wait_for_job(
-            self.services.async_redis,
-            self.services.records,
-            spec.job_id,
-            self.services.settings.sync_timeout_s,
-        )
-        stored = succeeded(record, spec, self.services.settings)
-        images = [
-            (image.seed, await run_in_threadpool(self.services.store.get, image.key)) for image in stored
-        ]
-        if png:
-            seed, data = images[0]
-            headers = {"Finish-Reason": "SUCCESS", "Seed": str(seed)}
-            return Response(data, media_type="image/png", headers=headers)
-        artifacts = [
-            {"base64": base64.b64encode(data).decode(), "seed": seed, "finishReason": "SUCCESS"}
-            for seed, data in images
-        ]
-        return JSONResponse({"artifacts": artifacts})
+def registered_engine(caller: Caller, engine_id: str) -> str:
+    """Return ``engine_id`` if it is registered; raise Stability's ``not_found`` otherwise."""
+    if caller.services.registry.get(engine_id) is None:
+        raise LatentqError("not_found", f"The specified engine (ID {engine_id}) was not found.")
+    return engine_id
 
 
-async def get_generation(key: StabilityKeyDep, services: JobServicesDep) -> Generation:
-    """Return the generation helper of this request (made without the thread pool: no I/O)."""
-    return Generation(key_owner(key), services)
+async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bool) -> Response:
+    """Submit ``ours`` like any job (no webhooks), wait for it, and answer with its images in
+    Stability's shape."""
+    services = caller.services
+    if isinstance(ours, GenerateRequest) and png and ours.samples > 1:
+        raise LatentqError.for_field(
+            "invalid_samples", "samples",
+            "samples: Sample count may only be greater than 1 when the accept header is set to "
+            "`application/json`",
+        )  # fmt: skip
+    draft = await draft_job(services, caller.owner, ours, webhooks=False)
+    submitted = await submit_job(services, caller.owner, draft, wait_s=services.settings.sync_timeout_s)
+    stored = finished_images(submitted.record, draft.spec.job_id, services.settings.sync_timeout_s)
+    images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
+    if png:
+        seed, data = images[0]
+        headers = {"Finish-Reason": "SUCCESS", "Seed": str(seed)}
+        return Response(data, media_type="image/png", headers=headers)
+    artifacts = [
+        {"base64": base64.b64encode(data).decode(), "seed": seed, "finishReason": "SUCCESS"}
+        for seed, data in images
+    ]
+    return JSONResponse({"artifacts": artifacts})
 
-
-GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"}
@@ -171,13 +142,13 @@ def multipart_openapi(model: type[BaseModel], files: tuple[str, ...]) -> dict[st
     responses=_IMAGE_RESPONSES,
     openapi_extra=json_body_openapi(TextToImageBody),
 )
-async def text_to_image(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+async def text_to_image(engine_id: str, request: Request, caller: StabilityCallerDep) -> Response:
     """Generate images from text prompts and answer with them (Stability's ``textToImage``)."""
-    engine = generation.engine(engine_id)
+    engine = registered_engine(caller, engine_id)
     body = parse_body(TextToImageBody, await request.body())
     check_sides(body)
     ours = generate_request(engine, body, width=body.width, height=body.height)
-    return await generation.answer(ours, wants_png(request))
+    return await answer(caller, ours, wants_png(request))
 
 
 @router.post(
@@ -185,15 +156,15 @@ async def text_to_image(engine_id: str, request: Request, generation: Generation
     responses=_IMAGE_RESPONSES,
     openapi_extra=multipart_openapi(ImageToImageBody, ("init_image",)),
 )
-async def image_to_image(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+async def image_to_image(engine_id: str, request: Request, caller: StabilityCallerDep) -> Response:
     """Redraw an init image guided by text prompts (Stability's ``imageToImage``)."""
-    engine = generation.engine(engine_id)
+    engine = registered_engine(caller, engine_id)
     fields, files = await read_form(request, ("init_image",))
     body: ImageToImageBody = parse_fields(ImageToImageBody, fields)
     schedule = body.model_dump(include={"init_image_mode", "image_strength", "step_schedule_start",
                                         "step_schedule_end"}, exclude_none=True)  # fmt: skip
     ours = generate_request(engine, body, init_image=require_file(files, "init_image"), **schedule)
-    return await generation.answer(ours, wants_png(request))
+    return await answer(caller, ours, wants_png(request))
 
 
 @router.post(
@@ -201,16 +172,16 @@ async def image_to_image(engine_id: str, request: Request, generation: Generatio
     responses=_IMAGE_RESPONSES,
     openapi_extra=multipart_openapi(MaskingBody, ("init_image", "mask_image")),
 )
-async def masking(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+async def masking(engine_id: str, request: Request, caller: StabilityCallerDep) -> Response:
     """Repaint the masked part of an init image (Stability's ``masking``)."""
-    engine = generation.engine(engine_id)
+    engine = registered_engine(caller, engine_id)
     fields, files = await read_form(request, ("init_image", "mask_image"))
     body: MaskingBody = parse_fields(MaskingBody, fields)
     ours = generate_request(
         engine, body, init_image=require_file(files, "init_image"), mask_source=body.mask_source,
         mask_image=files.get("mask_image"),
     )  # fmt: skip
-    return await generation.answer(ours, wants_png(request))
+    return await answer(caller, ours, wants_png(request))
 
 
 @router.post(
@@ -218,13 +189,13 @@ async def masking(engine_id: str, request: Request, generation: GenerationDep) -
     responses=_IMAGE_RESPONSES,
     openapi_extra=multipart_openapi(UpscaleBody, ("image",)),
 )
-async def upscale(engine_id: str, request: Request, generation: GenerationDep) -> Response:
+async def upscale(engine_id: str, request: Request, caller: StabilityCallerDep) -> Response:
     """Enlarge an image, by 2 or to a width or height (Stability's ``upscaleImage``)."""
-    engine = generation.engine(engine_id)
+    engine = registered_engine(caller, engine_id)
     fields, files = await read_form(request, ("image",))
     body: UpscaleBody = parse_fields(UpscaleBody, fields)
-    return await generation.answer(
-        upscale_request(engine, body, require_file(files, "image")), wants_png(request)
+    return await answer(
+        caller, upscale_request(engine, body, require_file(files, "image")), wants_png(request)
     )
 
 
@@ -234,9 +205,9 @@ def wants_png(request: Request) -> bool:
     return first.split(";")[0].strip().lower() == "image/png"
 
 
-def succeeded(record: JobRecord | None, spec: JobSpec, settings: ApiSettings) -> list[StoredImage]:
-    """Return the images of the awaited job; raise the error to answer with unless it succeeded."""
-    job_id = spec.job_id
+def finished_images(record: JobRecord | None, job_id: str, waited_s: float) -> list[StoredImage]:
+    """Return the images of the awaited job (its record after a wait of ``waited_s`` seconds); raise
+    the error to answer with unless it succeeded."""
     if record is None:
         raise LatentqError("internal_error", f"Job {job_id} disappeared while it was awaited.")
     if record.status is JobStatus.SUCCEEDED:
@@ -246,14 +217,14 @@ def succeeded(record: JobRecord | None, spec: JobSpec, settings: ApiSettings) ->
     if not record.status.is_terminal:
         raise LatentqError(
             "timeout",
-            f"Job {job_id} did not finish within {settings.sync_timeout_s:g} s; it is still "
+            f"Job {job_id} did not finish within {waited_s:g} s; it is still "
             f"{record.status.value}: follow it at GET /v1/jobs/{job_id}",
         )
     raise LatentqError("internal_error", f"Job {job_id} ended {record.status.value} without images.")
 
 
 @router.get("/engines/list")
-def list_engines(_key: StabilityKeyDep, registry: RegistryDep) -> list[dict[str, str]]:
+def list_engines(caller: StabilityCallerDep) -> list[dict[str, str]]:
     """List the registered models as Stability engines."""
     return [
         {
@@ -262,14 +233,14 @@ def list_engines(_key: StabilityKeyDep, registry: RegistryDep) -> list[dict[str,
             "description": model.description or model.name,
             "type": "PICTURE",
         }
-        for model in registry.models.values()
+        for model in caller.services.registry.models.values()
     ]
 
 
 @router.get("/user/account")
-def user_account(key: StabilityKeyDep) -> dict[str, Any]:
+def user_account(caller: StabilityCallerDep) -> dict[str, Any]:
     """Describe the caller's key as a Stability account (one per key; no personal data kept)."""
-    user_id = f"user-{key_owner(key)}"
+    user_id = f"user-{caller.owner}"
     return {
         "id": user_id,
         "email": f"{user_id}@latentq.invalid",
@@ -278,6 +249,6 @@ def user_account(key: StabilityKeyDep) -> dict[str, Any]:
 
 
 @router.get("/user/balance")
-def user_balance(_key: StabilityKeyDep) -> dict[str, float]:
+def user_balance(_caller: StabilityCallerDep) -> dict[str, float]:
     """Report the caller's credits: unlimited (a fixed large number) until credits exist."""
     return {"credits": UNLIMITED_CREDITS}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from latentq.devstack import environment_without_settings, free_port
+from latentq_dev.devstack import environment_without_settings, free_port
 from tests.conftest import REPO, wait_for_job
 
 
@@ -34,7 +34,7 @@ def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model, tiny_inpainting_mod
     env = environment_without_settings()
     env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(models_dir)
     process = subprocess.Popen(
-        [sys.executable, "-m", "latentq.devrun", "--state", str(tmp_path / "state"), "--port", str(port)],
+        [sys.executable, "-m", "latentq_dev.devrun", "--state", str(tmp_path / "state"), "--port", str(port)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from rq import Queue
 
-from api.validation import MAX_JSON_BODY_BYTES
+from api.body_parsing import MAX_JSON_BODY_BYTES
 from latentq.keys import queue_name
 from tests.conftest import API_KEY, api_settings, serve
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from latentq.jobs import JobRecords
 from latentq.keys import cancel_key
-from worker.cancels import CancelWatch
+from latentq.records import JobRecords
+from worker.cancel_watch import CancelWatch
 
 
 @pytest.fixture

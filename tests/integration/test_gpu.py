@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentq.contract import JobSpec, WeightedPrompt
-from worker.pipeline import WarmPipeline
+from worker.diffusion.pipelines import WarmPipeline
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from rq import Queue
 
-from api.images import MAX_IMAGE_BYTES
+from api.uploads import MAX_IMAGE_BYTES
 from latentq.keys import queue_name
 from tests.integration.test_image_jobs import INIT, MASK, b64, noise_image
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 from latentq.contract import JobSpec, JobStatus, WeightedPrompt
-from latentq.jobs import JobRecords
 from latentq.keys import job_key, rq_job_key
+from latentq.records import JobRecords
 
 
 def make_spec() -> JobSpec:
@@ -27,7 +27,7 @@ def test_record_expires_after_the_retention(redis):
     records = JobRecords(redis, retention_s=120)
     spec = make_spec()
     create(records, spec)
-    records.mark_running(spec.job_id)
+    records.mark_running(spec)
     assert 115 <= redis.ttl(job_key(spec.job_id)) <= 120
 
 
@@ -35,7 +35,7 @@ def test_a_job_rq_failed_behind_our_back_reads_as_worker_lost(redis):
     records = JobRecords(redis, retention_s=120)
     spec = make_spec()
     create(records, spec)
-    records.mark_running(spec.job_id)
+    records.mark_running(spec)
     # What RQ's registry clean-up writes when a worker died mid-job.
     redis.hset(rq_job_key(spec.job_id), "status", "failed")
 
@@ -50,7 +50,7 @@ def test_a_finished_record_is_not_rewritten_by_rq_state(redis):
     records = JobRecords(redis, retention_s=120)
     spec = make_spec()
     create(records, spec)
-    records.mark_succeeded(spec.job_id, [], {})
+    records.mark_succeeded(spec, [], {})
     redis.hset(rq_job_key(spec.job_id), "status", "failed")
     record = records.get(spec.job_id)
     assert record is not None and record.status is JobStatus.SUCCEEDED

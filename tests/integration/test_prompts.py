@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latentq.presets import style_presets
+from api.presets import style_presets
 from tests.conftest import wait_for_job
 from tests.integration.test_generate import download_image
 

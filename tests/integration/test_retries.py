@@ -131,8 +131,8 @@ def test_a_job_lives_for_the_retention_it_asks_for(idle_api, redis):
 
 
 def test_lifecycle_command_applies_the_retention_rule_and_keeps_other_rules(redis_server, s3_server):
-    from latentq.lifecycle import RULE_ID, apply_rule, retention_rule
     from latentq.storage import ImageStore
+    from latentq_dev.lifecycle import RULE_ID, apply_rule, retention_rule
 
     settings = api_settings(redis_server, s3_server, max_job_retention_s=3 * 86400 + 1)
     store = ImageStore(settings)

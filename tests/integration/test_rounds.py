@@ -10,8 +10,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from latentq.contract import JobSpec, WeightedPrompt
-from latentq.rqjobs import queue_job
-from worker.rq_worker import WarmWorker
+from latentq.rq_writer import queue_job
+from worker.context import WarmState
+from worker.warm_worker import WarmWorker
 
 
 class FailingWorker(WarmWorker):
@@ -42,7 +43,9 @@ def test_jobs_taken_by_a_round_that_fails_to_start_go_back_to_the_queue_in_order
                                  result_ttl=60, failure_ttl=60, description=f"round job {seed}"))  # fmt: skip
         pipeline.execute()
     queue = Queue(name, connection=redis, serializer=JSONSerializer)
-    worker = FailingWorker([queue], connection=redis, serializer=JSONSerializer)
+    # The jobs run a trivial function: they need no pipelines, storage, records or cancel watch.
+    nothing = WarmState(pipelines={}, store=None, records=None, cancels=None)  # type: ignore[arg-type]
+    worker = FailingWorker([queue], connection=redis, serializer=JSONSerializer, warm=nothing)
     worker.max_batch = 8
     worker.fail_on = ids[2]
 

@@ -9,7 +9,7 @@ from latentq.contract import SAMPLERS
 from tests.conftest import wait_for_job
 from tests.integration.test_generate import download_image
 
-# What each sampler name must mean, written out independently of worker/schedulers.py:
+# What each sampler name must mean, written out independently of worker/diffusion/schedulers.py:
 # (diffusers scheduler, options given to from_config).
 EXPECTED = {
     "DDIM": ("DDIMScheduler", {}),

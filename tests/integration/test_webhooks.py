@@ -18,8 +18,8 @@ from redis import Redis
 from rq import Queue
 from standardwebhooks import Webhook
 
-from latentq.devstack import Process, wait_until
 from latentq.keys import WEBHOOK_QUEUE
+from latentq_dev.devstack import Process, wait_until
 from tests.conftest import API_KEY, api_settings, serve, service_env, wait_for_job
 from tests.integration.test_lifecycle import IDLE
 
@@ -69,13 +69,13 @@ class Receiver:
 
 
 class Dispatcher:
-    """``python -m latentq.dispatcher`` against the test services, which a test may stop and start."""
+    """``python -m dispatcher`` against the test services, which a test may stop and start."""
 
     def __init__(self, env: dict[str, str], log_path) -> None:
         self.env, self.log_path, self.process = env, log_path, None
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "latentq.dispatcher"]
+        argv = [sys.executable, "-m", "dispatcher"]
         self.process = Process.start("dispatcher", argv, self.log_path, self.env)
 
     def stop(self) -> None:

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from latentq.contract import JobSpec, WeightedPrompt
-from worker.batching import Round, _chunks, batch_key
+from worker.rounds import SamplingRound, _chunks, batch_key
 
 
 def spec(name: str, samples: int = 1, **changes) -> JobSpec:
@@ -38,17 +38,18 @@ class FakePipeline:
 
 def run_round(pipeline: FakePipeline, specs: list[JobSpec | None], max_images: int = 8) -> dict:
     """Run a round of job threads (None: a job that leaves before sampling); return each outcome."""
-    round_ = Round(len(specs))
+    round_ = SamplingRound(len(specs))
     outcomes: dict = {}
 
     def job(index: int, job_spec: JobSpec | None) -> None:
+        seat = round_.seat()
         try:
             if job_spec is not None:
-                outcomes[index] = round_.sample(pipeline, job_spec, {}, None)
+                outcomes[index] = seat.sample(pipeline, job_spec, {}, None)
         except Exception as error:  # noqa: BLE001 - the outcome under test
             outcomes[index] = error
         finally:
-            round_.leave()
+            seat.leave()
 
     threads = [threading.Thread(target=job, args=item) for item in enumerate(specs)]
     for thread in threads:

@@ -39,6 +39,7 @@ def test_copied_paths_exist(stage):
 def test_api_image_installs_no_worker_code_or_torch():
     api = stages()["api"]
     assert "COPY worker" not in api and "torch" not in api.replace("never imports torch", "")
+    assert "COPY dispatcher" in api and "COPY latentq_dev" not in api  # tooling ships in no image
     assert re.search(r"pip install \.(\s|$)", api)
 
 
@@ -52,7 +53,7 @@ def test_api_command_names_a_real_app_factory():
 def test_worker_command_runs_the_worker_module():
     assert json_command(stages()["worker"], "CMD") == ["python", "-m", "worker"]
     assert (REPO / "worker" / "__main__.py").exists()
-    assert "python -m worker.tiny_model" in stages()["worker"]
+    assert "python -m worker.embedded" in stages()["worker"]
 
 
 def test_s3_entrypoint_is_executable_and_configures_signatures():
@@ -72,8 +73,8 @@ def test_compose_services():
     assert set(services) == {"redis", "s3", "api", "worker", "webhooks"}
     assert services["api"]["build"]["target"] == "api"
     assert services["webhooks"]["build"]["target"] == "api"  # the dispatcher needs no torch
-    assert services["webhooks"]["command"] == ["python", "-m", "latentq.dispatcher"]
-    assert (REPO / "latentq" / "dispatcher.py").exists()
+    assert services["webhooks"]["command"] == ["python", "-m", "dispatcher"]
+    assert (REPO / "dispatcher" / "__main__.py").exists()
     assert services["worker"]["build"]["target"] == "worker"
     assert services["s3"]["build"]["target"] == "s3"
 

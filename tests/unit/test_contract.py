@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.validation import parse_body
+from api.body_parsing import parse_body
 from latentq.contract import (
     SAMPLERS,
     GenerateRequest,
@@ -15,7 +15,7 @@ from latentq.contract import (
     status_from_rq,
 )
 from latentq.errors import ERRORS, REQUEST_FIELDS, LatentqError, stability_name
-from worker.schedulers import SCHEDULERS
+from worker.diffusion.schedulers import SCHEDULERS
 
 
 def test_omitted_fields_are_left_to_the_model():

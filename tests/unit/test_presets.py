@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from api.presets import apply_style, style_presets
 from latentq.contract import WeightedPrompt as P
-from latentq.presets import apply_style, style_presets
 
 STABILITY_PRESETS = {
     "enhance", "anime", "photographic", "digital-art", "comic-book", "fantasy-art", "line-art",

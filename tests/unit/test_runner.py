@@ -1,13 +1,217 @@
-"""How the worker names what went wrong in a job."""
+"""The runner: one job to its terminal record, with hand-written fakes for the pipeline, storage,
+records and cancel watch (no Redis, no subprocess), and how it names what went wrong."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 from botocore.exceptions import ClientError, EndpointConnectionError
+from PIL import Image
 from rq.timeouts import JobTimeoutException
 
-from worker.runner import MAX_ERROR_MESSAGE, classify_error
+from latentq.contract import JobSpec, WeightedPrompt
+from worker.context import JobContext, WarmState
+from worker.rounds import SamplingRound
+from worker.runner import MAX_ERROR_MESSAGE, classify_error, run_job
+
+
+def spec(job_id: str = "job-1", **changes) -> JobSpec:
+    values = dict(job_id=job_id, model="m", prompts=[WeightedPrompt(text="a", weight=1.0)], width=8,
+                  height=8, steps=4, cfg_scale=7.0, samples=1, seed=5, sampler="K_EULER")  # fmt: skip
+    return JobSpec(**{**values, **changes})
+
+
+class FakeRecords:
+    """Keeps every record write as (what, job id, detail)."""
+
+    def __init__(self, canceled: tuple[str, ...] = ()) -> None:
+        self.writes: list[tuple[str, str, object]] = []
+        self.canceled = canceled
+
+    def cancel_requested(self, *job_ids: str) -> list[str]:
+        return [job_id for job_id in job_ids if job_id in self.canceled]
+
+    def mark_running(self, spec: JobSpec) -> None:
+        self.writes.append(("running", spec.job_id, None))
+
+    def progress(self, job_id, step, total_steps, publish, eta_s=0.0, notify=False) -> None:
+        if publish:
+            self.writes.append(("progress", job_id, step))
+
+    def preview(self, job_id, step, jpeg) -> None:
+        self.writes.append(("preview", job_id, step))
+
+    def mark_canceled(self, spec: JobSpec) -> None:
+        self.writes.append(("canceled", spec.job_id, None))
+
+    def mark_failed(self, spec: JobSpec, error) -> None:
+        self.writes.append(("failed", spec.job_id, error.name))
+
+    def mark_succeeded(self, spec: JobSpec, images, timings, batch_size=1) -> None:
+        self.writes.append(("succeeded", spec.job_id, ([image.key for image in images], batch_size)))
+
+    def of(self, job_id: str) -> list[tuple[str, object]]:
+        return [(what, detail) for what, of, detail in self.writes if of == job_id]
+
+
+class FakeStore:
+    """Objects in a dict; every put fails with ``failure`` when set."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.failure = failure
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.objects[key] = data
+
+    def get(self, key: str) -> bytes:
+        return self.objects[key]
+
+
+class FakeCancels:
+    """Hands each watched job an event; ``cancel`` sets it, as the cancel watch does."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, threading.Event] = {}
+
+    @contextmanager
+    def watching(self, job_id: str) -> Iterator[threading.Event]:
+        self.events[job_id] = threading.Event()
+        yield self.events[job_id]
+
+    def cancel(self, job_id: str) -> None:
+        self.events[job_id].set()
+
+
+class FakePipeline:
+    """Steps through ``spec.steps`` calling ``on_step``; ``at_step`` runs a callable at a given step
+    (to raise, or to cancel); jobs named in ``broken`` fail whenever sampled."""
+
+    def __init__(self, at_step: dict[int, object] | None = None, broken: tuple[str, ...] = ()) -> None:
+        self.at_step = at_step or {}
+        self.broken = broken
+        self.calls: list[list[str]] = []
+
+    def _steps(self, spec: JobSpec, on_step) -> bool:
+        for step in range(1, spec.steps + 1):
+            if step in self.at_step:
+                self.at_step[step](spec)  # type: ignore[operator]
+            if on_step is not None and on_step(step, spec.steps, None):
+                return True
+        return False
+
+    def generate(self, spec, inputs, on_step=None):
+        self.calls.append([spec.job_id])
+        if spec.job_id in self.broken:
+            raise ValueError(f"{spec.job_id} is broken")
+        self._steps(spec, on_step)
+        return [Image.new("RGB", (spec.width, spec.height), "red") for _ in range(spec.samples)]
+
+    def generate_batch(self, members):
+        self.calls.append([member.job_id for member, _ in members])
+        if any(member.job_id in self.broken for member, _ in members):
+            raise ValueError("the batch failed")
+        return [[Image.new("RGB", (s.width, s.height)) for _ in range(s.samples)] for s, _ in members]
+
+
+def warm(pipeline: FakePipeline, store: FakeStore | None = None, records: FakeRecords | None = None):
+    return WarmState(
+        {"m": pipeline}, store or FakeStore(), records or FakeRecords(), FakeCancels(), progress_interval_s=0
+    )
+
+
+def test_a_job_runs_to_succeeded_with_its_images_stored_under_their_keys():
+    state = warm(FakePipeline())
+    stored = run_job(JobContext(state), spec(samples=2, output_format="webp"))
+    assert [image.key for image in stored] == ["job-1/0.webp", "job-1/1.webp"]
+    assert [image.seed for image in stored] == [5, 6]
+    assert set(state.store.objects) == {"job-1/0.webp", "job-1/1.webp"}
+    assert state.records.of("job-1") == [
+        ("running", None), *[("progress", step) for step in range(1, 5)],
+        ("succeeded", (["job-1/0.webp", "job-1/1.webp"], 1)),
+    ]  # fmt: skip
+
+
+def test_a_failing_pipeline_fails_the_job_with_a_named_error_and_raises_for_rq():
+    state = warm(FakePipeline(broken=("job-1",)))
+    with pytest.raises(ValueError, match="broken"):
+        run_job(JobContext(state), spec())
+    assert state.records.of("job-1")[-1] == ("failed", "generation_failed")
+
+
+def test_an_unserved_model_fails_the_job_clearly():
+    state = warm(FakePipeline())
+    with pytest.raises(LookupError, match="not model 'other'"):
+        run_job(JobContext(state), spec(model="other"))
+    assert state.records.of("job-1") == [("running", None), ("failed", "generation_failed")]
+
+
+def test_an_unreachable_store_fails_the_job_with_storage_error():
+    state = warm(FakePipeline(), FakeStore(EndpointConnectionError(endpoint_url="http://s3")))
+    with pytest.raises(EndpointConnectionError):
+        run_job(JobContext(state), spec())
+    assert state.records.of("job-1")[-1] == ("failed", "storage_error")
+
+
+def test_a_job_canceled_before_it_starts_never_samples():
+    pipeline = FakePipeline()
+    state = warm(pipeline, records=FakeRecords(canceled=("job-1",)))
+    assert run_job(JobContext(state), spec()) == []
+    assert state.records.of("job-1") == [("canceled", None)] and pipeline.calls == []
+
+
+def test_a_job_canceled_while_sampling_stops_at_the_next_step_and_stores_nothing():
+    state = warm(FakePipeline())
+    state.pipelines["m"].at_step[2] = lambda job: state.cancels.cancel(job.job_id)
+    assert run_job(JobContext(state), spec(steps=10)) == []
+    assert state.records.of("job-1") == [("running", None), ("progress", 1), ("progress", 2), ("canceled", None)]
+    assert state.store.objects == {}
+
+
+def test_a_time_limit_raised_during_sampling_fails_the_job_with_timeout():
+    def time_is_up(_job):
+        raise JobTimeoutException("Task exceeded maximum timeout value (1 seconds)")
+
+    state = warm(FakePipeline(at_step={3: time_is_up}))
+    with pytest.raises(JobTimeoutException):
+        run_job(JobContext(state), spec())
+    assert state.records.of("job-1") == [("running", None), ("progress", 1), ("progress", 2),
+                                         ("failed", "timeout")]  # fmt: skip
+
+
+def test_in_a_round_a_failing_member_fails_alone_and_its_batch_mates_succeed():
+    pipeline = FakePipeline(broken=("b",))
+    state = warm(pipeline)
+    specs = [spec("a"), spec("b"), spec("c")]
+    round_ = SamplingRound(len(specs))
+    outcomes: dict[str, object] = {}
+
+    def job_thread(job: JobSpec) -> None:
+        seat = round_.seat()
+        try:
+            outcomes[job.job_id] = run_job(JobContext(state, seat), job)
+        except ValueError as error:
+            outcomes[job.job_id] = error
+        finally:
+            seat.leave()
+
+    threads = [threading.Thread(target=job_thread, args=(job,)) for job in specs]
+    for thread in threads:
+        thread.start()
+    round_.run(max_images=8)
+    for thread in threads:
+        thread.join(10)
+    assert pipeline.calls[0] == ["a", "b", "c"]  # one batched call first, then each alone
+    assert sorted(pipeline.calls[1:]) == [["a"], ["b"], ["c"]]
+    assert state.records.of("a")[-1] == ("succeeded", (["a/0.png"], 1))
+    assert state.records.of("c")[-1] == ("succeeded", (["c/0.png"], 1))
+    assert state.records.of("b")[-1] == ("failed", "generation_failed") and isinstance(outcomes["b"], ValueError)
 
 
 @pytest.mark.parametrize(

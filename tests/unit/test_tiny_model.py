@@ -7,10 +7,10 @@ import hashlib
 import pytest
 import torch
 
-from worker.pipeline import WarmPipeline
-from worker.schedulers import SCHEDULERS, make_scheduler
-from worker.tiny_model import build_tiny_model
-from worker.tiny_tokenizer import build_tokenizer, bytes_to_unicode, learn_merges
+from worker.diffusion.pipelines import WarmPipeline
+from worker.diffusion.schedulers import SCHEDULERS, make_scheduler
+from worker.embedded.models import build_tiny_model
+from worker.embedded.tokenizer import build_tokenizer, bytes_to_unicode, learn_merges
 
 
 def digest(directory):

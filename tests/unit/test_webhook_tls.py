@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from latentq.dispatcher import http_client, post
+from dispatcher.http import http_client, post
 from latentq.ssrf import Target
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

@@ -8,11 +8,14 @@ from ipaddress import ip_address
 import pytest
 from standardwebhooks import Webhook
 
+from api.webhook_targets import webhook_target
+from dispatcher.signing import sign
 from latentq.contract import WebhookTarget
+from latentq.deliveries import message_id
 from latentq.errors import LatentqError
 from latentq.settings import DispatcherSettings
 from latentq.ssrf import Target, UnsafeUrl, address_refusal, check_url, literal_address, resolve
-from latentq.webhooks import message_id, new_secret, sign, webhook_target
+from latentq.webhook_accounts import new_secret
 
 REFUSED = {
     "127.0.0.1": "loopback",

@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import ApiKeyDep, RedisDep, SettingsDep, key_owner
-from api.validation import json_body_openapi, parse_body
+from api.body_parsing import json_body_openapi, parse_body
+from api.deps import CallerDep
+from api.webhook_targets import webhook_target
 from latentq.contract import MAX_WEBHOOK_URL_CHARS, WebhookEvent, WebhookFields
-from latentq.webhooks import WebhookAccounts, webhook_target
+from latentq.webhook_accounts import WebhookAccounts
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
@@ -46,14 +47,6 @@ class WebhookSettingsView(BaseModel):
     disabled_urls: list[DisabledUrl] = Field(description="URLs that answered 410 Gone, and until when.")
 
 
-async def get_accounts(redis: RedisDep) -> WebhookAccounts:
-    """Return the per-key webhook settings store."""
-    return WebhookAccounts(redis)
-
-
-AccountsDep = Annotated[WebhookAccounts, Depends(get_accounts)]
-
-
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -73,9 +66,9 @@ def settings_view(accounts: WebhookAccounts, owner: str) -> WebhookSettingsView:
 
 
 @router.get("/webhook", responses={401: {"description": "Missing or invalid API key"}})
-def get_webhook(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+def get_webhook(caller: CallerDep) -> WebhookSettingsView:
     """Return this key's default webhook (if any), its signing secret and its disabled URLs."""
-    return settings_view(accounts, key_owner(key))
+    return settings_view(caller.services.accounts, caller.owner)
 
 
 async def read_default_request(request: Request) -> WebhookDefaultRequest:
@@ -92,39 +85,36 @@ async def read_default_request(request: Request) -> WebhookDefaultRequest:
     openapi_extra=json_body_openapi(WebhookDefaultRequest),
 )
 def set_webhook(
-    body: Annotated[WebhookDefaultRequest, Depends(read_default_request)],
-    key: ApiKeyDep,
-    accounts: AccountsDep,
-    settings: SettingsDep,
+    body: Annotated[WebhookDefaultRequest, Depends(read_default_request)], caller: CallerDep
 ) -> WebhookSettingsView:
     """Set the webhook of this key's jobs that name none (``webhook_events`` default ``[completed]``);
     jobs copy it when they are submitted."""
-    target = webhook_target(body.webhook_url, body.webhook_events, None, settings.webhook_allowed_hosts)
-    owner = key_owner(key)
-    accounts.set_default(owner, target)
-    return settings_view(accounts, owner)
+    allowed = caller.services.settings.webhook_allowed_hosts
+    target = webhook_target(body.webhook_url, body.webhook_events, None, allowed)
+    caller.services.accounts.set_default(caller.owner, target)
+    return settings_view(caller.services.accounts, caller.owner)
 
 
 @router.delete("/webhook", responses={401: {"description": "Missing or invalid API key"}})
-def delete_webhook(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+def delete_webhook(caller: CallerDep) -> WebhookSettingsView:
     """Remove this key's default webhook (jobs already submitted keep theirs); the secret stays."""
-    owner = key_owner(key)
-    accounts.set_default(owner, None)
-    return settings_view(accounts, owner)
+    accounts = caller.services.accounts
+    accounts.set_default(caller.owner, None)
+    return settings_view(accounts, caller.owner)
 
 
 @router.post("/webhook/rotate-secret", responses={401: {"description": "Missing or invalid API key"}})
-def rotate_secret(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+def rotate_secret(caller: CallerDep) -> WebhookSettingsView:
     """Replace this key's signing secret. For 24 hours deliveries carry two signatures, the new
     secret's and the old one's, so receivers can switch without losing a webhook."""
-    owner = key_owner(key)
-    accounts.rotate(owner)
-    return settings_view(accounts, owner)
+    accounts = caller.services.accounts
+    accounts.rotate(caller.owner)
+    return settings_view(accounts, caller.owner)
 
 
 @router.delete("/webhook/disabled", responses={401: {"description": "Missing or invalid API key"}})
-def enable_urls(key: ApiKeyDep, accounts: AccountsDep) -> WebhookSettingsView:
+def enable_urls(caller: CallerDep) -> WebhookSettingsView:
     """Send webhooks again to every URL that answered 410 Gone."""
-    owner = key_owner(key)
-    accounts.enable_all(owner)
-    return settings_view(accounts, owner)
+    accounts = caller.services.accounts
+    accounts.enable_all(caller.owner)
+    return settings_view(accounts, caller.owner)

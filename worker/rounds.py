@@ -1,9 +1,10 @@
-"""Cross-request batching: the jobs of one round sample together, each still a job of its own.
+"""Sampling rounds: the jobs of one round sample together, each still a job of its own.
 
 The worker takes a round of jobs: the one RQ handed it and the queued jobs with the same
 ``batch_key``, up to ``LATENTQ_MAX_BATCH`` images. Each job runs in its own thread through RQ's
 usual ``perform_job`` (its record, events, cancel, timeout, failure and result are its own) until
-it needs sampling; there it hands a ``SampleRequest`` to the ``Round`` and waits. The worker's
+it needs sampling; there its ``RoundSeat`` (in its ``JobContext``) hands a ``SampleRequest`` to the
+``SamplingRound`` and waits. The worker's
 main thread samples the round: requests that share a ``batch_key`` go through one pipeline call
 (``WarmPipeline.generate_batch``), chunked to the image and memory limits; any other runs alone.
 If a batched call fails, its members are run again one by one, so one job never fails another.
@@ -16,21 +17,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL.Image import Image
 
 from latentq.contract import JobSpec
+from worker.context import OnStep
 
 log = logging.getLogger("latentq.worker")
 
 #: Seconds a job thread waits between looks at its request: the timeout exception RQ raises in it
 #: (``TimerDeathPenalty``) arrives between them.
 WAIT_SLICE_S = 0.25
-
-OnStep = Callable[[int, int, Any], bool]
 
 
 def batch_key(spec: JobSpec) -> tuple | None:
@@ -75,9 +74,9 @@ class SampleRequest:
             self.done.set()
 
 
-class Round:
-    """The jobs a worker runs together: ``expected`` job threads, each of which samples through
-    ``sample`` or leaves without sampling."""
+class SamplingRound:
+    """The jobs a worker runs together: ``expected`` job threads, each of which samples through its
+    ``RoundSeat`` or leaves without sampling."""
 
     def __init__(self, expected: int = 0) -> None:
         self.expected = expected
@@ -86,32 +85,20 @@ class Round:
         self.requests: list[SampleRequest] = []
         self.left = 0
         self._changed = threading.Condition()
-        self._submitted = threading.local()
 
-    # -- job threads -------------------------------------------------------------------------
-    def sample(
-        self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
-    ) -> tuple[list[Image], int]:
-        """Sample ``spec`` with the round (called by the job's thread); return its images and the
-        number of jobs in its pipeline call."""
-        request = SampleRequest(pipeline, spec, inputs, on_step)
-        self._submitted.done = True
+    def seat(self) -> RoundSeat:
+        """Return a seat for one more job thread (the caller counts it in ``expected``)."""
+        return RoundSeat(self)
+
+    # -- job threads, through their seats ----------------------------------------------------
+    def add_request(self, request: SampleRequest) -> None:
+        """Take a job thread's sampling request."""
         with self._changed:
             self.requests.append(request)
             self._changed.notify_all()
-        try:
-            while not request.done.wait(WAIT_SLICE_S):
-                pass
-        finally:
-            request.abandoned = True
-        if request.error is not None:
-            raise request.error
-        return request.images or [], request.batch_size
 
-    def leave(self) -> None:
-        """Note that the calling job thread is done; if it never sampled, the round stops waiting for it."""
-        if getattr(self._submitted, "done", False):
-            return
+    def note_left(self) -> None:
+        """Note that a job thread left without sampling."""
         with self._changed:
             self.left += 1
             self._changed.notify_all()
@@ -176,14 +163,31 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
             request.finish(error=error)
 
 
-_current = threading.local()
+class RoundSeat:
+    """One job thread's place in a round: it samples through ``sample`` once, or ``leave``s."""
 
+    def __init__(self, round_: SamplingRound) -> None:
+        self.round = round_
+        self.sampled = False
 
-def current_round() -> Round | None:
-    """Return the round the calling job thread belongs to, if any."""
-    return getattr(_current, "round", None)
+    def sample(
+        self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
+    ) -> tuple[list[Image], int]:
+        """Sample ``spec`` with the round (called by the job's thread); return its images and the
+        number of jobs in its pipeline call."""
+        request = SampleRequest(pipeline, spec, inputs, on_step)
+        self.sampled = True
+        self.round.add_request(request)
+        try:
+            while not request.done.wait(WAIT_SLICE_S):
+                pass
+        finally:
+            request.abandoned = True
+        if request.error is not None:
+            raise request.error
+        return request.images or [], request.batch_size
 
-
-def join_round(round_: Round | None) -> None:
-    """Make the calling thread a job thread of ``round_`` (None: none)."""
-    _current.round = round_
+    def leave(self) -> None:
+        """Note that the job thread is done; if it never sampled, the round stops waiting for it."""
+        if not self.sampled:
+            self.round.note_left()

@@ -1,4 +1,4 @@
-"""``latentq.rqjobs.queue_job`` writes what RQ's own ``enqueue_call`` writes, from either client."""
+"""``latentq.rq_writer.queue_job`` writes what RQ's own ``enqueue_call`` writes, from either client."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from latentq.rqjobs import queue_job
+from latentq.rq_writer import queue_job
 
 #: Fields whose values are times of day: they differ between any two enqueues.
 _TIMES = {b"created_at", b"enqueued_at"}

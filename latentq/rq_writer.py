@@ -2,11 +2,12 @@
 
 ``Queue.enqueue_call(..., pipeline=p)`` asks the server its version (an ``INFO`` round trip per
 ``Queue`` object), calls ``p.multi()`` itself (so nothing may be queued on ``p`` before it), only
-takes a sync pipeline, and spends ~30 µs building a ``Job``. ``queue_job`` writes the same keys for
+takes a sync pipeline, and builds a ``Job`` object (costs in docs/BENCHMARKS.md). ``queue_job``
+writes the same keys for
 a job with no dependencies, TTL, retry, callbacks or rate limit: the job hash (the fields of
 RQ's ``Job.to_dict``), its id at the tail of the queue list, and the queue in RQ's set of
 queues. RQ workers, ``rq info`` and rq-dashboard see a normal queued job;
-``tests/integration/test_rqjobs.py`` compares every field with what RQ's own ``enqueue_call``
+``tests/integration/test_rq_writer.py`` compares every field with what RQ's own ``enqueue_call``
 writes, so an RQ upgrade that changes the layout fails there.
 """
 

@@ -1,8 +1,8 @@
 """Several Redis writes as one atomic script call: one command, one reply.
 
 A MULTI/EXEC of N commands costs the client N + 2 replies to read, and redis-py's asyncio client
-spends several microseconds on each. ``CommandBatch`` records commands with the pipeline API
-(``hset``, ``expire``, ``latentq.rqjobs.queue_job``, ...) and ``run`` sends them in one ``EVALSHA``
+spends time parsing each (docs/BENCHMARKS.md). ``CommandBatch`` records commands with the pipeline API
+(``hset``, ``expire``, ``latentq.rq_writer.queue_job``, ...) and ``run`` sends them in one ``EVALSHA``
 of a script that replays them: atomic as MULTI/EXEC is (no other client runs in between; a
 command that fails stops the rest, and what ran stays), optionally only while a hash field is
 absent (a check and the writes with no other client between them).

@@ -2,7 +2,7 @@
 
 Each server binds 127.0.0.1 on free ports, keeps its files in a folder of its own, and is
 stopped with a deadline, then killed. Nothing here touches a Redis or S3 it did not start.
-``latentq.devrun`` (what ``make run`` calls) builds the whole local stack from these.
+``latentq_dev.devrun`` (what ``make run`` calls) builds the whole local stack from these.
 """
 
 from __future__ import annotations

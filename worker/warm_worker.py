@@ -1,5 +1,5 @@
 """The RQ worker class: runs jobs in its own process (no fork), in rounds that sample together,
-with a heartbeat for each job while it runs."""
+with a heartbeat for each job while it runs and the warm state handed to each job explicitly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from latentq.contract import JobSpec
-from worker.batching import Round, batch_key, join_round
+from worker.context import JobContext, WarmState, use_context
+from worker.rounds import RoundSeat, SamplingRound, batch_key
 
 
 class Heartbeat:
@@ -45,8 +46,8 @@ class Heartbeat:
                 self.on_error(error)
 
 
-#: Queued jobs looked at when filling a round.
-PEEK = 64
+#: Queued jobs looked at, from the head of the queue, when filling a round.
+ROUND_SCAN_DEPTH = 64
 
 
 def _batch_info(job: Job) -> tuple[tuple | None, int]:
@@ -63,8 +64,8 @@ class WarmWorker(SimpleWorker):
     """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives) that
     runs jobs in rounds: the job RQ hands it plus the queued jobs that can sample in the same
     pipeline call, up to ``max_batch`` images; each job in its own thread through RQ's
-    ``perform_job`` with its own heartbeat, their sampling done together on this (the main) thread
-    (``worker.batching``).
+    ``perform_job`` with its own heartbeat and a ``JobContext`` (``warm`` and its seat in the
+    round), their sampling done together on this (the main) thread (``worker.rounds``).
 
     A job's thread goes on encoding and uploading while the next round samples; at most
     ``max_batch`` such threads run at once, and ``drain`` waits for them (warm shutdown).
@@ -79,8 +80,10 @@ class WarmWorker(SimpleWorker):
     # Job timeouts raise in the job's thread (RQ's signal-based penalty works on the main thread only).
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warm: WarmState, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: The warm pipelines, storage, records and cancel watch every job runs with.
+        self.warm = warm
         self._job_threads: list[threading.Thread] = []
         self._last_round_size = 1
         self._sampling_ended = 0.0
@@ -90,13 +93,13 @@ class WarmWorker(SimpleWorker):
         self._limit_job_threads(self.max_batch)
         jobs = [job, *self._take_more(queue, job)]
         self._last_round_size = len(jobs)
-        round_ = Round()
+        round_ = SamplingRound()
         try:
             for member in jobs:
                 execution = self.prepare_execution(member)
                 thread = threading.Thread(
                     target=self._run_job_thread,
-                    args=(round_, member, queue, execution),
+                    args=(round_.seat(), member, queue, execution),
                     name=f"job-{member.id}",
                 )
                 thread.start()
@@ -124,7 +127,7 @@ class WarmWorker(SimpleWorker):
                 "round failed to start; could not put back jobs %s: %s", [j.id for j in jobs], error
             )
 
-    def _log_round(self, round_: Round) -> None:
+    def _log_round(self, round_: SamplingRound) -> None:
         """Log the round: its jobs, and how long sampling sat idle between the last round and this one
         (from the end of the last sampling to the start of this one: under load, the cost of taking
         and preparing the round; when idle, also the wait for work)."""
@@ -145,7 +148,9 @@ class WarmWorker(SimpleWorker):
         seen: set[str] = set()
         deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
         while images < self.max_batch:
-            waiting = [job_id.decode() for job_id in self.connection.lrange(queue.key, 0, PEEK - 1)]
+            waiting = [
+                job_id.decode() for job_id in self.connection.lrange(queue.key, 0, ROUND_SCAN_DEPTH - 1)
+            ]
             unseen = [job_id for job_id in waiting if job_id not in seen]
             seen.update(unseen)
             candidates: list[tuple[Job, int]] = []
@@ -176,17 +181,19 @@ class WarmWorker(SimpleWorker):
             time.sleep(0.005)
         return taken
 
-    def _run_job_thread(self, round_: Round, job: Job, queue: Queue, execution: Execution) -> None:
-        join_round(round_)
+    def _run_job_thread(self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution) -> None:
         try:
-            with Heartbeat(
-                lambda: self.maintain_heartbeats(job, execution),
-                self.heartbeat_interval_s,
-                lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
+            with (
+                use_context(JobContext(self.warm, seat)),
+                Heartbeat(
+                    lambda: self.maintain_heartbeats(job, execution),
+                    self.heartbeat_interval_s,
+                    lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
+                ),
             ):
                 self.perform_job(job, queue, execution)
         finally:
-            round_.leave()
+            seat.leave()
 
     def _limit_job_threads(self, limit: int) -> None:
         """Wait until fewer than ``limit`` job threads (of earlier rounds) still run."""

@@ -7,7 +7,7 @@ import uuid
 
 from redis.asyncio import Redis as AsyncRedis
 
-from latentq.redisbatch import CommandBatch
+from api.command_batch import CommandBatch
 
 
 def run(url: str, batch: CommandBatch, unless_field: tuple[str, str] | None = None) -> bool:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from api.images import MAX_IMAGE_BYTES
+from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import ERRORS, LatentqError
 
 #: Largest JSON request body accepted, bytes: room for two base64 images of the upload limit.

@@ -20,10 +20,10 @@ from diffusers import (
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from latentq.contract import JobSpec, Task, WeightedPrompt
-from worker.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
-from worker.prompts import conditioning, prompt_arguments
-from worker.schedulers import make_scheduler
+from latentq.contract import JobKind, JobSpec, WeightedPrompt
+from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
+from worker.diffusion.prompts import conditioning, prompt_arguments
+from worker.diffusion.schedulers import make_scheduler
 
 log = logging.getLogger("latentq.worker")
 
@@ -236,7 +236,7 @@ class WarmPipeline:
         # The mask is the strength of generation per pixel: black pixels keep the init image exactly.
         return [PILImage.composite(image, init, mask) for image in result.images]
 
-    def warm_up(self, task: Task = "text-to-image") -> float:
+    def warm_up(self, task: JobKind = "text-to-image") -> float:
         """Run one small ``task`` job so the first job is not slow; return its seconds."""
         started = time.perf_counter()
         spec = JobSpec(

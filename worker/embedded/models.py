@@ -8,7 +8,7 @@ encoders, pooled-text and size micro-conditioning), ``tiny-sd-inpainting`` (a 9-
 inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler). Their weights are random: they draw
 noise. The same bytes come out on every run, so their images are reproducible anywhere.
 
-Usage: ``python -m worker.tiny_model DIR [--name NAME]`` (a name of ``BUILDERS``)
+Usage: ``python -m worker.embedded DIR [--name NAME]`` (a name of ``BUILDERS``)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from worker.tiny_tokenizer import build_tokenizer, write_slow_tokenizer_files
+from worker.embedded.tokenizer import build_tokenizer, write_slow_tokenizer_files
 
 #: Seed for every random initialisation in the builder.
 BUILD_SEED = 0
@@ -249,7 +249,7 @@ def ensure_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``python -m worker.tiny_model DIR [--name NAME] [--force]``."""
+    """Command-line entry point: ``python -m worker.embedded DIR [--name NAME] [--force]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="folder to write the model to")
     parser.add_argument("--name", choices=sorted(BUILDERS), default="tiny-sd", help="which embedded model")

@@ -4,8 +4,8 @@ Job records expire after their retention (at most ``LATENTQ_MAX_JOB_RETENTION_S`
 the API signs no URL for their images, and this bucket rule deletes the objects (outputs and
 ``inputs/``) that many days after they were written, rounded up to whole days (S3's unit).
 
-    python -m latentq.lifecycle          # apply it to LATENTQ_S3_BUCKET (other rules are kept)
-    python -m latentq.lifecycle --print  # show it without applying
+    python -m latentq_dev.lifecycle          # apply it to LATENTQ_S3_BUCKET (other rules are kept)
+    python -m latentq_dev.lifecycle --print  # show it without applying
 """
 
 from __future__ import annotations

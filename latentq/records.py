@@ -20,9 +20,9 @@ from latentq.contract import (
     JobStatus,
     StoredImage,
     WebhookDelivery,
-    WebhookTarget,
     status_from_rq,
 )
+from latentq.deliveries import WEBHOOK_EVENT_OF, queue_delivery
 from latentq.errors import ERRORS
 from latentq.keys import (
     CANCEL_CHANNEL,
@@ -33,8 +33,7 @@ from latentq.keys import (
     preview_key,
     rq_job_key,
 )
-from latentq.rqjobs import AnyPipeline
-from latentq.webhooks import WEBHOOK_EVENT_OF, queue_delivery
+from latentq.rq_writer import AnyPipeline
 
 #: Prefix of the record fields holding the state of each webhook event type's deliveries.
 _DELIVERY_FIELD = "webhook:"
@@ -109,8 +108,6 @@ class JobRecords:
             "spec": spec.model_dump_json(),
             "created_at": created_at,
         }
-        if spec.webhook is not None:  # also in the spec; kept apart to be read cheaply at each change
-            mapping["webhook"] = spec.webhook.model_dump_json()
         pipeline.hset(key, mapping=mapping)
         pipeline.expire(key, retention_s)
         if owner:
@@ -143,9 +140,9 @@ class JobRecords:
             _reconcile(record, status_from_rq(rq_status.decode()))
         return record
 
-    def mark_running(self, job: str | JobSpec) -> None:
-        """Record that a worker started ``job`` (its id, or its spec: see ``_update``)."""
-        self._update(job, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
+    def mark_running(self, spec: JobSpec) -> None:
+        """Record that a worker started the job of ``spec``."""
+        self._update(spec, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
 
     def progress(
         self,
@@ -199,60 +196,50 @@ class JobRecords:
             flags = pipeline.execute()
         return [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
 
-    def mark_canceled(self, job: str | JobSpec) -> None:
-        """Record that ``job`` was canceled."""
-        self._update(job, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
+    def mark_canceled(self, spec: JobSpec) -> None:
+        """Record that the job of ``spec`` was canceled."""
+        self._update(spec, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
 
     def mark_succeeded(
-        self, job: str | JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
+        self, spec: JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
     ) -> None:
-        """Record that ``job`` finished with ``images``, the milliseconds of its stages, and how many
-        jobs were sampled in its pipeline call (itself included)."""
+        """Record that the job of ``spec`` finished with ``images``, the milliseconds of its stages,
+        and how many jobs were sampled in its pipeline call (itself included)."""
         payload = json.dumps([image.model_dump() for image in images])
         self._update(
-            job, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
+            spec, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
             timings=json.dumps(timings), batch_size=str(batch_size),
         )  # fmt: skip
 
-    def mark_failed(self, job: str | JobSpec, error: JobError) -> None:
-        """Record that ``job`` failed with ``error``."""
+    def mark_failed(self, spec: JobSpec, error: JobError) -> None:
+        """Record that the job of ``spec`` failed with ``error``."""
         self._update(
-            job,
+            spec,
             "failed",
             status=JobStatus.FAILED.value,
             error=error.model_dump_json(),
             finished_at=utc_now(),
         )
 
-    def webhook(self, job_id: str) -> WebhookTarget | None:
-        """Return the webhook of ``job_id``, if it has one (and its record exists)."""
-        value: Any = self.redis.hget(job_key(job_id), "webhook")
-        return WebhookTarget.model_validate_json(value) if value else None
-
     def record_delivery(self, job_id: str, event: str, delivery: WebhookDelivery) -> None:
         """Keep how the latest delivery of webhook ``event`` of ``job_id`` went (unless it expired)."""
         script = self.redis.register_script(_HSET_IF_EXISTS)
         script(keys=[job_key(job_id)], args=[_DELIVERY_FIELD + event, delivery.model_dump_json()])
 
-    def _update(self, job: str | JobSpec, event: str, **fields: str) -> None:
-        """Write ``fields`` to ``job``'s record and append ``event``, with the webhook delivery the
-        event calls for. ``job`` is the job's id, or its spec when the caller holds it (the worker):
-        the webhook is then the spec's (the record's copy of it is made from the spec) instead of
-        one more round trip to read it."""
-        job_id = job if isinstance(job, str) else job.job_id
-        key = job_key(job_id)
+    def _update(self, spec: JobSpec, event: str, **fields: str) -> None:
+        """Write ``fields`` to the record of ``spec``'s job and append ``event``, with the webhook
+        delivery the event calls for (the spec's webhook: the one place a job's webhook lives)."""
+        key = job_key(spec.job_id)
         hook = WEBHOOK_EVENT_OF.get(event)
-        webhook = None
-        if hook is not None:
-            webhook = self.webhook(job_id) if isinstance(job, str) else job.webhook
+        webhook = spec.webhook
         with self.redis.pipeline() as pipeline:
             if webhook is not None and hook in webhook.events:
                 # In the same transaction as the change: the event and its delivery exist together.
-                queue_delivery(pipeline, job_id, hook, utc_now())
+                queue_delivery(pipeline, spec.job_id, hook, utc_now())
             pipeline.hset(key, mapping=dict[Any, str](fields))
             # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
             pipeline.expire(key, self.retention_s, nx=True)
-            self._event(pipeline, job_id, event)
+            self._event(pipeline, spec.job_id, event)
             pipeline.execute()
 
     def _event(

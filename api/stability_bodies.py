@@ -16,8 +16,8 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from api.images import MAX_IMAGE_BYTES
-from api.validation import validation_error
+from api.body_parsing import validation_error
+from api.uploads import MAX_IMAGE_BYTES
 from latentq.contract import (
     MAX_SEED,
     GenerateRequest,

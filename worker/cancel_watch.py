@@ -3,8 +3,8 @@
 A cancel request sets the job's cancel flag and announces the job id on ``CANCEL_CHANNEL``
 (``JobRecords.request_cancel``). One thread per worker process listens on that channel and sets
 the ``threading.Event`` of each job it watches when its id comes by, so a denoising step only reads
-a local flag: a Redis round trip at every step cost ~5 % of a small job's sampling, and in a batch
-one round trip per member per step.
+a local flag instead of making a Redis round trip at every step (one per member per step in a
+batch; what that cost is in docs/BENCHMARKS.md).
 
 No cancel is missed: the watch subscribes before the worker takes jobs; a job is watched before it
 checks its flag at start (a request made before that is seen there, one made after is announced
@@ -22,8 +22,8 @@ from contextlib import contextmanager
 
 from redis.exceptions import RedisError
 
-from latentq.jobs import JobRecords
 from latentq.keys import CANCEL_CHANNEL
+from latentq.records import JobRecords
 
 log = logging.getLogger("latentq.worker")
 

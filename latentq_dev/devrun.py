@@ -16,8 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from latentq.devstack import Process, RedisServer, S3Server, wait_until
 from latentq.settings import CommonSettings, get_registry
+from latentq_dev.devstack import Process, RedisServer, S3Server, wait_until
 
 #: Seconds the whole stack may take to become ready.
 READY_TIMEOUT_S = 300.0
@@ -57,7 +57,7 @@ def start_stack(state: Path, env: dict[str, str], port: int, started: list, acce
     logs = state / "logs"
     worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
     started.append(worker)
-    dispatcher_argv = [sys.executable, "-m", "latentq.dispatcher"]
+    dispatcher_argv = [sys.executable, "-m", "dispatcher"]
     started.append(Process.start("dispatcher", dispatcher_argv, logs / "dispatcher.log", env))
     api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
                 "--port", str(port)] + ([] if access_log else ["--no-access-log"])  # fmt: skip

@@ -12,11 +12,11 @@ from diffusers import DiffusionPipeline
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from latentq.contract import JobSpec, Task, WeightedPrompt
+from latentq.contract import JobKind, JobSpec, WeightedPrompt
 from latentq.models import MAX_UPSCALE_PIXELS
-from worker.pipeline import OnStep, generators_for, load_pretrained
-from worker.prompts import prompt_arguments
-from worker.schedulers import make_scheduler
+from worker.diffusion.pipelines import OnStep, generators_for, load_pretrained
+from worker.diffusion.prompts import prompt_arguments
+from worker.diffusion.schedulers import make_scheduler
 
 
 class Upscaler:
@@ -52,7 +52,7 @@ class Upscaler:
             ).images[0]  # fmt: skip
         return [resample(image, (spec.width, spec.height))]
 
-    def warm_up(self, task: Task = "upscale") -> float:
+    def warm_up(self, task: JobKind = "upscale") -> float:
         """Run one small upscale so the first job is not slow; return its seconds."""
         started = time.perf_counter()
         spec = JobSpec(
@@ -70,7 +70,7 @@ class Resampler:
         """Resample the init image to the requested size."""
         return [resample(inputs["init"], (spec.width, spec.height))]
 
-    def warm_up(self, task: Task = "upscale") -> float:
+    def warm_up(self, task: JobKind = "upscale") -> float:
         """Nothing to warm up."""
         return 0.0
 

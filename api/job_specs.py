@@ -1,0 +1,230 @@
+"""From a parsed request to a job spec: the pure validation step, with no I/O.
+
+Every route that creates jobs (ours and the compatibility layers) turns its request into a
+``JobDraft`` here (``draft_generate``, ``draft_upscale``): the model resolved, every rule checked
+with a named error, defaults filled, the style applied, the seed chosen, input images decoded and
+the webhook target checked. ``api.submit.submit_job`` then stores, queues and waits for it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+from PIL.Image import Image
+
+from api.image_inputs import Inputs, check_kind, read_inputs, request_kind, upscale_size
+from api.presets import apply_style, style_presets
+from api.uploads import decode_base64, open_image
+from api.webhook_targets import webhook_target
+from latentq.contract import (
+    MAX_SEED,
+    GenerateRequest,
+    JobSpec,
+    OutputFormat,
+    UpscaleRequest,
+    WebhookFields,
+    WebhookTarget,
+    WeightedPrompt,
+)
+from latentq.errors import LatentqError
+from latentq.keys import input_object_key
+from latentq.models import ModelRegistry, ModelSpec, size_problem
+from latentq.settings import ApiSettings
+
+
+@dataclass(frozen=True)
+class JobDraft:
+    """A validated job, not yet stored or queued."""
+
+    spec: JobSpec
+    #: Input images to store before the job is queued, by object key (the spec names the keys).
+    uploads: dict[str, Image] = field(default_factory=dict)
+    #: Whether the job takes its API key's default webhook, if the key has one (it names none itself).
+    takes_default_webhook: bool = False
+
+
+def resolve_model(registry: ModelRegistry, model_id: str | None) -> ModelSpec:
+    """Return the registered model ``model_id`` (None: the default); raise ``invalid_model``."""
+    model = registry.default if model_id is None else registry.get(model_id)
+    if model is None:
+        known = ", ".join(registry.ids())
+        raise LatentqError.for_field(
+            "invalid_model", "model", f"model: unknown model '{model_id}'; registered models: {known}"
+        )
+    return model
+
+
+def check_size(model: ModelSpec, width: int, height: int) -> None:
+    """Raise a named error unless ``model`` accepts ``width`` x ``height`` pixels."""
+    problem = size_problem(model.limits, width, height)
+    if problem:
+        name, field, message = problem
+        raise LatentqError.for_field(name, field, f"{field}: {message} for model '{model.id}'")
+
+
+def request_prompts(request: GenerateRequest) -> list[WeightedPrompt]:
+    """Return the request's prompts as weighted prompts; raise unless they make a usable set."""
+    if request.prompt is None and request.text_prompts is None:
+        raise LatentqError.for_field("invalid_prompt", "prompt", "prompt: is required (or give text_prompts)")
+    if request.prompt is not None and request.text_prompts is not None:
+        raise LatentqError.for_field(
+            "invalid_prompt", "prompt", "prompt: give either prompt or text_prompts, not both"
+        )
+    if request.text_prompts is not None:
+        prompts = [WeightedPrompt(text=p.text, weight=p.weight) for p in request.text_prompts]
+        field = "text_prompts"
+    else:
+        prompts = [WeightedPrompt(text=str(request.prompt), weight=1.0)]
+        field = "prompt"
+    if request.negative_prompt is not None:
+        prompts.append(WeightedPrompt(text=request.negative_prompt, weight=-1.0))
+    if not any(p.weight > 0 and p.text.strip() for p in prompts):
+        raise LatentqError.for_field(
+            f"invalid_{field}",
+            field,
+            f"{field}: at least one prompt with text and a positive weight is required",
+        )
+    return prompts
+
+
+def build_spec(
+    job_id: str, request: GenerateRequest, model: ModelSpec, inputs: Inputs, webhook: WebhookTarget | None
+) -> JobSpec:
+    """Resolve ``request`` for ``model``: fill defaults, check sizes, apply the style, pick a seed.
+
+    ``inputs`` are its decoded images (image-to-image, masking): they set the output size, and the
+    spec names the object keys they are stored under.
+    """
+    defaults = model.defaults
+    if inputs.size:
+        width, height = inputs.size
+    else:
+        width = request.width if request.width is not None else defaults.width
+        height = request.height if request.height is not None else defaults.height
+        check_size(model, width, height)
+    prompts = request_prompts(request)
+    if request.style_preset is not None:
+        if request.style_preset not in style_presets():
+            valid = ", ".join(sorted(style_presets()))
+            raise LatentqError.for_field(
+                "invalid_style_preset",
+                "style_preset",
+                f"style_preset: unknown preset '{request.style_preset}'; valid presets: {valid}",
+            )
+        prompts = apply_style(request.style_preset, prompts)
+    return JobSpec(
+        job_id=job_id,
+        model=model.id,
+        prompts=prompts,
+        width=width,
+        height=height,
+        steps=request.steps if request.steps is not None else defaults.steps,
+        cfg_scale=request.cfg_scale if request.cfg_scale is not None else defaults.cfg_scale,
+        samples=request.samples,
+        seed=request.seed or secrets.randbelow(MAX_SEED) + 1,
+        sampler=request.sampler or defaults.sampler,
+        style_preset=request.style_preset,
+        output_format=request.output_format,
+        preview=request.preview,
+        retention_s=request.retention_s,
+        task=inputs.kind,
+        strength=inputs.strength,
+        schedule_end=inputs.schedule_end,
+        webhook=webhook,
+        **input_keys(job_id, inputs),
+    )
+
+
+def build_upscale_spec(
+    job_id: str, model: ModelSpec, size: tuple[int, int], output_format: OutputFormat,
+    webhook: WebhookTarget | None,
+) -> JobSpec:  # fmt: skip
+    """Return the spec of an upscale to ``size`` on ``model``; its input image is stored as ``init``."""
+    defaults = model.defaults
+    return JobSpec(
+        job_id=job_id, model=model.id, prompts=[WeightedPrompt(text="", weight=1.0)],
+        width=size[0], height=size[1], steps=defaults.steps, cfg_scale=defaults.cfg_scale, samples=1,
+        seed=secrets.randbelow(MAX_SEED) + 1, sampler=defaults.sampler, output_format=output_format,
+        task="upscale", webhook=webhook, init_image_key=input_object_key(job_id, "init"),
+    )  # fmt: skip
+
+
+def input_keys(job_id: str, inputs: Inputs) -> dict[str, str]:
+    """Return the spec fields naming the object key of each of ``inputs`` (``init_image_key``, ...)."""
+    return {f"{name}_image_key": input_object_key(job_id, name) for name in inputs.images}
+
+
+def check_retention(request: GenerateRequest, max_retention_s: int) -> None:
+    """Raise ``invalid_retention_s`` if the request asks to be kept longer than ``max_retention_s``."""
+    if request.retention_s is not None and request.retention_s > max_retention_s:
+        raise LatentqError.for_field(
+            "invalid_retention_s", "retention_s",
+            f"retention_s: at most {max_retention_s} seconds (got {request.retention_s})",
+        )  # fmt: skip
+
+
+def request_webhook(
+    request: WebhookFields, settings: ApiSettings, default: WebhookTarget | None, webhooks: bool
+) -> tuple[WebhookTarget | None, bool]:
+    """Return the job's webhook as far as it is known at the door, and whether it takes its key's
+    default (known only when queued). ``default`` is the key's default, read only when the request
+    gives events without a URL; without ``webhooks`` the job has none (the Stability routes)."""
+    if not webhooks:
+        return None, False
+    if request.webhook_url is None and request.webhook_events is None:
+        return None, True
+    target = webhook_target(
+        request.webhook_url, request.webhook_events, default, settings.webhook_allowed_hosts
+    )
+    return target, False
+
+
+def draft_generate(
+    request: GenerateRequest,
+    registry: ModelRegistry,
+    settings: ApiSettings,
+    default_webhook: WebhookTarget | None = None,
+    webhooks: bool = True,
+) -> JobDraft:
+    """Validate a generation request into a draft: text-to-image, image-to-image or masking."""
+    webhook, takes_default = request_webhook(request, settings, default_webhook, webhooks)
+    check_retention(request, settings.max_job_retention_s)
+    kind = request_kind(request)
+    model = resolve_model(registry, request.model)
+    check_kind(model, kind, registry)
+    inputs = read_inputs(request, model, kind)
+    job_id = str(uuid.uuid4())
+    spec = build_spec(job_id, request, model, inputs, webhook)
+    uploads = {input_object_key(job_id, name): image for name, image in inputs.images.items()}
+    return JobDraft(spec, uploads, takes_default)
+
+
+def draft_upscale(
+    request: UpscaleRequest,
+    registry: ModelRegistry,
+    settings: ApiSettings,
+    default_webhook: WebhookTarget | None = None,
+    webhooks: bool = True,
+) -> JobDraft:
+    """Validate an upscale request into a draft."""
+    webhook, takes_default = request_webhook(request, settings, default_webhook, webhooks)
+    if request.model is None:
+        upscalers = [model for model in registry.models.values() if "upscale" in model.tasks]
+        if not upscalers:
+            raise LatentqError.for_field("invalid_model", "model", "model: no upscale model is registered")
+        model = upscalers[0]
+    else:
+        model = resolve_model(registry, request.model)
+        check_kind(model, "upscale", registry)
+    image = open_image(decode_base64(request.image, "image"), "image", model.limits.max_pixels).convert("RGB")
+    size = upscale_size(image, request.width, request.height, model)
+    job_id = str(uuid.uuid4())
+    spec = build_upscale_spec(job_id, model, size, request.output_format, webhook)
+    return JobDraft(spec, {input_object_key(job_id, "init"): image}, takes_default)
+
+
+def carries_images(request: GenerateRequest | UpscaleRequest) -> bool:
+    """Whether validating ``request`` decodes images (CPU work, run off the event loop)."""
+    return isinstance(request, UpscaleRequest) or request.init_image is not None

@@ -1,0 +1,62 @@
+"""The API process's services, made once per app at start-up: settings, the model registry, both
+Redis clients, the job records, the image store and the per-key webhook settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.connection import Connection as AsyncConnection
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
+
+from latentq.models import ModelRegistry
+from latentq.records import JobRecords
+from latentq.settings import ApiSettings, get_registry
+from latentq.storage import ImageStore
+from latentq.webhook_accounts import WebhookAccounts
+
+
+class HiredisPackingConnection(AsyncConnection):
+    """An asyncio connection that packs commands with hiredis, as redis-py's sync connection does
+    when hiredis is installed (its asyncio one packs in Python, a large share of a submit's time:
+    see docs/BENCHMARKS.md)."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What route handlers work with (``api.deps.ServicesDep``)."""
+
+    settings: ApiSettings
+    registry: ModelRegistry
+    #: The sync client, for handlers that run in the thread pool; its pool is thread-safe.
+    redis: Redis
+    #: The asyncio client, for the submit path and for waits that must not hold a thread.
+    async_redis: AsyncRedis
+    records: JobRecords
+    store: ImageStore
+    accounts: WebhookAccounts
+
+    @classmethod
+    def create(cls, settings: ApiSettings) -> Services:
+        """Make the services of ``settings`` (no I/O). Call it in the app's event loop: the asyncio
+        client belongs to it."""
+        redis = Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
+        async_redis = AsyncRedis.from_url(
+            settings.redis_url, socket_connect_timeout=5, max_connections=settings.async_redis_connections,
+            connection_class=HiredisPackingConnection if HIREDIS_AVAILABLE else AsyncConnection,
+        )  # fmt: skip
+        records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
+        return cls(
+            settings, get_registry(settings), redis, async_redis, records, ImageStore(settings),
+            WebhookAccounts(redis),
+        )  # fmt: skip

@@ -1,0 +1,144 @@
+"""The one submit path of every API style (ours, Stability's, and later ones): draft the job, then
+claim its idempotency key, store its input images, queue it, and optionally wait for it.
+
+Input images are uploaded only once the idempotency claim succeeds, so a repeated key uploads
+nothing. A job that names no webhook is queued in one Redis round trip on the condition that its
+API key has no default webhook (else it takes the default, at the cost of two more).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL.Image import Image
+from starlette.concurrency import run_in_threadpool
+
+from api.command_batch import CommandBatch
+from api.idempotency import IdempotencyClaim, claim, original_record, release
+from api.job_specs import JobDraft, carries_images, draft_generate, draft_upscale
+from api.services import Services
+from api.uploads import png_bytes
+from api.waiting import wait_for_job
+from api.webhook_targets import default_webhook, webhook_target
+from latentq.contract import GENERATE_FUNCTION, GenerateRequest, JobSpec, UpscaleRequest
+from latentq.keys import owner_webhook_key, queue_name
+from latentq.records import JobRecord
+from latentq.rq_writer import queue_job
+from latentq.storage import ImageStore
+from latentq.webhook_accounts import ensure_secret
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a submit did: the job as queued, or the original job of a repeated idempotency key."""
+
+    #: The spec of the job queued (its webhook attached); for a repeat, of the job not queued.
+    spec: JobSpec
+    #: When the queued job's record was created; None for a repeat.
+    created_at: str | None
+    #: The original job's record (a repeat), or the awaited job's as it stood when the wait ended.
+    record: JobRecord | None = None
+
+    @property
+    def repeated(self) -> bool:
+        """Whether an earlier request with the same idempotency key made the job."""
+        return self.created_at is None
+
+    @property
+    def job_id(self) -> str:
+        """The id of the job the client gets: the one queued, or the original one."""
+        return self.record.id if self.repeated and self.record is not None else self.spec.job_id
+
+
+async def draft_job(
+    services: Services, owner: str, request: GenerateRequest | UpscaleRequest, webhooks: bool = True
+) -> JobDraft:
+    """Validate ``request`` (``api.job_specs``), off the event loop when it decodes images. Without
+    ``webhooks`` the job has none."""
+    default = None
+    if webhooks and request.webhook_url is None and request.webhook_events is not None:
+        default = await default_webhook(services.async_redis, owner)  # events for the default's URL
+
+    def validate() -> JobDraft:
+        if isinstance(request, UpscaleRequest):
+            return draft_upscale(request, services.registry, services.settings, default, webhooks)
+        return draft_generate(request, services.registry, services.settings, default, webhooks)
+
+    return await run_in_threadpool(validate) if carries_images(request) else validate()
+
+
+async def submit_job(
+    services: Services,
+    owner: str,
+    draft: JobDraft,
+    idempotency: IdempotencyClaim | None = None,
+    wait_s: float = 0.0,
+) -> Submitted:
+    """Queue ``draft`` for API key ``owner``, once per idempotency key, and wait up to ``wait_s``
+    seconds for it to end (0: no wait)."""
+    spec = draft.spec
+    if idempotency is not None:
+        original = await run_in_threadpool(
+            claim, services.redis, owner, idempotency.key, idempotency.fingerprint, spec.job_id
+        )
+        if original is not None:
+            return Submitted(spec, None, await run_in_threadpool(original_record, services.records, original))
+    try:
+        if draft.uploads:
+            await run_in_threadpool(store_inputs, services.store, draft.uploads)
+        spec, created_at = await enqueue_draft(services, owner, draft)
+    except BaseException:
+        if idempotency is not None:
+            await run_in_threadpool(release, services.redis, owner, idempotency.key)
+        raise
+    if not wait_s:
+        return Submitted(spec, created_at)
+    return Submitted(
+        spec, created_at, await wait_for_job(services.async_redis, services.records, spec.job_id, wait_s)
+    )
+
+
+def store_inputs(store: ImageStore, uploads: dict[str, Image]) -> None:
+    """Store each of ``uploads`` as a PNG under its object key."""
+    for key, image in uploads.items():
+        store.put(key, png_bytes(image), "image/png")
+
+
+async def enqueue_draft(services: Services, owner: str, draft: JobDraft) -> tuple[JobSpec, str]:
+    """Queue ``draft``'s job, with its key's default webhook if it takes one; return the spec queued
+    and its record's created_at."""
+    created_at = await enqueue_job(draft.spec, services, owner, draft.takes_default_webhook)
+    if created_at is not None:
+        return draft.spec, created_at
+    # The key has a default webhook: the job takes it.
+    default = await default_webhook(services.async_redis, owner)
+    allowed = services.settings.webhook_allowed_hosts
+    spec = draft.spec.model_copy(update={"webhook": webhook_target(None, None, default, allowed)})
+    created_at = await enqueue_job(spec, services, owner)
+    assert created_at is not None
+    return spec, created_at
+
+
+async def enqueue_job(
+    spec: JobSpec, services: Services, owner: str = "", unless_default_webhook: bool = False
+) -> str | None:
+    """Queue ``spec`` on its model's queue with its job record; return the record's created_at.
+
+    One round trip on the asyncio client, with no thread, and one reply (``CommandBatch``): the
+    RQ job (as RQ writes it, ``latentq.rq_writer``), our record and, for a job with a webhook, the
+    owner's signing secret exist together or not at all. With ``unless_default_webhook``, nothing
+    is queued and None returned if ``owner`` has a default webhook (which the job must take)."""
+    settings = services.settings
+    retention_s = spec.retention_s or settings.job_retention_s
+    batch = CommandBatch()
+    arguments = {"spec": spec.model_dump(mode="json")}
+    queue_job(
+        batch.pipeline, queue_name(spec.model), GENERATE_FUNCTION, arguments, job_id=spec.job_id,
+        timeout=settings.job_timeout_s, result_ttl=retention_s, failure_ttl=retention_s,
+        description=f"generate {spec.job_id}",
+    )  # fmt: skip
+    created_at = services.records.create(spec, batch.pipeline, owner)
+    if spec.webhook is not None:  # its deliveries are signed with the owner's secret
+        ensure_secret(batch.pipeline, owner)
+    guard = (owner_webhook_key(owner), "url") if unless_default_webhook else None
+    return created_at if await batch.run(services.async_redis, guard) else None

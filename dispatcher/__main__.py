@@ -1,0 +1,43 @@
+"""The webhook dispatcher process: ``python -m dispatcher`` delivers queued job events until
+SIGTERM/SIGINT (the current delivery finishes first).
+
+It is an RQ worker on the ``latentq-webhooks`` queue only (never a GPU worker's queue), with RQ's
+scheduler for retries; run several for parallel deliveries. It runs from the API's image.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from dispatcher.delivery import Dispatcher, serving
+from latentq.keys import WEBHOOK_QUEUE
+from latentq.settings import get_dispatcher_settings
+
+log = logging.getLogger("latentq.dispatcher")
+
+
+def main() -> int:
+    """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_dispatcher_settings()
+    redis = Redis.from_url(settings.redis_url)
+    redis.ping()
+    queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer, name=settings.dispatcher_name)
+    log.info(
+        "dispatcher ready on queue %s (retries after %s s)",
+        WEBHOOK_QUEUE,
+        list(settings.webhook_retry_schedule_s),
+    )
+    with serving(Dispatcher.create(settings)):
+        worker.work(with_scheduler=True, logging_level="INFO")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m worker.embedded DIR [--name NAME] [--force]``: build an embedded model."""
+
+import sys
+
+from worker.embedded.models import main
+
+sys.exit(main())
