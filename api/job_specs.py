@@ -1,7 +1,7 @@
 """From a parsed request to a job spec: the pure validation step, with no I/O.
 
 Every route that creates jobs (ours and the compatibility layers) turns its request into a
-``JobDraft`` here (``draft_generate``, ``draft_upscale``): the model resolved, every rule checked
+``JobDraft`` here (``validate_request``): the model resolved, every rule checked
 with a named error, defaults filled, the style applied, the seed chosen, input images decoded and
 the webhook target checked. ``api.submit.submit_job`` then stores, queues and waits for it.
 """
@@ -181,35 +181,45 @@ def request_webhook(
     return target, False
 
 
-def draft_generate(
-    request: GenerateRequest,
+def validate_request(
+    request: GenerateRequest | UpscaleRequest,
     registry: ModelRegistry,
     settings: ApiSettings,
     default_webhook: WebhookTarget | None = None,
     webhooks: bool = True,
 ) -> JobDraft:
-    """Validate a generation request into a draft: text-to-image, image-to-image or masking."""
+    """The pure validation step: return the draft of a generation (text-to-image, image-to-image,
+    masking) or upscale request, or raise the named error of the first rule it breaks."""
     webhook, takes_default = request_webhook(request, settings, default_webhook, webhooks)
+    job_id = str(uuid.uuid4())
+    if isinstance(request, UpscaleRequest):
+        spec, inputs = upscale_spec(job_id, request, registry, webhook)
+    else:
+        spec, inputs = generation_spec(job_id, request, registry, settings, webhook)
+    uploads = {input_object_key(job_id, name): image for name, image in inputs.images.items()}
+    return JobDraft(spec, uploads, takes_default)
+
+
+def generation_spec(
+    job_id: str,
+    request: GenerateRequest,
+    registry: ModelRegistry,
+    settings: ApiSettings,
+    webhook: WebhookTarget | None,
+) -> tuple[JobSpec, Inputs]:
+    """Return the spec of a generation request and its decoded input images."""
     check_retention(request, settings.max_job_retention_s)
     kind = request_kind(request)
     model = resolve_model(registry, request.model)
     check_kind(model, kind, registry)
     inputs = read_inputs(request, model, kind)
-    job_id = str(uuid.uuid4())
-    spec = build_spec(job_id, request, model, inputs, webhook)
-    uploads = {input_object_key(job_id, name): image for name, image in inputs.images.items()}
-    return JobDraft(spec, uploads, takes_default)
+    return build_spec(job_id, request, model, inputs, webhook), inputs
 
 
-def draft_upscale(
-    request: UpscaleRequest,
-    registry: ModelRegistry,
-    settings: ApiSettings,
-    default_webhook: WebhookTarget | None = None,
-    webhooks: bool = True,
-) -> JobDraft:
-    """Validate an upscale request into a draft."""
-    webhook, takes_default = request_webhook(request, settings, default_webhook, webhooks)
+def upscale_spec(
+    job_id: str, request: UpscaleRequest, registry: ModelRegistry, webhook: WebhookTarget | None
+) -> tuple[JobSpec, Inputs]:
+    """Return the spec of an upscale request and its decoded image."""
     if request.model is None:
         upscalers = [model for model in registry.models.values() if "upscale" in model.tasks]
         if not upscalers:
@@ -220,9 +230,7 @@ def draft_upscale(
         check_kind(model, "upscale", registry)
     image = open_image(decode_base64(request.image, "image"), "image", model.limits.max_pixels).convert("RGB")
     size = upscale_size(image, request.width, request.height, model)
-    job_id = str(uuid.uuid4())
-    spec = build_upscale_spec(job_id, model, size, request.output_format, webhook)
-    return JobDraft(spec, {input_object_key(job_id, "init"): image}, takes_default)
+    return build_upscale_spec(job_id, model, size, request.output_format, webhook), Inputs({"init": image})
 
 
 def carries_images(request: GenerateRequest | UpscaleRequest) -> bool:

@@ -9,13 +9,14 @@ API key has no default webhook (else it takes the default, at the cost of two mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from PIL.Image import Image
 from starlette.concurrency import run_in_threadpool
 
 from api.command_batch import CommandBatch
 from api.idempotency import IdempotencyClaim, claim, original_record, release
-from api.job_specs import JobDraft, carries_images, draft_generate, draft_upscale
+from api.job_specs import JobDraft, carries_images, validate_request
 from api.services import Services
 from api.uploads import png_bytes
 from api.waiting import wait_for_job
@@ -58,12 +59,7 @@ async def draft_job(
     default = None
     if webhooks and request.webhook_url is None and request.webhook_events is not None:
         default = await default_webhook(services.async_redis, owner)  # events for the default's URL
-
-    def validate() -> JobDraft:
-        if isinstance(request, UpscaleRequest):
-            return draft_upscale(request, services.registry, services.settings, default, webhooks)
-        return draft_generate(request, services.registry, services.settings, default, webhooks)
-
+    validate = partial(validate_request, request, services.registry, services.settings, default, webhooks)
     return await run_in_threadpool(validate) if carries_images(request) else validate()
 
 

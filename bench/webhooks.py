@@ -49,11 +49,11 @@ def job_life(records: JobRecords, redis: Redis, webhook: WebhookTarget | None) -
         records.create(job, pipeline, owner="bench")
         pipeline.execute()
     started = time.perf_counter()
-    records.mark_running(job.job_id)
+    records.mark_running(job)
     for step in range(1, STEPS + 1):
         notify = webhook is not None and "progress" in webhook.events and step < STEPS
         records.progress(job.job_id, step, STEPS, publish=True, notify=notify)
-    records.mark_succeeded(job.job_id, [], {})
+    records.mark_succeeded(job, [], {})
     return (time.perf_counter() - started) * 1000
 
 
@@ -89,7 +89,7 @@ def delivery_rate(
         with records.redis.pipeline() as pipeline:
             records.create(job, pipeline, owner="bench")
             pipeline.execute()
-        records.mark_succeeded(job.job_id, [], {})
+        records.mark_succeeded(job, [], {})
     receiver.times.clear()
     env = service_env(redis_url, LATENTQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
     processes = [

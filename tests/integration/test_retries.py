@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from PIL import Image
 from rq import Queue
 
 from latentq.keys import queue_name
-from tests.conftest import API_KEY, api_settings, serve
+from tests.conftest import API_KEY, BUCKET, api_settings, serve
 from tests.integration.test_lifecycle import BODY, IDLE
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -42,6 +45,26 @@ def test_repeat_with_the_same_key_and_body_returns_the_original_job(idle_api, re
     # Keys belong to the API key that sent them.
     other = post(idle_api, BODY, key, api_key="test-key-2")
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+
+
+def input_objects(s3_server) -> set[str]:
+    """The keys of every stored input image in the test bucket."""
+    pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return {item["Key"] for page in pages for item in page.get("Contents", []) if "/inputs/" in item["Key"]}
+
+
+def test_a_repeated_key_stores_no_input_image(idle_api, s3_server):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "blue").save(png, format="PNG")
+    body = {"prompt": "a lighthouse", "init_image": base64.b64encode(png.getvalue()).decode(), "seed": 3}
+    key = f"order-{uuid.uuid4()}"
+    first = post(idle_api, body, key)
+    assert first.status_code == 202
+    stored = input_objects(s3_server)
+    assert f"{first.json()['id']}/inputs/init.png" in stored
+    again = post(idle_api, body, key)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert input_objects(s3_server) == stored  # the repeat uploaded nothing: no orphaned objects
 
 
 def test_ten_concurrent_duplicates_create_one_job(idle_api, redis):

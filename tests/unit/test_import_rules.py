@@ -69,7 +69,9 @@ def loaded_after_import(*modules_to_import: str) -> set[str]:
         f"for name in {list(modules_to_import)!r}: importlib.import_module(name)\n"
         "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 

@@ -170,7 +170,12 @@ def test_a_job_canceled_while_sampling_stops_at_the_next_step_and_stores_nothing
     state = warm(FakePipeline())
     state.pipelines["m"].at_step[2] = lambda job: state.cancels.cancel(job.job_id)
     assert run_job(JobContext(state), spec(steps=10)) == []
-    assert state.records.of("job-1") == [("running", None), ("progress", 1), ("progress", 2), ("canceled", None)]
+    assert state.records.of("job-1") == [
+        ("running", None),
+        ("progress", 1),
+        ("progress", 2),
+        ("canceled", None),
+    ]
     assert state.store.objects == {}
 
 
@@ -211,7 +216,9 @@ def test_in_a_round_a_failing_member_fails_alone_and_its_batch_mates_succeed():
     assert sorted(pipeline.calls[1:]) == [["a"], ["b"], ["c"]]
     assert state.records.of("a")[-1] == ("succeeded", (["a/0.png"], 1))
     assert state.records.of("c")[-1] == ("succeeded", (["c/0.png"], 1))
-    assert state.records.of("b")[-1] == ("failed", "generation_failed") and isinstance(outcomes["b"], ValueError)
+    assert state.records.of("b")[-1] == ("failed", "generation_failed") and isinstance(
+        outcomes["b"], ValueError
+    )
 
 
 @pytest.mark.parametrize(
