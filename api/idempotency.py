@@ -23,8 +23,9 @@ from latentq.records import JobRecord, JobRecords
 
 #: How long an idempotency key is remembered, seconds.
 IDEMPOTENCY_TTL_S = 24 * 3600
-#: How long a repeat waits for the original request to finish queueing its job, seconds.
-ORIGINAL_WAIT_S = 10.0
+#: How long a repeat waits for the original request to finish queueing its job (storing its input
+#: images included), seconds.
+ORIGINAL_WAIT_S = 30.0
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 

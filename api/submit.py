@@ -31,24 +31,16 @@ from latentq.webhook_accounts import ensure_secret
 
 @dataclass(frozen=True)
 class Submitted:
-    """What a submit did: the job as queued, or the original job of a repeated idempotency key."""
+    """What a submit did: queued the job, or found the original job of a repeated idempotency key."""
 
     #: The spec of the job queued (its webhook attached); for a repeat, of the job not queued.
     spec: JobSpec
-    #: When the queued job's record was created; None for a repeat.
-    created_at: str | None
-    #: The original job's record (a repeat), or the awaited job's as it stood when the wait ended.
-    record: JobRecord | None = None
-
-    @property
-    def repeated(self) -> bool:
-        """Whether an earlier request with the same idempotency key made the job."""
-        return self.created_at is None
-
-    @property
-    def job_id(self) -> str:
-        """The id of the job the client gets: the one queued, or the original one."""
-        return self.record.id if self.repeated and self.record is not None else self.spec.job_id
+    #: When the queued job's record was created ("" for a repeat).
+    created_at: str = ""
+    #: For a repeated idempotency key: the original job's record (nothing was queued).
+    original: JobRecord | None = None
+    #: After a wait: the job's record as it stood when the wait ended (terminal or not).
+    awaited: JobRecord | None = None
 
 
 async def draft_job(
@@ -78,7 +70,8 @@ async def submit_job(
             claim, services.redis, owner, idempotency.key, idempotency.fingerprint, spec.job_id
         )
         if original is not None:
-            return Submitted(spec, None, await run_in_threadpool(original_record, services.records, original))
+            record = await run_in_threadpool(original_record, services.records, original)
+            return Submitted(spec, original=record)
     try:
         if draft.uploads:
             await run_in_threadpool(store_inputs, services.store, draft.uploads)
@@ -89,9 +82,8 @@ async def submit_job(
         raise
     if not wait_s:
         return Submitted(spec, created_at)
-    return Submitted(
-        spec, created_at, await wait_for_job(services.async_redis, services.records, spec.job_id, wait_s)
-    )
+    awaited = await wait_for_job(services.async_redis, services.records, spec.job_id, wait_s)
+    return Submitted(spec, created_at, awaited=awaited)
 
 
 def store_inputs(store: ImageStore, uploads: dict[str, Image]) -> None:

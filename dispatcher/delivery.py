@@ -33,7 +33,7 @@ from dispatcher.http import http_client, post
 from dispatcher.signing import signature_headers
 from latentq.contract import WebhookDelivery
 from latentq.records import JobRecords, utc_now
-from latentq.settings import DispatcherSettings
+from latentq.settings import DispatcherSettings, get_dispatcher_settings
 from latentq.ssrf import UnsafeUrl, resolve
 from latentq.storage import ImageStore
 from latentq.views import job_public
@@ -83,11 +83,14 @@ def serving(dispatcher: Dispatcher) -> Iterator[Dispatcher]:
 
 
 def current_dispatcher() -> Dispatcher:
-    """Return the dispatcher ``serving`` set; fail clearly in any other process."""
+    """Return the dispatcher ``serving`` set; in a plain ``rq worker`` on the webhook queue, make one
+    from the environment's settings on first use and keep it for the process's main thread."""
     try:
         return _current.get()
     except LookupError:
-        raise RuntimeError("no dispatcher is serving: run deliveries with 'python -m dispatcher'") from None
+        dispatcher = Dispatcher.create(get_dispatcher_settings())
+        _current.set(dispatcher)
+        return dispatcher
 
 
 def deliver(job_id: str, event: str, message_id: str, occurred_at: str) -> Retry | dict[str, object]:

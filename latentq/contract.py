@@ -12,15 +12,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Dotted path of the RQ function that runs a generation job; the API enqueues by this name and
-#: never imports the worker. (Jobs queued before 0.2 name ``worker.tasks.generate``: an alias.)
-GENERATE_FUNCTION = "worker.job_functions.generate"
-#: Dotted path of the RQ function that delivers one webhook event, run by the dispatcher
-#: (``python -m dispatcher``). (Before 0.2: ``latentq.dispatcher.deliver``, an alias.)
-DELIVER_FUNCTION = "dispatcher.delivery.deliver"
+# The RQ functions, by the dotted paths jobs are queued under; the API never imports the worker or
+# the dispatcher. They live in ``worker.job_functions`` and ``dispatcher.delivery``; jobs are still
+# queued under 0.1's paths (thin aliases), so 0.1 workers and dispatchers run them during an
+# upgrade. 0.3 queues the new paths; the aliases go in 0.4 (docs/ARCHITECTURE.md).
+#: The RQ function that runs a generation job.
+GENERATE_FUNCTION = "worker.tasks.generate"
+#: The RQ function that delivers one webhook event (run by ``python -m dispatcher``).
+DELIVER_FUNCTION = "latentq.dispatcher.deliver"
 
 #: Samplers a request may name: Stability v1's ten, their Karras-sigma variants where diffusers
-#: has them, UniPC and LCM. Each maps to a diffusers scheduler (worker/schedulers.py).
+#: has them, UniPC and LCM. Each maps to a diffusers scheduler (worker/diffusion/schedulers.py).
 Sampler = Literal[
     "DDIM", "DDPM", "K_DPMPP_2M", "K_DPMPP_2S_ANCESTRAL", "K_DPM_2", "K_DPM_2_ANCESTRAL",
     "K_EULER", "K_EULER_ANCESTRAL", "K_HEUN", "K_LMS",

@@ -264,10 +264,10 @@ def has_ended(status: str | None, rq_status: str | None) -> bool:
 
 
 def _reconcile(record: JobRecord, rq_status: JobStatus) -> None:
-    """Correct a record whose job RQ ended without the task writing the outcome.
+    """Correct a record whose job RQ ended without the job function writing the outcome.
 
     The task writes its outcome before RQ marks the job ended, so a terminal RQ status over
-    a non-terminal record means the task never got to: its worker died or was killed.
+    a non-terminal record means the function never got to: its worker died or was killed.
     """
     if rq_status.is_terminal:
         record.status = JobStatus.FAILED if rq_status is JobStatus.SUCCEEDED else rq_status

@@ -1,6 +1,6 @@
-"""Deprecated alias, kept for one release (remove in 0.3): jobs queued before 0.2 name
-``worker.tasks.generate``; RQ resolves that path here. New ones name
-``worker.job_functions.generate`` (``latentq.contract.GENERATE_FUNCTION``)."""
+"""Compatibility alias (remove in 0.4): generation jobs are queued under ``worker.tasks.generate``
+(``latentq.contract.GENERATE_FUNCTION``), 0.1's path, so 0.1 workers run them during an upgrade;
+RQ resolves it here to ``worker.job_functions.generate``."""
 
 from worker.job_functions import generate
 

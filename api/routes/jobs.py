@@ -95,19 +95,20 @@ async def submit_and_answer(
     wait_s = prefer_wait(request.headers.get("prefer"))
     draft = await draft_job(services, caller.owner, body)
     submitted = await submit_job(services, caller.owner, draft, claim, wait_s)
-    spec, record = submitted.spec, submitted.record
-    response.headers["Location"] = f"/v1/jobs/{submitted.job_id}"
-    if submitted.repeated and record is not None:
+    if submitted.original is not None:
         response.status_code = 200
-        return await run_in_threadpool(job_public, record, services.store)
+        response.headers["Location"] = f"/v1/jobs/{submitted.original.id}"
+        return await run_in_threadpool(job_public, submitted.original, services.store)
+    spec, finished = submitted.spec, submitted.awaited
+    response.headers["Location"] = f"/v1/jobs/{spec.job_id}"
     if wait_s:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-        if record is not None and record.status.is_terminal:
+        if finished is not None and finished.status.is_terminal:
             response.status_code = 200
-            return await run_in_threadpool(job_public, record, services.store)
+            return await run_in_threadpool(job_public, finished, services.store)
     return JobPublic(
         id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
-        created_at=str(submitted.created_at), started_at=None, finished_at=None,
+        created_at=submitted.created_at, started_at=None, finished_at=None,
         webhook=webhook_public(spec), request=public_request(spec),
     )  # fmt: skip
 

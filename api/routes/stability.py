@@ -112,7 +112,7 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
         )  # fmt: skip
     draft = await draft_job(services, caller.owner, ours, webhooks=False)
     submitted = await submit_job(services, caller.owner, draft, wait_s=services.settings.sync_timeout_s)
-    stored = finished_images(submitted.record, draft.spec.job_id, services.settings.sync_timeout_s)
+    stored = finished_images(submitted.awaited, draft.spec.job_id, services.settings.sync_timeout_s)
     images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
     if png:
         seed, data = images[0]

@@ -87,12 +87,16 @@ def test_the_job_loop_and_the_shared_package_load_no_torch():
     assert not loaded & (TORCH | HTTP_SIDE | {"httpx", "api", "dispatcher"})
 
 
-def test_queued_function_paths_of_earlier_releases_still_resolve():
+def test_the_queued_function_paths_resolve_to_the_functions_new_homes():
     from rq.utils import import_attribute
 
     from dispatcher.delivery import deliver
     from latentq.contract import DELIVER_FUNCTION, GENERATE_FUNCTION
     from worker.job_functions import generate
 
-    assert import_attribute("worker.tasks.generate") is generate is import_attribute(GENERATE_FUNCTION)
-    assert import_attribute("latentq.dispatcher.deliver") is deliver is import_attribute(DELIVER_FUNCTION)
+    # 0.1's paths, still queued (0.1 workers and dispatchers can run them), resolve through the aliases.
+    assert (GENERATE_FUNCTION, DELIVER_FUNCTION) == ("worker.tasks.generate", "latentq.dispatcher.deliver")
+    assert (
+        import_attribute(GENERATE_FUNCTION) is generate is import_attribute("worker.job_functions.generate")
+    )
+    assert import_attribute(DELIVER_FUNCTION) is deliver is import_attribute("dispatcher.delivery.deliver")

@@ -1,14 +1,13 @@
 """The pipeline wrappers: load a model's diffusers pipelines and run one job's sampling.
 
-With ``upscalers``, ``prompts`` and ``schedulers`` beside it, the only modules that touch torch
-and diffusers.
+Part of the diffusion layer (``worker.diffusion``), the only worker code that touches torch and
+diffusers (with the embedded-model builders, ``worker.embedded``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from PIL import Image as PILImage
 from PIL.Image import Image
 
 from latentq.contract import JobKind, JobSpec, WeightedPrompt
+from worker.context import OnStep
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
@@ -52,10 +52,6 @@ def generators_for(spec: JobSpec) -> Any:
     so a single image matches plain diffusers."""
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in spec.image_seeds()]
     return generators[0] if len(generators) == 1 else generators
-
-
-#: Called after each denoising step with (step, total steps, latents); returning True stops the job.
-OnStep = Callable[[int, int, Any], bool]
 
 
 def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:

@@ -14,7 +14,8 @@ from PIL.Image import Image
 
 from latentq.contract import JobKind, JobSpec, WeightedPrompt
 from latentq.models import MAX_UPSCALE_PIXELS
-from worker.diffusion.pipelines import OnStep, generators_for, load_pretrained
+from worker.context import OnStep
+from worker.diffusion.pipelines import generators_for, load_pretrained
 from worker.diffusion.prompts import prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
 
