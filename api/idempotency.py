@@ -1,9 +1,11 @@
 """Safe retries: ``Idempotency-Key`` on job submits.
 
-The first request with a key claims it (``SET NX``, 24 h) for its body's fingerprint and its
-new job id, before the job is queued; a repeat with the same body gets that job (200), a repeat
-with a different body a 409. Concurrent duplicates race on the one ``SET NX``, so exactly one
-job is created. Keys are scoped to the API key that sent them.
+The first request with a key claims it (``SET NX``) for its body's fingerprint and its new job
+id, before the job is queued; a repeat with the same body gets that job (200), a repeat with a
+different body a 409. Concurrent duplicates race on the one ``SET NX``, so exactly one job is
+created. Keys are scoped to the API key that sent them, and live as long as their job's record
+(its retention): a retry after the job expired makes a new job. A claim whose job never appeared
+(its request died before queueing it) is taken over by the next request after ``ORIGINAL_WAIT_S``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 from redis import Redis
@@ -21,8 +24,6 @@ from latentq.errors import LatentqError
 from latentq.keys import idempotency_key
 from latentq.records import JobRecord, JobRecords
 
-#: How long an idempotency key is remembered, seconds.
-IDEMPOTENCY_TTL_S = 24 * 3600
 #: How long a repeat waits for the original request to finish queueing its job (storing its input
 #: images included), seconds.
 ORIGINAL_WAIT_S = 30.0
@@ -59,17 +60,34 @@ def idempotency_claim(header: str | None, route: str, body: BaseModel) -> Idempo
     return IdempotencyClaim(header, fingerprint)
 
 
-def claim(redis: Redis, owner: str, key: str, body: str, job_id: str) -> str | None:
-    """Claim ``key`` for ``job_id``; return None if claimed, else the job id it already names.
+# Replaces a claim only if it still holds the value read (another request may have taken it over).
+_TAKE_OVER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return false
+"""
 
-    Raise ``idempotency_conflict`` when it was claimed for a different body.
-    """
+
+@dataclass(frozen=True)
+class Original:
+    """The job an earlier request with the same key made (or is making), and its claim."""
+
+    job_id: str
+    #: When the key was claimed, Unix seconds.
+    claimed_at: float
+    #: The claim as stored (to take it over only if unchanged).
+    value: bytes
+
+
+def claim(redis: Redis, owner: str, key: str, body: str, job_id: str, ttl_s: int) -> Original | None:
+    """Claim ``key`` for ``job_id`` for ``ttl_s`` seconds (the job's retention); return None if
+    claimed, else the original job it names. Raise ``idempotency_conflict`` when it was claimed
+    for a different body."""
     name = idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
-    value = json.dumps({"fingerprint": body, "job_id": job_id})
+    value = json.dumps({"fingerprint": body, "job_id": job_id, "at": time.time()})
     for _ in range(3):  # the claim may expire between SET NX and GET: try again
-        if redis.set(name, value, nx=True, ex=IDEMPOTENCY_TTL_S):
+        if redis.set(name, value, nx=True, ex=ttl_s):
             return None
-        existing = redis.get(name)
+        existing: Any = redis.get(name)
         if existing is None:
             continue
         original = json.loads(existing)
@@ -78,9 +96,17 @@ def claim(redis: Redis, owner: str, key: str, body: str, job_id: str) -> str | N
                 "idempotency_conflict",
                 f"Idempotency-Key '{key}' was used with a different request (job {original['job_id']}).",
             )
-        job_id_found: str = original["job_id"]
-        return job_id_found
+        return Original(original["job_id"], float(original.get("at", 0)), existing)
     raise LatentqError("service_unavailable", "Could not claim the idempotency key; retry.")
+
+
+def take_over(redis: Redis, owner: str, key: str, original: Original, job_id: str, ttl_s: int) -> bool:
+    """Claim ``key`` for ``job_id`` in place of ``original``, whose job never appeared; False if
+    another request took it over first."""
+    name = idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
+    fingerprint = json.loads(original.value)["fingerprint"]
+    value = json.dumps({"fingerprint": fingerprint, "job_id": job_id, "at": time.time()})
+    return bool(redis.eval(_TAKE_OVER, 1, name, original.value, value, ttl_s))
 
 
 def release(redis: Redis, owner: str, key: str) -> None:
@@ -88,13 +114,11 @@ def release(redis: Redis, owner: str, key: str) -> None:
     redis.delete(idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest()))
 
 
-def original_record(records: JobRecords, job_id: str) -> JobRecord:
-    """Return the original request's job record, waiting while that request is still queueing it."""
-    deadline = time.monotonic() + ORIGINAL_WAIT_S
-    while (record := records.get(job_id)) is None:
-        if time.monotonic() > deadline:
-            raise LatentqError(
-                "service_unavailable", f"The original request's job {job_id} is not there; retry."
-            )
+def original_record(records: JobRecords, original: Original) -> JobRecord | None:
+    """Return the original request's job record, waiting while that request may still be queueing
+    it (until ``ORIGINAL_WAIT_S`` after its claim); None if it never appeared."""
+    while (record := records.get(original.job_id)) is None:
+        if time.time() > original.claimed_at + ORIGINAL_WAIT_S:
+            return None
         time.sleep(0.02)
     return record

@@ -14,14 +14,15 @@ from functools import partial
 from PIL.Image import Image
 from starlette.concurrency import run_in_threadpool
 
-from api.command_batch import CommandBatch
-from api.idempotency import IdempotencyClaim, claim, original_record, release
+from api.idempotency import IdempotencyClaim, claim, original_record, release, take_over
 from api.job_specs import JobDraft, carries_images, validate_request
 from api.services import Services
 from api.uploads import png_bytes
 from api.waiting import wait_for_job
 from api.webhook_targets import default_webhook, webhook_target
+from latentq.command_batch import CommandBatch
 from latentq.contract import GENERATE_FUNCTION, GenerateRequest, JobSpec, UpscaleRequest
+from latentq.errors import LatentqError
 from latentq.keys import owner_webhook_key, queue_name
 from latentq.records import JobRecord
 from latentq.rq_writer import queue_job
@@ -66,11 +67,8 @@ async def submit_job(
     seconds for it to end (0: no wait)."""
     spec = draft.spec
     if idempotency is not None:
-        original = await run_in_threadpool(
-            claim, services.redis, owner, idempotency.key, idempotency.fingerprint, spec.job_id
-        )
-        if original is not None:
-            record = await run_in_threadpool(original_record, services.records, original)
+        record = await run_in_threadpool(claim_or_original, services, owner, idempotency, draft)
+        if record is not None:
             return Submitted(spec, original=record)
     try:
         if draft.uploads:
@@ -84,6 +82,26 @@ async def submit_job(
         return Submitted(spec, created_at)
     awaited = await wait_for_job(services.async_redis, services.records, spec.job_id, wait_s)
     return Submitted(spec, created_at, awaited=awaited)
+
+
+def claim_or_original(
+    services: Services, owner: str, idempotency: IdempotencyClaim, draft: JobDraft
+) -> JobRecord | None:
+    """Claim the idempotency key for ``draft``'s job for its retention; return the original job's
+    record if an earlier request holds the key (None: the key is now this job's)."""
+    spec = draft.spec
+    ttl_s = spec.retention_s or services.settings.job_retention_s
+    for _ in range(3):
+        original = claim(services.redis, owner, idempotency.key, idempotency.fingerprint, spec.job_id, ttl_s)
+        if original is None:
+            return None
+        record = original_record(services.records, original)
+        if record is not None:
+            return record
+        # The original request died before queueing its job: this one makes it.
+        if take_over(services.redis, owner, idempotency.key, original, spec.job_id, ttl_s):
+            return None
+    raise LatentqError("service_unavailable", "Could not claim the idempotency key; retry.")
 
 
 def store_inputs(store: ImageStore, uploads: dict[str, Image]) -> None:
@@ -128,5 +146,6 @@ async def enqueue_job(
     created_at = services.records.create(spec, batch.pipeline, owner)
     if spec.webhook is not None:  # its deliveries are signed with the owner's secret
         ensure_secret(batch.pipeline, owner)
-    guard = (owner_webhook_key(owner), "url") if unless_default_webhook else None
-    return created_at if await batch.run(services.async_redis, guard) else None
+    if unless_default_webhook:
+        batch.require_absent(owner_webhook_key(owner), "url")
+    return created_at if await batch.run_async(services.async_redis) else None

@@ -11,7 +11,8 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from latentq.keys import job_events_key, job_key, rq_job_key
-from latentq.records import TERMINAL_EVENTS, JobRecord, JobRecords, has_ended
+from latentq.records import JobRecord, JobRecords
+from latentq.transitions import TERMINAL_EVENTS, has_ended
 
 #: Longest blocking read between two looks at the record, seconds: bounds how late a job whose
 #: worker died (no terminal event, found by reconciliation with RQ) is noticed.

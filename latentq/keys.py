@@ -74,3 +74,11 @@ def input_object_key(job_id: str, name: str) -> str:
 def rq_job_key(job_id: str) -> str:
     """Return the Redis key of RQ's own hash for ``job_id`` (same id as our record)."""
     return Job.key_for(job_id)
+
+
+#: The sorted set of leases on claimed jobs: job id -> when the lease expires (Unix seconds, the
+#: Redis server's clock). A worker holds a lease from the moment it takes a job from its queue
+#: until the job ends, and renews it with its heartbeat; an expired lease means a lost worker.
+LEASES = f"{PREFIX}:leases"
+#: Which worker holds each lease (a hash: job id -> worker name).
+LEASE_HOLDERS = f"{PREFIX}:lease-holders"

@@ -14,26 +14,19 @@ from typing import Any
 
 from redis import Redis
 
-from latentq.contract import (
-    JobError,
-    JobSpec,
-    JobStatus,
-    StoredImage,
-    WebhookDelivery,
-    status_from_rq,
-)
-from latentq.deliveries import WEBHOOK_EVENT_OF, queue_delivery
-from latentq.errors import ERRORS
+from latentq.command_batch import CommandBatch
+from latentq.contract import JobError, JobSpec, JobStatus, StoredImage, WebhookDelivery
+from latentq.deliveries import queue_delivery
 from latentq.keys import (
     CANCEL_CHANNEL,
     cancel_key,
-    job_events_key,
     job_key,
     owner_jobs_key,
     preview_key,
     rq_job_key,
 )
 from latentq.rq_writer import AnyPipeline
+from latentq.transitions import append_event, reconcile, record_change
 
 #: Prefix of the record fields holding the state of each webhook event type's deliveries.
 _DELIVERY_FIELD = "webhook:"
@@ -43,12 +36,6 @@ _HSET_IF_EXISTS = """
 if redis.call('exists', KEYS[1]) == 1 then return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
 return -1
 """
-
-#: Most events kept in a job's stream.
-MAX_EVENTS = 1000
-
-#: The events that end a job's stream: its terminal statuses (``_update`` names them so).
-TERMINAL_EVENTS = frozenset(status.value for status in JobStatus if status.is_terminal)
 
 
 def utc_now(later_s: float = 0.0) -> str:
@@ -78,6 +65,8 @@ class JobRecord:
         self.preview_step = int(fields.get("preview_step") or 0)
         self.timings: dict[str, float] = json.loads(fields.get("timings") or "{}")
         self.batch_size = int(fields["batch_size"]) if fields.get("batch_size") else None
+        #: Which run of the job this is (1 first; more after its worker was lost).
+        self.attempt = int(fields.get("attempt") or 1)
         self.webhook_deliveries = {
             name.removeprefix(_DELIVERY_FIELD): WebhookDelivery.model_validate_json(value)
             for name, value in fields.items()
@@ -107,6 +96,7 @@ class JobRecords:
             "owner": owner,
             "spec": spec.model_dump_json(),
             "created_at": created_at,
+            "attempt": 1,
         }
         pipeline.hset(key, mapping=mapping)
         pipeline.expire(key, retention_s)
@@ -115,7 +105,7 @@ class JobRecords:
             pipeline.zadd(index, {spec.job_id: now})
             pipeline.zremrangebyscore(index, "-inf", now - self.max_retention_s)  # long expired: drop
             pipeline.expire(index, self.max_retention_s)
-        self._event(pipeline, spec.job_id, "queued", ttl_s=retention_s)
+        append_event(pipeline, spec.job_id, "queued", ttl_s=retention_s)
         return created_at
 
     def list_ids(self, owner: str, before: float | None, count: int) -> list[tuple[str, float]]:
@@ -133,16 +123,26 @@ class JobRecords:
             pipeline.hgetall(job_key(job_id))
             pipeline.hget(rq_job_key(job_id), "status")
             fields, rq_status = pipeline.execute()
-        if not fields:
-            return None
+        if b"id" not in fields or b"spec" not in fields:
+            return None  # none, or a partial hash a write of an older release left: expired
         record = JobRecord({k.decode(): v.decode() for k, v in fields.items()})
-        if not record.status.is_terminal and rq_status is not None:
-            _reconcile(record, status_from_rq(rq_status.decode()))
+        status, error = reconcile(record.status, rq_status and rq_status.decode())
+        if status is not record.status:
+            record.status, record.error = status, error or record.error
         return record
 
-    def mark_running(self, spec: JobSpec) -> None:
-        """Record that a worker started the job of ``spec``."""
-        self._update(spec, "started", status=JobStatus.RUNNING.value, started_at=utc_now())
+    def change(self, spec: JobSpec, event: str, **fields: Any) -> bool:
+        """Make record change ``event`` of ``spec``'s job with ``fields``, with the webhook delivery
+        it calls for, if the job's state machine allows it now; return whether it did."""
+        batch = record_change(
+            CommandBatch(), spec.job_id, event, fields, self.retention_s, spec.webhook, utc_now()
+        )
+        return batch.run(self.redis)
+
+    def mark_running(self, spec: JobSpec) -> bool:
+        """Record that a worker started the job of ``spec``; False: it may not run (it was canceled
+        or ended, or its record expired)."""
+        return self.change(spec, "started", started_at=utc_now())
 
     def progress(
         self,
@@ -153,27 +153,29 @@ class JobRecords:
         eta_s: float = 0.0,
         notify: bool = False,
     ) -> None:
-        """Note denoising step ``step`` of ``total_steps``: written and published when ``publish``, sent
-        to the job's webhook when ``notify``. One round trip (none if neither)."""
+        """Note denoising step ``step`` of ``total_steps`` of a running job: written and published when
+        ``publish``, sent to the job's webhook when ``notify``. One round trip (none if neither)."""
         if not publish and not notify:
             return
-        # A transaction when a webhook is notified: the delivery and the progress event go together.
-        with self.redis.pipeline(transaction=notify) as pipeline:
-            if notify:
-                queue_delivery(pipeline, job_id, "progress", utc_now(), step=step)
-            if publish:
-                mapping: dict[Any, Any] = {"step": step, "total_steps": total_steps, "eta_s": round(eta_s, 2)}
-                pipeline.hset(job_key(job_id), mapping=mapping)
-                self._event(pipeline, job_id, "progress", step=step, total_steps=total_steps)
-            pipeline.execute()
+        fields: dict[str, Any] = {"step": step, "total_steps": total_steps, "eta_s": round(eta_s, 2)}
+        data = {"step": step, "total_steps": total_steps}
+        batch = CommandBatch()
+        if notify:
+            queue_delivery(batch.pipeline, job_id, "progress", utc_now(), step=step)
+        if publish:
+            record_change(batch, job_id, "progress", fields, self.retention_s, data=data)
+        else:
+            batch.require_in(job_key(job_id), "status", [JobStatus.RUNNING.value])
+        batch.run(self.redis)
 
     def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
-        """Keep ``jpeg`` as the job's latest preview (made at ``step``) and publish it as an event."""
-        with self.redis.pipeline(transaction=False) as pipeline:
-            pipeline.set(preview_key(job_id), jpeg, ex=self.retention_s)
-            pipeline.hset(job_key(job_id), "preview_step", step)
-            self._event(pipeline, job_id, "preview", step=step, jpeg=base64.b64encode(jpeg).decode())
-            pipeline.execute()
+        """Keep ``jpeg`` as the running job's latest preview (made at ``step``) and publish it."""
+        batch = CommandBatch()
+        batch.pipeline.set(preview_key(job_id), jpeg, ex=self.retention_s)
+        data = {"step": step, "jpeg": base64.b64encode(jpeg).decode()}
+        record_change(batch, job_id, "preview", {"preview_step": step}, self.retention_s, data=data).run(
+            self.redis
+        )
 
     def get_preview(self, job_id: str) -> bytes | None:
         """Return the job's latest preview JPEG, if any."""
@@ -196,80 +198,39 @@ class JobRecords:
             flags = pipeline.execute()
         return [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
 
-    def mark_canceled(self, spec: JobSpec) -> None:
-        """Record that the job of ``spec`` was canceled."""
-        self._update(spec, "canceled", status=JobStatus.CANCELED.value, finished_at=utc_now())
+    def mark_canceled(self, spec: JobSpec) -> bool:
+        """Record that the job of ``spec`` was canceled; False if it had already ended."""
+        return self.change(spec, "canceled", finished_at=utc_now())
+
+    def cancel(self, spec: JobSpec) -> bool:
+        """Cancel the job of ``spec`` if it has not ended: record it canceled and ask the worker that
+        may be running it to stop (``request_cancel``'s flag and announcement), in one script call.
+        Return False, changing nothing, if it had already ended."""
+        batch = record_change(
+            CommandBatch(), spec.job_id, "canceled", {"finished_at": utc_now()}, self.retention_s,
+            spec.webhook, utc_now(),
+        )  # fmt: skip
+        batch.pipeline.set(cancel_key(spec.job_id), 1, ex=self.retention_s)
+        batch.pipeline.publish(CANCEL_CHANNEL, spec.job_id)
+        return batch.run(self.redis)
 
     def mark_succeeded(
         self, spec: JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
-    ) -> None:
+    ) -> bool:
         """Record that the job of ``spec`` finished with ``images``, the milliseconds of its stages,
-        and how many jobs were sampled in its pipeline call (itself included)."""
+        and how many jobs were sampled in its pipeline call (itself included); False if it had
+        ended meanwhile (canceled): its images are then not the job's."""
         payload = json.dumps([image.model_dump() for image in images])
-        self._update(
-            spec, "succeeded", status=JobStatus.SUCCEEDED.value, images=payload, finished_at=utc_now(),
-            timings=json.dumps(timings), batch_size=str(batch_size),
+        return self.change(
+            spec, "succeeded", images=payload, finished_at=utc_now(), timings=json.dumps(timings),
+            batch_size=str(batch_size),
         )  # fmt: skip
 
-    def mark_failed(self, spec: JobSpec, error: JobError) -> None:
-        """Record that the job of ``spec`` failed with ``error``."""
-        self._update(
-            spec,
-            "failed",
-            status=JobStatus.FAILED.value,
-            error=error.model_dump_json(),
-            finished_at=utc_now(),
-        )
+    def mark_failed(self, spec: JobSpec, error: JobError) -> bool:
+        """Record that the job of ``spec`` failed with ``error``; False if it had already ended."""
+        return self.change(spec, "failed", error=error.model_dump_json(), finished_at=utc_now())
 
     def record_delivery(self, job_id: str, event: str, delivery: WebhookDelivery) -> None:
         """Keep how the latest delivery of webhook ``event`` of ``job_id`` went (unless it expired)."""
         script = self.redis.register_script(_HSET_IF_EXISTS)
         script(keys=[job_key(job_id)], args=[_DELIVERY_FIELD + event, delivery.model_dump_json()])
-
-    def _update(self, spec: JobSpec, event: str, **fields: str) -> None:
-        """Write ``fields`` to the record of ``spec``'s job and append ``event``, with the webhook
-        delivery the event calls for (the spec's webhook: the one place a job's webhook lives)."""
-        key = job_key(spec.job_id)
-        hook = WEBHOOK_EVENT_OF.get(event)
-        webhook = spec.webhook
-        with self.redis.pipeline() as pipeline:
-            if webhook is not None and hook in webhook.events:
-                # In the same transaction as the change: the event and its delivery exist together.
-                queue_delivery(pipeline, spec.job_id, hook, utc_now())
-            pipeline.hset(key, mapping=dict[Any, str](fields))
-            # HSET keeps an existing TTL; NX gives one to a record that had expired meanwhile.
-            pipeline.expire(key, self.retention_s, nx=True)
-            self._event(pipeline, spec.job_id, event)
-            pipeline.execute()
-
-    def _event(
-        self, pipeline: AnyPipeline, job_id: str, event: str, ttl_s: int | None = None, **data: Any
-    ) -> None:
-        """Append ``event`` to the job's event stream, which waiters and event streams read. The stream
-        gets its TTL (the job's retention) when the job is created and keeps it."""
-        events = job_events_key(job_id)
-        pipeline.xadd(events, {"event": event, "data": json.dumps(data)}, maxlen=MAX_EVENTS, approximate=True)
-        if ttl_s is not None:
-            pipeline.expire(events, ttl_s)
-        else:
-            pipeline.expire(events, self.retention_s, nx=True)
-
-
-def has_ended(status: str | None, rq_status: str | None) -> bool:
-    """Return whether a job is over, from its record's status (None: no record, it expired) and RQ's
-    (None: no RQ job); the same rule ``JobRecords.get`` reconciles by."""
-    if status is None or JobStatus(status).is_terminal:
-        return True
-    return rq_status is not None and status_from_rq(rq_status).is_terminal
-
-
-def _reconcile(record: JobRecord, rq_status: JobStatus) -> None:
-    """Correct a record whose job RQ ended without the job function writing the outcome.
-
-    The task writes its outcome before RQ marks the job ended, so a terminal RQ status over
-    a non-terminal record means the function never got to: its worker died or was killed.
-    """
-    if rq_status.is_terminal:
-        record.status = JobStatus.FAILED if rq_status is JobStatus.SUCCEEDED else rq_status
-        if record.status is JobStatus.FAILED:
-            record.error = JobError(name="worker_lost", message=ERRORS["worker_lost"].message)

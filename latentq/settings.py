@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from latentq.models import PACKAGED_REGISTRY, ModelRegistry, ModelSpec, build_registry
@@ -92,8 +92,18 @@ class WorkerSettings(CommonSettings):
     warmup: bool = True
     #: Name the worker registers under in RQ; default is RQ's own (host and pid based).
     worker_name: str | None = None
-    #: Seconds between heartbeats while a job runs (a dead worker's jobs are detected by their absence).
+    #: Seconds between heartbeats while a job runs: each renews the leases of the worker's jobs.
     heartbeat_interval_s: float = Field(10.0, gt=0)
+    #: Seconds a job's lease lasts without a heartbeat: a job whose worker is lost this long is
+    #: recovered by another worker's reaper (requeued, or failed ``worker_lost``). At least twice
+    #: ``heartbeat_interval_s``.
+    worker_lost_s: float = Field(30.0, ge=2)
+    #: Most runs of one job (the first included) when workers running it are lost; then it fails
+    #: ``worker_lost``.
+    max_attempts: int = Field(3, ge=1, le=100)
+    #: Seconds a warm shutdown (SIGTERM) may take to finish the current round and its uploads;
+    #: then (or at a second SIGTERM) the worker hands its jobs back and exits with status 1.
+    drain_timeout_s: float = Field(60.0, gt=0)
     #: Seconds between progress updates while a job samples (0: every step).
     progress_interval_s: float = Field(0.25, ge=0)
     #: Most images sampled together in one pipeline call, across jobs (1: no batching).
@@ -108,6 +118,15 @@ class WorkerSettings(CommonSettings):
     webhook_progress_interval_s: float = Field(2.0, ge=0)
 
     _split_models = field_validator("worker_models", mode="before")(split_commas)
+
+    @model_validator(mode="after")
+    def _beats_within_the_lease(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 2 > self.worker_lost_s:
+            raise ValueError(
+                f"LATENTQ_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s:g}) must be at most half of "
+                f"LATENTQ_WORKER_LOST_S ({self.worker_lost_s:g}): a lease must outlive a missed beat"
+            )
+        return self
 
 
 class DispatcherSettings(CommonSettings):

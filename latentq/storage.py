@@ -63,6 +63,12 @@ class ImageStore:
             data: bytes = body.read()
         return data
 
+    def delete(self, keys: list[str]) -> None:
+        """Delete the objects under ``keys`` (missing ones are no error)."""
+        if keys:
+            objects = [{"Key": key} for key in keys]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+
     def url(self, key: str) -> str:
         """Return a URL that serves ``key`` over plain HTTP: public, or presigned for ``url_expires_s``."""
         if self.public_base_url:

@@ -66,6 +66,9 @@ class JobPublic(BaseModel):
         None,
         description="Once succeeded: jobs sampled in the same pipeline call as this one, itself included.",
     )
+    attempt: int = Field(
+        1, description="Which run of the job this is: 1, or more after a worker running it was lost."
+    )
     webhook: WebhookPublic | None = Field(None, description="The job's webhook and its deliveries, if any.")
     request: dict = Field(
         description="The parameters the job runs with: defaults filled, style applied, seed chosen."
@@ -103,6 +106,7 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         if record.total_steps
         else None,
         batch_size=record.batch_size if record.status is JobStatus.SUCCEEDED else None,
+        attempt=record.attempt,
         webhook=webhook_public(record.spec, record.webhook_deliveries),
         request=public_request(record.spec),
     )

@@ -2,7 +2,9 @@
 
 Starts Redis and a SeaweedFS S3 server (unless ``LATENTQ_REDIS_URL`` /
 ``LATENTQ_S3_ENDPOINT_URL`` point at ones you run), one worker, the webhook dispatcher and the API on
-``127.0.0.1:$PORT``; keeps state under ``.run/``; prints a ready-to-paste curl example.
+``127.0.0.1:$PORT``; keeps state under ``.run/`` (Redis with its append-only file: jobs outlive a
+restart of the stack); restarts the worker and the dispatcher when they exit; prints a
+ready-to-paste curl example.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from latentq_dev.devstack import Process, RedisServer, S3Server, wait_until
 
 #: Seconds the whole stack may take to become ready.
 READY_TIMEOUT_S = 300.0
+#: The stack's processes that are restarted when they exit (others end the stack).
+RESTARTED = ("worker", "dispatcher")
+#: Longest wait before restarting a process, seconds.
+MAX_BACKOFF_S = 30.0
+#: Seconds a process must have run for its next exit to wait the shortest time again.
+STABLE_S = 60.0
 
 
 def dev_api_key(state: Path) -> str:
@@ -35,7 +43,7 @@ def dev_api_key(state: Path) -> str:
 def start_services(state: Path, env: dict[str, str], started: list) -> None:
     """Start Redis and S3 unless configured, adding their settings to ``env``."""
     if not env.get("LATENTQ_REDIS_URL"):
-        redis = RedisServer(state / "redis").start()
+        redis = RedisServer(state / "redis", durable=True).start()  # jobs outlive a restart
         started.append(redis)
         env["LATENTQ_REDIS_URL"] = redis.url
     if not env.get("LATENTQ_S3_ENDPOINT_URL"):
@@ -67,6 +75,45 @@ def start_stack(state: Path, env: dict[str, str], port: int, started: list, acce
     for process in (worker, api):
         wait_until(lambda: urllib.request.urlopen(ready, timeout=2).status == 200, READY_TIMEOUT_S,
                    "the API and a worker", process)  # fmt: skip
+
+
+class Supervisor:
+    """Restarts the stack's worker and dispatcher when they exit, after a wait that doubles with each
+    quick exit (1 s up to ``MAX_BACKOFF_S``); any other process exiting ends the stack."""
+
+    def __init__(self, started: list, restarted: tuple[str, ...] = RESTARTED) -> None:
+        self.started, self.restarted = started, restarted
+        self.since: dict[str, float] = {}
+        self.exits: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+
+    def watch(self) -> Process:
+        """Watch until a process that is not restarted exits; return it."""
+        while True:
+            for index, item in enumerate(self.started):
+                if not isinstance(item, Process):
+                    continue
+                self.since.setdefault(item.name, time.monotonic())
+                if item.popen.poll() is None:
+                    continue
+                if item.name not in self.restarted:
+                    return item
+                self._restart(index, item)
+            time.sleep(0.5)
+
+    def _restart(self, index: int, process: Process) -> None:
+        now = time.monotonic()
+        if process.name not in self.due:
+            quick = now - self.since[process.name] < STABLE_S
+            self.exits[process.name] = self.exits.get(process.name, 0) + 1 if quick else 1
+            wait_s = min(MAX_BACKOFF_S, 2.0 ** (self.exits[process.name] - 1))
+            self.due[process.name] = now + wait_s
+            print(f"{process.name} exited with code {process.popen.returncode}; restarting in {wait_s:.0f} s "
+                  f"(see {process.log_path})", file=sys.stderr, flush=True)  # fmt: skip
+        elif now >= self.due[process.name]:
+            del self.due[process.name]
+            self.started[index] = process.restart()
+            self.since[process.name] = now
 
 
 def stop_all(started: list) -> None:
@@ -120,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start_stack(state, env, args.port, started)
         print(curl_example(args.port, env["LATENTQ_API_KEYS"].split(",")[0]), flush=True)
-        processes = [item for item in started if isinstance(item, Process)]
-        while all(process.popen.poll() is None for process in processes):
-            time.sleep(0.5)
-        failed = next(p for p in processes if p.popen.poll() is not None)
+        failed = Supervisor(started).watch()
         print(
             f"{failed.name} exited with code {failed.popen.returncode}; see {failed.log_path}",
             file=sys.stderr,

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -80,6 +80,8 @@ class Process:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
 
     @classmethod
     def start(cls, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Process:
@@ -89,7 +91,12 @@ class Process:
         popen = subprocess.Popen(
             argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        return cls(name, popen, log_path, log_file)
+        return cls(name, popen, log_path, log_file, argv, env)
+
+    def restart(self) -> Process:
+        """Start the same command again (once it has exited), appending to the same log."""
+        self.log_file.close()
+        return Process.start(self.name, self.argv, self.log_path, self.env)
 
     def stop(self, sig: int = signal.SIGTERM, deadline_s: float = STOP_DEADLINE_S) -> int | None:
         """Send ``sig``, wait up to ``deadline_s`` seconds, then SIGKILL; return the exit code."""
@@ -121,10 +128,13 @@ def find_binary(name: str) -> str | None:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free port, persisting nothing."""
+    """A private ``redis-server`` on a free port: persisting nothing, or, ``durable``, every write
+    to an append-only file in its folder (fsync every second), so a restart loses at most about
+    the last second."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, durable: bool = False) -> None:
         self.directory = Path(directory)
+        self.durable = durable
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: Process | None = None
@@ -138,7 +148,10 @@ class RedisServer:
                 "or set LATENTQ_REDIS_URL to a Redis you run yourself"
             )
         self.directory.mkdir(parents=True, exist_ok=True)
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += (
+            ["--appendonly", "yes", "--appendfsync", "everysec"] if self.durable else ["--appendonly", "no"]
+        )
         argv += ["--dir", str(self.directory), "--maxmemory-policy", "noeviction"]
         self.process = Process.start("redis", argv, self.directory / "redis.log")
         wait_until(self.ping, timeout_s, f"redis-server on port {self.port}", self.process)

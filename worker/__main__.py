@@ -24,6 +24,7 @@ from worker.context import WarmState
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, ensure_tiny_model
+from worker.reaper import Reaper
 from worker.warm_worker import WarmWorker
 
 log = logging.getLogger("latentq.worker")
@@ -66,11 +67,13 @@ def build_worker(settings: WorkerSettings, redis: Redis, warm: WarmState) -> War
     with ``warm``."""
     queues = [Queue(queue_name(id_), connection=redis, serializer=JSONSerializer) for id_ in warm.pipelines]
     worker = WarmWorker(
-        queues, connection=redis, serializer=JSONSerializer, name=settings.worker_name, warm=warm
-    )
+        queues, connection=redis, serializer=JSONSerializer, name=settings.worker_name, warm=warm,
+        lease_s=settings.worker_lost_s,
+    )  # fmt: skip
     worker.heartbeat_interval_s = settings.heartbeat_interval_s
     worker.max_batch = settings.max_batch
     worker.batch_wait_s = settings.batch_wait_ms / 1000
+    worker.drain_timeout_s = settings.drain_timeout_s
     worker.job_monitoring_interval = max(1, int(settings.heartbeat_interval_s))
     return worker
 
@@ -92,12 +95,18 @@ def main() -> int:
         settings.progress_interval_s, settings.webhook_progress_interval_s,
     )  # fmt: skip
     worker = build_worker(settings, redis, warm)
+    # Before taking jobs: the jobs of workers lost meanwhile are recovered first.
+    reaper = Reaper(
+        records, worker.leases, settings.max_attempts, max(1.0, settings.worker_lost_s / 6)
+    ).start()
+    worker.recover = reaper.recover  # what a worker that gives its jobs up hands them to
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
     # Round robin: with several models, no model's queue starves the others.
     try:
         worker.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
     finally:
         worker.drain()  # the last round's uploads and records
+        reaper.stop()
     return 0
 
 

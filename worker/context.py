@@ -8,6 +8,7 @@ module globals or thread-locals.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -43,6 +44,10 @@ class ObjectStore(Protocol):
         """Return the bytes stored under ``key``."""
         ...
 
+    def delete(self, keys: list[str]) -> None:
+        """Delete the objects under ``keys`` (missing ones are no error)."""
+        ...
+
 
 class JobLog(Protocol):
     """What the job loop writes to the job records (``latentq.records.JobRecords``)."""
@@ -51,8 +56,8 @@ class JobLog(Protocol):
         """Return those of ``job_ids`` whose cancel was requested."""
         ...
 
-    def mark_running(self, spec: JobSpec) -> None:
-        """Record that the job started."""
+    def mark_running(self, spec: JobSpec) -> bool:
+        """Record that the job started; False: it may not run."""
         ...
 
     def progress(
@@ -71,18 +76,18 @@ class JobLog(Protocol):
         """Keep and publish a preview."""
         ...
 
-    def mark_canceled(self, spec: JobSpec) -> None:
-        """Record that the job was canceled."""
+    def mark_canceled(self, spec: JobSpec) -> bool:
+        """Record that the job was canceled; False: it had ended."""
         ...
 
-    def mark_failed(self, spec: JobSpec, error: JobError) -> None:
-        """Record that the job failed."""
+    def mark_failed(self, spec: JobSpec, error: JobError) -> bool:
+        """Record that the job failed; False: it had ended."""
         ...
 
     def mark_succeeded(
         self, spec: JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
-    ) -> None:
-        """Record that the job succeeded."""
+    ) -> bool:
+        """Record that the job succeeded; False: it had ended (canceled) meanwhile."""
         ...
 
 
@@ -135,6 +140,9 @@ class JobContext:
 
     warm: WarmState
     sampler: Sampler = field(default_factory=SampleAlone)
+    #: When the job's time limit runs out (``time.monotonic`` seconds): storage calls that fail are
+    #: retried until then.
+    deadline: float = math.inf
 
 
 _current: ContextVar[JobContext] = ContextVar("latentq_job_context")

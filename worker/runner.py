@@ -24,6 +24,7 @@ from latentq.keys import image_object_key
 from latentq.storage import STORAGE_ERRORS
 from worker.context import ImagePipeline, JobContext, JobLog, ObjectStore, WarmState
 from worker.encoding import CONTENT_TYPES, encode_image
+from worker.patient_store import PatientStore
 
 log = logging.getLogger("latentq.worker")
 
@@ -119,27 +120,34 @@ def run_job(context: JobContext, spec: JobSpec) -> list[StoredImage]:
 
 def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[StoredImage]:
     warm = context.warm
-    warm.records.mark_running(spec)
+    store = PatientStore(warm.store, context.deadline)
+    if not warm.records.mark_running(spec):
+        log.info("job %s dropped: it was canceled, had ended or expired before it started", spec.job_id)
+        return []
     started = time.perf_counter()
     timings = StageTimings()
     try:
         pipeline = pipeline_for(warm, spec.model)
         reporter = step_reporter(warm, spec, pipeline, cancel)
         with timings.stage("load_ms"):
-            inputs = load_inputs(warm.store, spec)
+            inputs = load_inputs(store, spec)
         with timings.stage("sampling_ms"):
             images, batch_size = context.sampler.sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
             warm.records.mark_canceled(spec)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
-        stored = store_images(warm.store, spec, images, timings)
+        stored = store_images(store, spec, images, timings)
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
         warm.records.mark_failed(spec, job_error)
         raise
-    warm.records.mark_succeeded(spec, stored, timings.ms, batch_size)
+    if not warm.records.mark_succeeded(spec, stored, timings.ms, batch_size):
+        # Canceled (or ended otherwise) while it ran: the images are no job's; leave no orphans.
+        store.delete([image.key for image in stored])
+        log.info("job %s ended before its images were recorded; they were deleted", spec.job_id)
+        return []
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored

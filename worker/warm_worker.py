@@ -3,9 +3,11 @@ with a heartbeat for each job while it runs and the warm state handed to each jo
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -16,6 +18,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from latentq.contract import JobSpec
+from latentq.leases import Leases
 from worker.context import JobContext, WarmState, use_context
 from worker.rounds import RoundSeat, SamplingRound, batch_key
 
@@ -77,19 +80,26 @@ class WarmWorker(SimpleWorker):
     max_batch: int = 1
     #: Seconds to wait for more jobs when a round is not full (0: take what is queued).
     batch_wait_s: float = 0.0
+    #: Seconds a warm shutdown (SIGTERM) may take to finish the current round and its uploads.
+    drain_timeout_s: float = 60.0
+    #: Recovers a job this worker gives up (``worker.reaper.Reaper.recover``); set at start-up.
+    recover: Callable[[str], str | None] | None = None
     # Job timeouts raise in the job's thread (RQ's signal-based penalty works on the main thread only).
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, warm: WarmState, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warm: WarmState, lease_s: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The warm pipelines, storage, records and cancel watch every job runs with.
         self.warm = warm
+        #: This worker's leases on the jobs it takes (``latentq.leases``), each ``lease_s`` seconds.
+        self.leases = Leases(self.connection, self.name, lease_s)
         self._job_threads: list[threading.Thread] = []
         self._last_round_size = 1
         self._sampling_ended = 0.0
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run a round: ``job`` and the queued jobs that can sample with it."""
+        self.leases.take([job.id])  # from RQ's intermediate queue: now it is recoverable as ours
         self._limit_job_threads(self.max_batch)
         jobs = [job, *self._take_more(queue, job)]
         self._last_round_size = len(jobs)
@@ -116,11 +126,13 @@ class WarmWorker(SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def _requeue(self, queue: Queue, jobs: list[Job]) -> None:
-        """Put ``jobs`` back at the front of ``queue``, in their order."""
+        """Put ``jobs`` back at the front of ``queue``, in their order, and drop their leases. (If
+        this fails too, their leases expire and the reaper puts them back.)"""
         if not jobs:
             return
         try:
             self.connection.lpush(queue.key, *[job.id for job in reversed(jobs)])
+            self.leases.release([job.id for job in jobs])
             self.log.warning("round failed to start: %d taken job(s) put back in the queue", len(jobs))
         except RedisError as error:
             self.log.error(
@@ -162,11 +174,8 @@ class WarmWorker(SimpleWorker):
                     if job_key == key and images + samples <= self.max_batch:
                         candidates.append((job, samples))
                         images += samples
-            if candidates:  # claimed in one round trip; a job another worker took first is not ours
-                with self.connection.pipeline(transaction=False) as pipeline:
-                    for job, _ in candidates:
-                        pipeline.lrem(queue.key, 1, job.id)
-                    claimed = pipeline.execute()
+            if candidates:  # claimed with their leases in one script; one another worker took is not ours
+                claimed = self.leases.claim(queue.key, [job.id for job, _ in candidates])
                 for (job, samples), removed in zip(candidates, claimed, strict=True):
                     if removed:
                         taken.append(job)
@@ -182,11 +191,12 @@ class WarmWorker(SimpleWorker):
         return taken
 
     def _run_job_thread(self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution) -> None:
+        deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
         try:
             with (
-                use_context(JobContext(self.warm, seat)),
+                use_context(JobContext(self.warm, seat, deadline)),
                 Heartbeat(
-                    lambda: self.maintain_heartbeats(job, execution),
+                    lambda: self._beat(job, execution),
                     self.heartbeat_interval_s,
                     lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
                 ),
@@ -194,6 +204,44 @@ class WarmWorker(SimpleWorker):
                 self.perform_job(job, queue, execution)
         finally:
             seat.leave()
+            with suppress(RedisError):  # else the lease expires and the reaper finds the job ended
+                self.leases.release([job.id])
+
+    def _beat(self, job: Job, execution: Execution) -> None:
+        """Renew the job's lease, and RQ's heartbeats of the worker, execution and job."""
+        self.leases.renew([job.id])
+        self.maintain_heartbeats(job, execution)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM (warm shutdown): take no more jobs, finish the current round and its uploads
+        within ``drain_timeout_s``; a second signal, or the deadline, gives the jobs up (``give_up``)."""
+        if not getattr(self, "_draining", None):
+            self._draining = threading.Timer(
+                self.drain_timeout_s, self.give_up, args=("the drain deadline passed",)
+            )
+            self._draining.daemon = True
+            self._draining.start()
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """A second SIGTERM or SIGINT during a warm shutdown: give the jobs up now."""
+        self.give_up(f"signal {signum} during the warm shutdown")
+
+    def give_up(self, why: str) -> None:
+        """Hand every job this worker holds back (each counts an attempt; see ``worker.reaper``)
+        and exit at once with status 1."""
+        self.log.warning("giving up %d job(s): %s", len(self.leases.held), why)
+        try:
+            for job_id in self.leases.expire_now():
+                if self.recover is not None:
+                    self.recover(job_id)
+        finally:  # whatever happened: their leases are over, so another worker's reaper recovers them
+            os._exit(1)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's bookkeeping before a job runs; the job always leaves RQ's intermediate queue (RQ
+        leaves it there for a worker of several queues), where only jobs not yet started stay."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
     def _limit_job_threads(self, limit: int) -> None:
         """Wait until fewer than ``limit`` job threads (of earlier rounds) still run."""

@@ -23,8 +23,9 @@ from api.deps import CallerDep
 from api.job_lookup import find_record
 from api.waiting import RECHECK_S, job_ended
 from latentq.keys import job_events_key
-from latentq.records import TERMINAL_EVENTS, JobRecords
+from latentq.records import JobRecords
 from latentq.storage import ImageStore
+from latentq.transitions import TERMINAL_EVENTS
 from latentq.views import job_public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])

@@ -154,20 +154,19 @@ def get_job(job_id: str, caller: CallerDep) -> JobPublic:
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=_CANCEL_RESPONSES)
 @router.delete("/jobs/{job_id}", response_model=JobPublic, responses=_CANCEL_RESPONSES)
 def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
-    """Cancel a job: a queued one never starts; a running one stops at its next denoising step and
-    ends ``canceled``. Answers with the job as it stands; a finished job is a 409, unchanged."""
-    records = caller.services.records
-    record = find_record(job_id, records, caller.owner)
-    if record.status.is_terminal:
-        raise LatentqError(
-            "job_finished", f"Job {job_id} already ended {record.status.value}; nothing to cancel."
-        )
-    records.request_cancel(job_id)  # seen by the worker before it starts and at the next step
-    if record.status is JobStatus.QUEUED:
-        with suppress(NoSuchJobError, InvalidJobOperation):
-            Job.fetch(job_id, connection=caller.services.redis, serializer=JSONSerializer).cancel()
-        records.mark_canceled(record.spec)
-    return job_public(find_record(job_id, records, caller.owner), caller.services.store)
+    """Cancel a job that has not ended: it ends ``canceled`` at once (a queued one never starts; a
+    running one stops at its next denoising step and its images are discarded). Answers with the
+    canceled job; a job that had already ended is a 409 that says how, unchanged."""
+    services = caller.services
+    record = find_record(job_id, services.records, caller.owner)
+    if not record.status.is_terminal and services.records.cancel(record.spec):
+        queue = Queue(queue_name(record.model), connection=services.redis, serializer=JSONSerializer)
+        if services.redis.lrem(queue.key, 1, job_id):  # it was still queued: RQ shows it canceled too
+            with suppress(NoSuchJobError, InvalidJobOperation):
+                Job.fetch(job_id, connection=services.redis, serializer=JSONSerializer).cancel()
+        return job_public(find_record(job_id, services.records, caller.owner), services.store)
+    ended = services.records.get(job_id) or record
+    raise LatentqError("job_finished", f"Job {job_id} already ended {ended.status.value}; nothing to cancel.")
 
 
 @router.get(

@@ -28,25 +28,36 @@ def encoded_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model, tiny_inpainting_model, tiny_upscaler_model):
-    port = free_port()
+def launch(state, models_dir, port: int) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``python -m latentq_dev.devrun`` (what ``make run`` runs) on ``state``; return it and its
+    output up to the printed example, once it is ready."""
     env = environment_without_settings()
     env["LATENTQ_EMBEDDED_MODEL_DIR"] = str(models_dir)
     process = subprocess.Popen(
-        [sys.executable, "-m", "latentq_dev.devrun", "--state", str(tmp_path / "state"), "--port", str(port)],
+        [sys.executable, "-m", "latentq_dev.devrun", "--state", str(state), "--port", str(port)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
-    deadline = time.monotonic() + 240
+    read_until(process, lines, lambda line: line.startswith("  curl") and "/v1/jobs/" in line)
+    return process, lines
+
+
+def read_until(process: subprocess.Popen, lines: list[str], found, timeout_s: float = 240) -> str:
+    """Read the stack's output into ``lines`` until a line ``found`` accepts; return it."""
+    deadline = time.monotonic() + timeout_s
     assert process.stdout is not None
-    while not any(line.startswith("  curl") and "/v1/jobs/" in line for line in lines):
+    while True:
         line = process.stdout.readline()
         assert line or process.poll() is None, "".join(lines)
         assert time.monotonic() < deadline, "".join(lines)
         lines.append(line)
-    yield process, lines, tmp_path / "state"
-    if process.poll() is None:  # the test failed before stopping it: stop the whole stack anyway
+        if found(line):
+            return line
+
+
+def stop_anyway(process: subprocess.Popen) -> None:
+    """Stop a stack a failed test left running, every process of it."""
+    if process.poll() is None:
         children = children_of(process.pid)
         process.send_signal(signal.SIGINT)
         try:
@@ -55,6 +66,14 @@ def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model, tiny_inpainting_mod
             for pid in [*children, process.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stack(tmp_path, models_dir, tiny_model, tiny_sdxl_model, tiny_inpainting_model, tiny_upscaler_model):
+    port = free_port()
+    process, lines = launch(tmp_path / "state", models_dir, port)
+    yield process, lines, tmp_path / "state"
+    stop_anyway(process)
 
 
 def children_of(pid: int) -> list[int]:
@@ -108,3 +127,34 @@ def test_make_run_serves_the_printed_example_and_stops_everything_on_ctrl_c(stac
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert all(not os.path.exists(f"/proc/{pid}") for pid in servers)
+
+
+def command_line(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as file:
+        return file.read().decode().split("\0")
+
+
+@pytest.mark.slow
+def test_make_run_restarts_a_crashed_worker_and_keeps_jobs_across_its_own_restart(stack, models_dir):
+    process, lines, state = stack
+    key = re.search(r"export KEY=(\S+)", "".join(lines)).group(1)
+    base_url = next(line for line in lines if "/v1/generate" in line).split()[-1].removesuffix("/v1/generate")
+    headers = {"Authorization": f"Bearer {key}"}
+    [worker] = [pid for pid in children_of(process.pid) if command_line(pid)[1:3] == ["-m", "worker"]]
+    os.kill(worker, signal.SIGKILL)
+    read_until(process, lines, lambda line: line.startswith("worker exited with code -9; restarting"))
+    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+        job_id = client.post("/v1/generate", json={"prompt": "a lighthouse", "steps": 2}).json()["id"]
+        assert wait_for_job(client, job_id, timeout_s=120)["status"] == "succeeded"  # the new worker ran it
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+
+    port = free_port()
+    again, _lines = launch(state, models_dir, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+            job = client.get(f"/v1/jobs/{job_id}")
+            assert job.status_code == 200 and job.json()["status"] == "succeeded"  # Redis kept it (AOF)
+    finally:
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=30) == 0

@@ -50,7 +50,7 @@ def test_a_finished_record_is_not_rewritten_by_rq_state(redis):
     records = JobRecords(redis, retention_s=120)
     spec = make_spec()
     create(records, spec)
-    records.mark_succeeded(spec, [], {})
+    assert records.mark_running(spec) and records.mark_succeeded(spec, [], {})
     redis.hset(rq_job_key(spec.job_id), "status", "failed")
     record = records.get(spec.job_id)
     assert record is not None and record.status is JobStatus.SUCCEEDED

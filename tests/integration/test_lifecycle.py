@@ -73,7 +73,7 @@ def test_running_job_stops_within_two_steps_of_cancel_and_the_worker_serves_on(c
         assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
         time.sleep(0.01)
     canceled = client.post(f"/v1/jobs/{job_id}/cancel")
-    assert canceled.status_code == 200
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"  # at once, for good
     step_at_cancel = canceled.json()["progress"]["step"]
     final = wait_for_job(client, job_id)
     assert final["status"] == "canceled" and final["images"] == [] and final["error"] is None

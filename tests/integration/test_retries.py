@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 from rq import Queue
 
-from latentq.keys import queue_name
+from latentq.keys import job_key, queue_name
 from tests.conftest import API_KEY, BUCKET, api_settings, serve
 from tests.integration.test_lifecycle import BODY, IDLE
 
@@ -65,6 +66,31 @@ def test_a_repeated_key_stores_no_input_image(idle_api, s3_server):
     again = post(idle_api, body, key)
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     assert input_objects(s3_server) == stored  # the repeat uploaded nothing: no orphaned objects
+
+
+def claim_of(redis, job_id: str) -> str:
+    """The Redis key of the idempotency claim that names ``job_id``."""
+    [name] = [name for name in redis.scan_iter("latentq:idempotency:*")
+              if json.loads(redis.get(name))["job_id"] == job_id]  # fmt: skip
+    return name
+
+
+def test_a_key_lives_as_long_as_its_job(idle_api, redis):
+    job = post(idle_api, {**BODY, "retention_s": 120}, f"order-{uuid.uuid4()}").json()
+    assert 110 <= redis.ttl(claim_of(redis, job["id"])) <= 120  # not a day: a retry after it expired is new
+    assert 110 <= redis.ttl(job_key(job["id"])) <= 120
+
+
+def test_a_key_whose_job_never_appeared_is_taken_over_by_the_next_request(idle_api, redis):
+    key = f"order-{uuid.uuid4()}"
+    job = post(idle_api, BODY, key).json()
+    name = claim_of(redis, job["id"])
+    # As if the request that claimed the key a minute ago had died before queueing its job.
+    redis.set(name, json.dumps({**json.loads(redis.get(name)), "at": time.time() - 60}), keepttl=True)
+    redis.delete(job_key(job["id"]))
+    again = post(idle_api, BODY, key)
+    assert again.status_code == 202 and again.json()["id"] != job["id"]
+    assert post(idle_api, BODY, key).json()["id"] == again.json()["id"]  # the key now names the new job
 
 
 def test_ten_concurrent_duplicates_create_one_job(idle_api, redis):

@@ -4,6 +4,7 @@ records and cancel watch (no Redis, no subprocess), and how it names what went w
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,7 @@ from rq.timeouts import JobTimeoutException
 
 from latentq.contract import JobSpec, WeightedPrompt
 from worker.context import JobContext, WarmState
+from worker.patient_store import PatientStore
 from worker.rounds import SamplingRound
 from worker.runner import MAX_ERROR_MESSAGE, classify_error, run_job
 
@@ -28,15 +30,23 @@ def spec(job_id: str = "job-1", **changes) -> JobSpec:
 class FakeRecords:
     """Keeps every record write as (what, job id, detail)."""
 
-    def __init__(self, canceled: tuple[str, ...] = ()) -> None:
+    def __init__(self, canceled: tuple[str, ...] = (), refuse: tuple[str, ...] = ()) -> None:
         self.writes: list[tuple[str, str, object]] = []
         self.canceled = canceled
+        #: Changes the job's state machine refuses (the record says the job ended meanwhile).
+        self.refuse = refuse
 
     def cancel_requested(self, *job_ids: str) -> list[str]:
         return [job_id for job_id in job_ids if job_id in self.canceled]
 
-    def mark_running(self, spec: JobSpec) -> None:
-        self.writes.append(("running", spec.job_id, None))
+    def _write(self, what: str, spec: JobSpec, detail: object = None) -> bool:
+        if what in self.refuse:
+            return False
+        self.writes.append((what, spec.job_id, detail))
+        return True
+
+    def mark_running(self, spec: JobSpec) -> bool:
+        return self._write("running", spec)
 
     def progress(self, job_id, step, total_steps, publish, eta_s=0.0, notify=False) -> None:
         if publish:
@@ -45,14 +55,14 @@ class FakeRecords:
     def preview(self, job_id, step, jpeg) -> None:
         self.writes.append(("preview", job_id, step))
 
-    def mark_canceled(self, spec: JobSpec) -> None:
-        self.writes.append(("canceled", spec.job_id, None))
+    def mark_canceled(self, spec: JobSpec) -> bool:
+        return self._write("canceled", spec)
 
-    def mark_failed(self, spec: JobSpec, error) -> None:
-        self.writes.append(("failed", spec.job_id, error.name))
+    def mark_failed(self, spec: JobSpec, error) -> bool:
+        return self._write("failed", spec, error.name)
 
-    def mark_succeeded(self, spec: JobSpec, images, timings, batch_size=1) -> None:
-        self.writes.append(("succeeded", spec.job_id, ([image.key for image in images], batch_size)))
+    def mark_succeeded(self, spec: JobSpec, images, timings, batch_size=1) -> bool:
+        return self._write("succeeded", spec, ([image.key for image in images], batch_size))
 
     def of(self, job_id: str) -> list[tuple[str, object]]:
         return [(what, detail) for what, of, detail in self.writes if of == job_id]
@@ -61,17 +71,26 @@ class FakeRecords:
 class FakeStore:
     """Objects in a dict; every put fails with ``failure`` when set."""
 
-    def __init__(self, failure: Exception | None = None) -> None:
+    def __init__(self, failure: Exception | None = None, failures: int = 1_000_000) -> None:
         self.objects: dict[str, bytes] = {}
-        self.failure = failure
+        self.failure, self.failures = failure, failures
+
+    def _maybe_fail(self) -> None:
+        if self.failure is not None and self.failures > 0:
+            self.failures -= 1
+            raise self.failure
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        if self.failure is not None:
-            raise self.failure
+        self._maybe_fail()
         self.objects[key] = data
 
     def get(self, key: str) -> bytes:
+        self._maybe_fail()
         return self.objects[key]
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
 
 
 class FakeCancels:
@@ -152,11 +171,41 @@ def test_an_unserved_model_fails_the_job_clearly():
     assert state.records.of("job-1") == [("running", None), ("failed", "generation_failed")]
 
 
-def test_an_unreachable_store_fails_the_job_with_storage_error():
+def test_a_store_still_down_at_the_deadline_fails_the_job_with_storage_error():
     state = warm(FakePipeline(), FakeStore(EndpointConnectionError(endpoint_url="http://s3")))
     with pytest.raises(EndpointConnectionError):
-        run_job(JobContext(state), spec())
+        run_job(JobContext(state, deadline=time.monotonic() + 0.1), spec())  # no room for a retry
     assert state.records.of("job-1")[-1] == ("failed", "storage_error")
+
+
+def test_a_short_storage_outage_is_waited_out_within_the_deadline():
+    store = FakeStore(EndpointConnectionError(endpoint_url="http://s3"), failures=2)
+    waits: list[float] = []
+    patient = PatientStore(store, deadline=100.0, clock=lambda: sum(waits), sleep=waits.append)
+    patient.put("k", b"data", "image/png")
+    assert store.objects == {"k": b"data"} and waits == [0.5, 1.0]  # backing off
+
+
+def test_storage_retries_stop_when_the_next_wait_would_pass_the_deadline():
+    store = FakeStore(EndpointConnectionError(endpoint_url="http://s3"))
+    waits: list[float] = []
+    patient = PatientStore(store, deadline=5.0, clock=lambda: sum(waits), sleep=waits.append)
+    with pytest.raises(EndpointConnectionError):
+        patient.get("k")
+    assert waits == [0.5, 1.0, 2.0]  # the next, 4 s, would end after the deadline
+
+
+def test_a_job_its_state_machine_will_not_start_is_dropped_unsampled():
+    pipeline = FakePipeline()
+    state = warm(pipeline, records=FakeRecords(refuse=("running",)))  # canceled or expired meanwhile
+    assert run_job(JobContext(state), spec()) == []
+    assert state.records.of("job-1") == [] and pipeline.calls == []
+
+
+def test_images_of_a_job_that_ended_while_it_ran_are_deleted_not_recorded():
+    state = warm(FakePipeline(), records=FakeRecords(refuse=("succeeded",)))  # canceled at the last step
+    assert run_job(JobContext(state), spec(samples=2)) == []
+    assert state.store.objects == {}  # no orphans
 
 
 def test_a_job_canceled_before_it_starts_never_samples():

@@ -54,17 +54,22 @@ def generators_for(spec: JobSpec) -> Any:
     return generators[0] if len(generators) == 1 else generators
 
 
+class StopSampling(Exception):
+    """Raised from the step callback when every job of the call asked to stop (canceled, or its
+    time limit passed): the call ends at once, without decoding latents no one wants."""
+
+
 def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
     """Return a diffusers step-end callback that reports each step to ``on_step`` and ends denoising
-    when it asks to (cancel) or after ``stop_at`` loop iterations (a step schedule's end). Once
-    interrupted, diffusers skips the remaining steps and decodes the latents reached."""
+    after ``stop_at`` loop iterations (a step schedule's end: diffusers skips the remaining steps
+    and decodes the latents reached), and raises ``StopSampling`` when ``on_step`` asks to stop."""
 
     def callback(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
         if stop_at is not None and index + 1 >= stop_at:
             pipe._interrupt = True
         total = getattr(pipe, "num_timesteps", 0) or index + 1
         if on_step is not None and on_step(index + 1, total, tensors.get("latents")):
-            pipe._interrupt = True
+            raise StopSampling
         return tensors
 
     return callback
@@ -149,7 +154,14 @@ class WarmPipeline:
         return float(max(peaks[1] - peaks[0], 1))
 
     def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
-        """Run sampling for ``spec`` with its input images (``init``, ``mask``), reporting each step."""
+        """Run sampling for ``spec`` with its input images (``init``, ``mask``), reporting each step;
+        no images if ``on_step`` asked to stop."""
+        try:
+            return self._generate(spec, inputs, on_step)
+        except StopSampling:
+            return []
+
+    def _generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None) -> list[Image]:
         pipe = self.pipes[spec.task]
         pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
         common = {
@@ -178,7 +190,8 @@ class WarmPipeline:
         images. Each image keeps its own seeded generator and each job its own prompt conditioning,
         so a job's images are what it would get alone (to float rounding: see docs). ``on_step`` of
         a member sees its own slice of the latents; a member that asks to stop is left to finish
-        with the others (its images are then discarded by the caller), unless all ask to stop."""
+        with the others (its images are then discarded by the caller); when all have asked, the call
+        ends at once and each gets no images."""
         first = members[0][0]
         pipe = self.pipe
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
@@ -206,11 +219,14 @@ class WarmPipeline:
                             stopped.add(index)
                 return len(stopped) == len(slices)
 
-            images = pipe(
-                **arguments, width=first.width, height=first.height, num_inference_steps=first.steps,
-                guidance_scale=first.cfg_scale, generator=generators, output_type="pil",
-                callback_on_step_end=step_callback(None, on_batch_step),
-            ).images  # fmt: skip
+            try:
+                images = pipe(
+                    **arguments, width=first.width, height=first.height, num_inference_steps=first.steps,
+                    guidance_scale=first.cfg_scale, generator=generators, output_type="pil",
+                    callback_on_step_end=step_callback(None, on_batch_step),
+                ).images  # fmt: skip
+            except StopSampling:  # every member asked to stop
+                return [[] for _ in members]
         return [list(images[start:end]) for start, end, _ in slices]
 
     def _image_to_image(

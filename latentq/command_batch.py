@@ -1,0 +1,113 @@
+"""Several Redis writes as one atomic script call, made only if their conditions hold: the one
+mechanism by which a job's state changes (``latentq.records``) and a submit is queued.
+
+A MULTI/EXEC of N commands costs the client N + 2 replies to read, and cannot check a value
+before writing; a read followed by a write races other clients. ``CommandBatch`` records commands
+with the pipeline API (``hset``, ``expire``, ``latentq.rq_writer.queue_job``, ...) and its
+conditions, and ``run`` sends them in one ``EVALSHA`` of a script that checks the conditions and
+replays the commands: no other client runs in between, a command that fails stops the rest (what
+ran stays), and the reply is one integer.
+
+Conditions (all must hold, else nothing runs and ``run`` returns False):
+
+- ``require_in(key, field, values)``: the hash field holds one of ``values`` (a missing key or
+  field fails: a late write never re-creates an expired record);
+- ``require_absent(key, field)``: the hash field does not exist;
+- ``require_due(key, member)``: the sorted-set member exists with a score (Unix seconds) at or
+  before the server's clock (an expired lease).
+
+The script names its keys in ARGV, not KEYS: fine on one Redis, which is what latentq (and RQ,
+whose transactions span keys in different hash slots) runs on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError
+
+_REPLAY = """
+local conditions = tonumber(ARGV[1])
+local i = 2
+for _ = 1, conditions do
+  local kind, key, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if kind == 'in' then
+    local value = redis.call('hget', key, a)
+    if not value or not string.find(' ' .. b .. ' ', ' ' .. value .. ' ', 1, true) then return 0 end
+  elseif kind == 'absent' then
+    if redis.call('hexists', key, a) == 1 then return 0 end
+  elseif kind == 'due' then
+    local score = redis.call('zscore', key, a)
+    local now = redis.call('time')
+    if not score or tonumber(score) > tonumber(now[1]) + tonumber(now[2]) / 1e6 then return 0 end
+  end
+end
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + count))
+  i = i + count + 1
+end
+return 1
+"""
+_REPLAY_SHA = hashlib.sha1(_REPLAY.encode()).hexdigest()
+
+#: Records commands only: a client that never connects.
+_RECORDER = Redis()
+
+
+class CommandBatch:
+    """Redis commands recorded on ``pipeline`` (a sync pipeline that is never executed), run together
+    by ``run`` (sync client) or ``run_async`` (asyncio client) if the conditions hold."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline = _RECORDER.pipeline(transaction=False)
+        self._conditions: list[str] = []
+
+    def require_in(self, key: str, field: str, values: list[str] | tuple[str, ...]) -> CommandBatch:
+        """Run only if hash ``key``'s ``field`` holds one of ``values`` (none contains a space)."""
+        self._conditions += ["in", key, field, " ".join(values)]
+        return self
+
+    def require_absent(self, key: str, field: str) -> CommandBatch:
+        """Run only if hash ``key`` has no ``field``."""
+        self._conditions += ["absent", key, field, ""]
+        return self
+
+    def require_due(self, key: str, member: str) -> CommandBatch:
+        """Run only if ``member`` of sorted set ``key`` has a score at or before the server's time."""
+        self._conditions += ["due", key, member, ""]
+        return self
+
+    def _arguments(self) -> list[Any]:
+        flat: list[Any] = [len(self._conditions) // 4, *self._conditions]
+        for args, _options in self.pipeline.command_stack:
+            flat.append(len(args))
+            flat.extend(args)
+        return flat
+
+    def run(self, redis: Redis) -> bool:
+        """Check the conditions and run the recorded commands atomically in one round trip; return
+        whether they ran."""
+        args = self._arguments()
+        try:
+            ran: Any = redis.evalsha(_REPLAY_SHA, 0, *args)
+        except NoScriptError:  # first use on this server (or after SCRIPT FLUSH)
+            redis.script_load(_REPLAY)
+            ran = redis.evalsha(_REPLAY_SHA, 0, *args)
+        return bool(ran)
+
+    async def run_async(self, redis: AsyncRedis) -> bool:
+        """``run`` on the asyncio client (no thread)."""
+        args = self._arguments()
+        ran: Any
+        try:
+            ran = await redis.evalsha(_REPLAY_SHA, 0, *args)
+        except NoScriptError:
+            await redis.script_load(_REPLAY)
+            ran = await redis.evalsha(_REPLAY_SHA, 0, *args)
+        return bool(ran)

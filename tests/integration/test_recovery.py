@@ -1,0 +1,155 @@
+"""Lost workers: a job whose worker is SIGKILLed mid-run is found through its expired lease and run
+again by another worker, a bounded number of times, with real worker processes and real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from redis import Redis
+from rq import Queue, Worker
+
+from latentq.keys import LEASES, job_events_key, queue_name
+from latentq_dev.devstack import Process, wait_until
+from tests.conftest import API_KEY, api_settings, serve, wait_for_job, worker_env
+
+#: A model served only by this module's workers, so no other test's worker takes its jobs.
+MODEL = {"id": "recovery-sd", "source": "embedded:tiny-sd", "family": "sd1",
+         "limits": {"min_side": 64, "max_side": 1024, "min_pixels": 4096, "max_pixels": 1048576}}  # fmt: skip
+#: Long enough to be killed in the middle of (hundreds of steps), short when run to the end.
+LONG = {"model": "recovery-sd", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 150, "seed": 4}
+SHORT = {**LONG, "steps": 2}
+LOST_S = "3"
+
+
+@pytest.fixture(scope="module")
+def api(redis_server, s3_server) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        serve(api_settings(redis_server, s3_server, models=[MODEL])) as url,
+        httpx.Client(base_url=url, headers=headers, timeout=30) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterator[Callable[[], Process]]:
+    """Yield a function that starts one more worker of ``recovery-sd`` (and waits until it listens);
+    stop every one started at the end."""
+    started: list[Process] = []
+    redis = Redis.from_url(redis_server.url)
+    queue = Queue(queue_name("recovery-sd"), connection=redis)
+
+    def start() -> Process:
+        env = worker_env(
+            redis_server, s3_server, models_dir, "recovery-sd", models=json.dumps([MODEL]),
+            worker_lost_s=LOST_S, max_batch="1", **settings,
+        )  # fmt: skip
+        name = env["LATENTQ_WORKER_NAME"] = f"recovery-{uuid.uuid4().hex[:8]}"
+        argv = [sys.executable, "-m", "worker"]
+        process = Process.start(name, argv, tmp_path / f"{name}.log", env)
+        started.append(process)
+        listening = lambda: name in {worker.name for worker in Worker.all(connection=redis, queue=queue)}  # noqa: E731
+        wait_until(listening, 120, "the worker", process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+
+
+def running(client: httpx.Client, job_id: str, attempt: int, timeout_s: float = 60) -> dict:
+    """Wait until the job runs its ``attempt`` and has made a few steps; return it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        progress = job["progress"] or {"step": 0}
+        if job["status"] == "running" and job["attempt"] == attempt and progress["step"] >= 3:
+            return job
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.02)
+
+
+def terminal_events(redis: Redis, job_id: str) -> list[str]:
+    names = [fields[b"event"].decode() for _, fields in redis.xrange(job_events_key(job_id))]
+    return [name for name in names if name in ("succeeded", "failed", "canceled")]
+
+
+@pytest.mark.slow
+def test_a_killed_workers_job_runs_again_on_another_worker(api, redis, redis_server, s3_server, models_dir,
+                                                         tiny_model, tmp_path):  # fmt: skip
+    with workers(redis_server, s3_server, models_dir, tmp_path) as start:
+        first = start()
+        job_id = api.post("/v1/generate", json=LONG).json()["id"]
+        running(api, job_id, attempt=1)
+        start()  # idle, ready to take the job back
+        first.popen.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        done = wait_for_job(api, job_id, timeout_s=90)
+        recovered_s = time.monotonic() - killed_at
+    assert done["status"] == "succeeded" and done["attempt"] == 2, done
+    assert [image["url"].split("?")[0].rsplit("/", 2)[-2:] for image in done["images"]] == [[job_id, "0.png"]]
+    assert terminal_events(redis, job_id) == ["succeeded"]
+    assert redis.zscore(LEASES, job_id) is None
+    assert recovered_s < 60, recovered_s  # found within the lease, not RQ's 600 s maintenance
+
+
+@pytest.mark.slow
+def test_a_job_that_loses_its_worker_every_time_fails_worker_lost_and_the_queue_goes_on(
+    api, redis, redis_server, s3_server, models_dir, tiny_model, tmp_path
+):
+    with workers(redis_server, s3_server, models_dir, tmp_path, max_attempts="2") as start:
+        first = start()
+        job_id = api.post("/v1/generate", json=LONG).json()["id"]
+        running(api, job_id, attempt=1)
+        second = start()
+        first.popen.send_signal(signal.SIGKILL)
+        running(api, job_id, attempt=2)
+        start()
+        second.popen.send_signal(signal.SIGKILL)
+        failed = wait_for_job(api, job_id, timeout_s=90)
+        after = wait_for_job(api, api.post("/v1/generate", json=SHORT).json()["id"], timeout_s=90)
+    assert failed["status"] == "failed" and failed["error"]["name"] == "worker_lost", failed
+    assert failed["attempt"] == 2 and "after 2 attempts" in failed["error"]["message"]
+    assert terminal_events(redis, job_id) == ["failed"]
+    assert after["status"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_running_job_then_exits_0(api, redis_server, s3_server, models_dir, tiny_model,
+                                                       tmp_path):  # fmt: skip
+    with workers(redis_server, s3_server, models_dir, tmp_path, drain_timeout_s="60") as start:
+        worker = start()
+        job_id = api.post("/v1/generate", json=LONG).json()["id"]
+        running(api, job_id, attempt=1)
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(timeout=60) == 0
+        done = api.get(f"/v1/jobs/{job_id}").json()
+    assert done["status"] == "succeeded" and done["attempt"] == 1, done
+
+
+@pytest.mark.slow
+def test_a_drain_past_its_deadline_hands_the_job_back_and_exits_1(
+    api, redis, redis_server, s3_server, models_dir, tiny_model, tmp_path
+):
+    with workers(redis_server, s3_server, models_dir, tmp_path, drain_timeout_s="0.5") as start:
+        first = start()
+        job_id = api.post("/v1/generate", json={**LONG, "steps": 150, "width": 256, "height": 256}).json()[
+            "id"
+        ]
+        running(api, job_id, attempt=1)
+        start()
+        first.popen.send_signal(signal.SIGTERM)
+        assert first.popen.wait(timeout=30) == 1
+        done = wait_for_job(api, job_id, timeout_s=120)
+    assert done["status"] == "succeeded" and done["attempt"] == 2, done
+    assert terminal_events(redis, job_id) == ["succeeded"]

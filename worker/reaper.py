@@ -1,0 +1,155 @@
+"""The reaper: finds jobs whose lease expired (``latentq.leases``: their worker was lost) and
+recovers each, once, whichever live worker's reaper gets there first.
+
+A job that was running goes back to the front of its queue with ``attempt`` + 1 (the same object
+keys: a re-run overwrites, never duplicates), up to ``LATENTQ_MAX_ATTEMPTS`` runs; after that it
+ends ``failed`` / ``worker_lost`` (so a job that kills its worker every time is not retried
+forever). A job that was claimed but had not started goes back without counting an attempt. Each
+recovery is one guarded script call: it runs only while the lease is still expired and the job
+has not ended, so two reapers never both recover a job, and a worker that renews in time keeps it.
+RQ's own lists and registries (queue, intermediate queue, started and failed registries) are
+updated in the same call, so ``rq info`` tells the same story.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from latentq.command_batch import CommandBatch
+from latentq.contract import JobError, JobSpec, JobStatus
+from latentq.errors import ERRORS
+from latentq.keys import LEASE_HOLDERS, LEASES, job_key, rq_job_key
+from latentq.leases import Leases
+from latentq.records import JobRecords, utc_now
+from latentq.transitions import record_change
+
+log = logging.getLogger("latentq.worker")
+
+#: Expired leases recovered per pass, at most.
+PASS_LIMIT = 100
+#: Queued jobs that are in RQ's intermediate queues get a lease once seen there: queues looked at.
+QUEUE_PREFIX = Queue.redis_queue_namespace_prefix + "latentq:"
+
+
+class Reaper:
+    """Recovers the jobs of lost workers every ``interval_s`` seconds, on a daemon thread."""
+
+    def __init__(self, records: JobRecords, leases: Leases, max_attempts: int, interval_s: float) -> None:
+        self.records, self.leases = records, leases
+        self.redis: Redis = records.redis
+        self.max_attempts, self.interval_s = max_attempts, interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latentq-reaper", daemon=True)
+
+    def start(self) -> Reaper:
+        """Run one pass now (before the worker takes jobs), then keep passing in the background."""
+        self.run_once()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop passing."""
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.run_once()
+            except (RedisError, OSError) as error:  # Redis away: try again next pass
+                log.warning("reaper: %s; retrying", error)
+
+    def run_once(self) -> dict[str, int]:
+        """Adopt jobs left in RQ's intermediate queues without a lease, then recover every job whose
+        lease expired; return how many were requeued, failed, or found already ended."""
+        self.leases.adopt(self._unleased_intermediate())
+        counts = {"requeued": 0, "failed": 0, "ended": 0}
+        for job_id in self.leases.expired(PASS_LIMIT):
+            outcome = self.recover(job_id)
+            if outcome:
+                counts[outcome] += 1
+        return counts
+
+    def _unleased_intermediate(self) -> list[str]:
+        queues: Any = self.redis.smembers(Queue.redis_queues_keys)
+        found = []
+        for key in sorted(queue.decode() for queue in queues):
+            if key.startswith(QUEUE_PREFIX):
+                found += [job_id.decode() for job_id in self.redis.lrange(f"{key}:intermediate", 0, -1)]
+        if not found:
+            return []
+        scores = self.redis.zmscore(LEASES, found)
+        return [job_id for job_id, score in zip(found, scores, strict=True) if score is None]
+
+    def recover(self, job_id: str) -> str | None:
+        """Recover ``job_id``, whose lease expired; return ``requeued``, ``failed`` or ``ended``, or
+        None if it needed nothing (another reaper got there first, or its worker renewed)."""
+        status, attempt, spec_json = self.redis.hmget(job_key(job_id), ["status", "attempt", "spec"])
+        origin_value = self.redis.hget(rq_job_key(job_id), "origin")
+        origin = origin_value.decode() if origin_value else None
+        batch = CommandBatch().require_due(LEASES, job_id)
+        batch.pipeline.zrem(LEASES, job_id)
+        batch.pipeline.hdel(LEASE_HOLDERS, job_id)
+        if origin is not None:
+            self._leave_rq_lists(batch, job_id, origin)
+        live = status is not None and spec_json is not None and not JobStatus(status.decode()).is_terminal
+        if not live or origin is None:
+            return "ended" if batch.run(self.redis) else None
+        spec = JobSpec.model_validate_json(spec_json)
+        ran = int(attempt or 1)
+        was_running = status.decode() == JobStatus.RUNNING.value
+        if was_running and ran >= self.max_attempts:
+            return "failed" if self._fail(batch, spec, origin, ran) else None
+        self._requeue(batch, spec, origin, ran + 1 if was_running else ran)
+        if batch.run(self.redis):
+            log.warning("job %s: its worker was lost; back in its queue (attempt %d)", job_id, ran + 1)
+            return "requeued"
+        return None
+
+    def _leave_rq_lists(self, batch: CommandBatch, job_id: str, origin: str) -> None:
+        """Add to ``batch`` the removal of ``job_id`` from RQ's lists of queue ``origin``."""
+        queue = Queue(origin, connection=self.redis)
+        batch.pipeline.lrem(queue.intermediate_queue_key, 0, job_id)
+        batch.pipeline.lrem(queue.key, 0, job_id)
+        started = StartedJobRegistry(origin, connection=self.redis).key
+        members: Any = self.redis.zrange(started, 0, -1)
+        executions = [member for member in members if member.decode().split(":")[0] == job_id]
+        if executions:
+            batch.pipeline.zrem(started, *executions)
+
+    def _requeue(self, batch: CommandBatch, spec: JobSpec, origin: str, attempt: int) -> None:
+        fields = {"attempt": attempt, "started_at": "", "step": 0, "total_steps": 0, "eta_s": 0}
+        record_change(
+            batch, spec.job_id, "requeued", fields, self.records.retention_s, data={"attempt": attempt}
+        )
+        queue = Queue(origin, connection=self.redis)
+        batch.pipeline.hset(
+            rq_job_key(spec.job_id), mapping={"status": "queued", "worker_name": "", "started_at": ""}
+        )
+        batch.pipeline.lpush(queue.key, spec.job_id)
+        batch.pipeline.sadd(Queue.redis_queues_keys, queue.key)
+
+    def _fail(self, batch: CommandBatch, spec: JobSpec, origin: str, attempts: int) -> bool:
+        message = f"{ERRORS['worker_lost'].message} (after {attempts} attempts)"
+        error = JobError(name="worker_lost", message=message)
+        now = utc_now()
+        fields = {"error": error.model_dump_json(), "finished_at": now}
+        record_change(batch, spec.job_id, "failed", fields, self.records.retention_s, spec.webhook, now)
+        failed = FailedJobRegistry(origin, connection=self.redis)
+        seconds, _ = self.redis.time()
+        batch.pipeline.hset(rq_job_key(spec.job_id), mapping={"status": "failed", "ended_at": now})
+        batch.pipeline.zadd(failed.key, {spec.job_id: seconds + self.records.max_retention_s})
+        if batch.run(self.redis):
+            log.warning(
+                "job %s failed: its worker was lost %d times (%s)", spec.job_id, attempts, json.dumps(message)
+            )
+            return True
+        return False
