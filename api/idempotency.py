@@ -67,6 +67,19 @@ return false
 """
 
 
+# Deletes a claim only if it names the job (ARGV[1] is its "job_id" entry, as stored).
+_RELEASE = """
+local value = redis.call('get', KEYS[1])
+if value and string.find(value, ARGV[1], 1, true) then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def claim_name(owner: str, key: str) -> str:
+    """Return the Redis key of API key ``owner``'s claim of ``Idempotency-Key`` ``key``."""
+    return idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
+
+
 @dataclass(frozen=True)
 class Original:
     """The job an earlier request with the same key made (or is making), and its claim."""
@@ -82,7 +95,7 @@ def claim(redis: Redis, owner: str, key: str, body: str, job_id: str, ttl_s: int
     """Claim ``key`` for ``job_id`` for ``ttl_s`` seconds (the job's retention); return None if
     claimed, else the original job it names. Raise ``idempotency_conflict`` when it was claimed
     for a different body."""
-    name = idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
+    name = claim_name(owner, key)
     value = json.dumps({"fingerprint": body, "job_id": job_id, "at": time.time()})
     for _ in range(3):  # the claim may expire between SET NX and GET: try again
         if redis.set(name, value, nx=True, ex=ttl_s):
@@ -103,15 +116,16 @@ def claim(redis: Redis, owner: str, key: str, body: str, job_id: str, ttl_s: int
 def take_over(redis: Redis, owner: str, key: str, original: Original, job_id: str, ttl_s: int) -> bool:
     """Claim ``key`` for ``job_id`` in place of ``original``, whose job never appeared; False if
     another request took it over first."""
-    name = idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
+    name = claim_name(owner, key)
     fingerprint = json.loads(original.value)["fingerprint"]
     value = json.dumps({"fingerprint": fingerprint, "job_id": job_id, "at": time.time()})
     return bool(redis.eval(_TAKE_OVER, 1, name, original.value, value, ttl_s))
 
 
-def release(redis: Redis, owner: str, key: str) -> None:
-    """Forget ``key`` (the request that claimed it failed before queueing its job)."""
-    redis.delete(idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest()))
+def release(redis: Redis, owner: str, key: str, job_id: str) -> None:
+    """Forget ``key`` if it still names ``job_id`` (the request that claimed it failed before
+    queueing its job; a retry that took it over keeps it)."""
+    redis.eval(_RELEASE, 1, claim_name(owner, key), f'"job_id": "{job_id}"')
 
 
 def original_record(records: JobRecords, original: Original) -> JobRecord | None:

@@ -10,6 +10,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 from latentq.models import ModelRegistry
@@ -48,12 +50,17 @@ class Services:
     def create(cls, settings: ApiSettings) -> Services:
         """Make the services of ``settings`` (no I/O). Call it in the app's event loop: the asyncio
         client belongs to it."""
+        # A connection Redis dropped (it restarted) is retried on a new one, so a client sees at most
+        # the outage itself, not stale pooled connections after it.
+        retried: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError]
         redis = Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-        )
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
+            retry_on_error=retried,
+        )  # fmt: skip
         async_redis = AsyncRedis.from_url(
             settings.redis_url, socket_connect_timeout=5, max_connections=settings.async_redis_connections,
             connection_class=HiredisPackingConnection if HIREDIS_AVAILABLE else AsyncConnection,
+            retry_on_error=retried,
         )  # fmt: skip
         records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
         return cls(

@@ -14,7 +14,7 @@ from functools import partial
 from PIL.Image import Image
 from starlette.concurrency import run_in_threadpool
 
-from api.idempotency import IdempotencyClaim, claim, original_record, release, take_over
+from api.idempotency import IdempotencyClaim, claim, claim_name, original_record, release, take_over
 from api.job_specs import JobDraft, carries_images, validate_request
 from api.services import Services
 from api.uploads import png_bytes
@@ -73,10 +73,11 @@ async def submit_job(
     try:
         if draft.uploads:
             await run_in_threadpool(store_inputs, services.store, draft.uploads)
-        spec, created_at = await enqueue_draft(services, owner, draft)
+        claimed = claim_name(owner, idempotency.key) if idempotency is not None else None
+        spec, created_at = await enqueue_draft(services, owner, draft, claimed)
     except BaseException:
         if idempotency is not None:
-            await run_in_threadpool(release, services.redis, owner, idempotency.key)
+            await run_in_threadpool(release, services.redis, owner, idempotency.key, spec.job_id)
         raise
     if not wait_s:
         return Submitted(spec, created_at)
@@ -110,30 +111,40 @@ def store_inputs(store: ImageStore, uploads: dict[str, Image]) -> None:
         store.put(key, png_bytes(image), "image/png")
 
 
-async def enqueue_draft(services: Services, owner: str, draft: JobDraft) -> tuple[JobSpec, str]:
-    """Queue ``draft``'s job, with its key's default webhook if it takes one; return the spec queued
-    and its record's created_at."""
-    created_at = await enqueue_job(draft.spec, services, owner, draft.takes_default_webhook)
+async def enqueue_draft(
+    services: Services, owner: str, draft: JobDraft, claimed: str | None = None
+) -> tuple[JobSpec, str]:
+    """Queue ``draft``'s job, with its key's default webhook if it takes one, and (with ``claimed``,
+    the Redis key of its idempotency claim) only while the claim still names it; return the spec
+    queued and its record's created_at."""
+    created_at = await enqueue_job(draft.spec, services, owner, draft.takes_default_webhook, claimed)
     if created_at is not None:
         return draft.spec, created_at
-    # The key has a default webhook: the job takes it.
-    default = await default_webhook(services.async_redis, owner)
-    allowed = services.settings.webhook_allowed_hosts
-    spec = draft.spec.model_copy(update={"webhook": webhook_target(None, None, default, allowed)})
-    created_at = await enqueue_job(spec, services, owner)
-    assert created_at is not None
+    spec = draft.spec
+    if draft.takes_default_webhook:  # the key has a default webhook: the job takes it
+        default = await default_webhook(services.async_redis, owner)
+        allowed = services.settings.webhook_allowed_hosts
+        spec = spec.model_copy(update={"webhook": webhook_target(None, None, default, allowed)})
+        created_at = await enqueue_job(spec, services, owner, claimed=claimed)
+    if created_at is None:  # this request was so slow that a retry took its key over
+        raise LatentqError("service_unavailable", "This request's Idempotency-Key went to a retry; retry.")
     return spec, created_at
 
 
 async def enqueue_job(
-    spec: JobSpec, services: Services, owner: str = "", unless_default_webhook: bool = False
+    spec: JobSpec,
+    services: Services,
+    owner: str = "",
+    unless_default_webhook: bool = False,
+    claimed: str | None = None,
 ) -> str | None:
     """Queue ``spec`` on its model's queue with its job record; return the record's created_at.
 
     One round trip on the asyncio client, with no thread, and one reply (``CommandBatch``): the
     RQ job (as RQ writes it, ``latentq.rq_writer``), our record and, for a job with a webhook, the
     owner's signing secret exist together or not at all. With ``unless_default_webhook``, nothing
-    is queued and None returned if ``owner`` has a default webhook (which the job must take)."""
+    is queued and None returned if ``owner`` has a default webhook (which the job must take); with
+    ``claimed``, likewise unless that idempotency claim names the job."""
     settings = services.settings
     retention_s = spec.retention_s or settings.job_retention_s
     batch = CommandBatch()
@@ -148,4 +159,6 @@ async def enqueue_job(
         ensure_secret(batch.pipeline, owner)
     if unless_default_webhook:
         batch.require_absent(owner_webhook_key(owner), "url")
+    if claimed is not None:
+        batch.require_containing(claimed, spec.job_id)
     return created_at if await batch.run_async(services.async_redis) else None

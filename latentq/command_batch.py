@@ -13,6 +13,7 @@ Conditions (all must hold, else nothing runs and ``run`` returns False):
 - ``require_in(key, field, values)``: the hash field holds one of ``values`` (a missing key or
   field fails: a late write never re-creates an expired record);
 - ``require_absent(key, field)``: the hash field does not exist;
+- ``require_containing(key, text)``: the string key exists and contains ``text``;
 - ``require_due(key, member)``: the sorted-set member exists with a score (Unix seconds) at or
   before the server's clock (an expired lease).
 
@@ -39,6 +40,9 @@ for _ = 1, conditions do
   if kind == 'in' then
     local value = redis.call('hget', key, a)
     if not value or not string.find(' ' .. b .. ' ', ' ' .. value .. ' ', 1, true) then return 0 end
+  elseif kind == 'has' then
+    local value = redis.call('get', key)
+    if not value or not string.find(value, a, 1, true) then return 0 end
   elseif kind == 'absent' then
     if redis.call('hexists', key, a) == 1 then return 0 end
   elseif kind == 'due' then
@@ -71,6 +75,11 @@ class CommandBatch:
     def require_in(self, key: str, field: str, values: list[str] | tuple[str, ...]) -> CommandBatch:
         """Run only if hash ``key``'s ``field`` holds one of ``values`` (none contains a space)."""
         self._conditions += ["in", key, field, " ".join(values)]
+        return self
+
+    def require_containing(self, key: str, text: str) -> CommandBatch:
+        """Run only if string ``key`` exists and contains ``text``."""
+        self._conditions += ["has", key, text, ""]
         return self
 
     def require_absent(self, key: str, field: str) -> CommandBatch:

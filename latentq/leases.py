@@ -16,7 +16,7 @@ from typing import Any
 
 from redis import Redis
 
-from latentq.keys import LEASE_HOLDERS, LEASES
+from latentq.keys import LEASE_HOLDERS, LEASES, job_key
 
 # KEYS: queue, leases, holders; ARGV: holder, lease seconds, job ids. Returns 1/0 per id.
 _CLAIM = """
@@ -52,12 +52,16 @@ for i = 4, #ARGV do
 end
 return 1
 """
-# KEYS: leases, holders; ARGV: holder, job ids: drop the holder's leases.
+# KEYS: leases, holders; ARGV: holder, 1 to release only leases of ended jobs (else 0), then
+# pairs of job id and record key: drop the holder's leases.
 _RELEASE = """
-for i = 2, #ARGV do
-  if redis.call('hget', KEYS[2], ARGV[i]) == ARGV[1] then
-    redis.call('zrem', KEYS[1], ARGV[i])
-    redis.call('hdel', KEYS[2], ARGV[i])
+local live = {queued = true, running = true}
+for i = 3, #ARGV, 2 do
+  local id, record = ARGV[i], ARGV[i + 1]
+  if redis.call('hget', KEYS[2], id) == ARGV[1]
+      and (ARGV[2] == '0' or not live[redis.call('hget', record, 'status') or '']) then
+    redis.call('zrem', KEYS[1], id)
+    redis.call('hdel', KEYS[2], id)
   end
 end
 return 1
@@ -105,10 +109,13 @@ class Leases:
         the lease expires, unless a worker takes it first."""
         self._run_hold("adopt", job_ids)
 
-    def release(self, job_ids: list[str]) -> None:
-        """Drop this holder's leases on ``job_ids`` (their jobs ended or went back to a queue)."""
+    def release(self, job_ids: list[str], only_ended: bool = True) -> None:
+        """Drop this holder's leases on ``job_ids``: by default only those whose job has ended (a job
+        whose outcome could not be recorded keeps its lease, so the reaper runs it again once it
+        expires); with ``only_ended`` False, all (jobs this worker put back in their queue)."""
         if job_ids:
-            self._release(keys=[LEASES, LEASE_HOLDERS], args=[self.holder, *job_ids])
+            pairs = [item for job_id in job_ids for item in (job_id, job_key(job_id))]
+            self._release(keys=[LEASES, LEASE_HOLDERS], args=[self.holder, int(only_ended), *pairs])
         with self._lock:
             self.held.difference_update(job_ids)
 

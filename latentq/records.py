@@ -131,18 +131,24 @@ class JobRecords:
             record.status, record.error = status, error or record.error
         return record
 
-    def change(self, spec: JobSpec, event: str, **fields: Any) -> bool:
+    def change(self, spec: JobSpec, event: str, run: str | None = None, **fields: Any) -> bool:
         """Make record change ``event`` of ``spec``'s job with ``fields``, with the webhook delivery
-        it calls for, if the job's state machine allows it now; return whether it did."""
+        it calls for, if the job's state machine allows it now (and, with ``run``, the job is still
+        in that run: see ``mark_running``); return whether it did."""
         batch = record_change(
             CommandBatch(), spec.job_id, event, fields, self.retention_s, spec.webhook, utc_now()
         )
-        return batch.run(self.redis)
+        return _in_run(batch, spec.job_id, run).run(self.redis)
 
-    def mark_running(self, spec: JobSpec) -> bool:
-        """Record that a worker started the job of ``spec``; False: it may not run (it was canceled
-        or ended, or its record expired)."""
-        return self.change(spec, "started", started_at=utc_now())
+    def mark_running(self, spec: JobSpec, run: str = "") -> bool:
+        """Record that a worker started the job of ``spec`` as run ``run`` (a token its later
+        writes name, so a worker that lost the job, say frozen, then requeued and run elsewhere,
+        can change nothing); False: it may not run (canceled, ended, or its record expired)."""
+        batch = record_change(
+            CommandBatch(), spec.job_id, "started", {"started_at": utc_now(), "run": run},
+            self.retention_s, spec.webhook, utc_now(),
+        )  # fmt: skip
+        return batch.run(self.redis)
 
     def progress(
         self,
@@ -152,9 +158,11 @@ class JobRecords:
         publish: bool,
         eta_s: float = 0.0,
         notify: bool = False,
+        run: str | None = None,
     ) -> None:
-        """Note denoising step ``step`` of ``total_steps`` of a running job: written and published when
-        ``publish``, sent to the job's webhook when ``notify``. One round trip (none if neither)."""
+        """Note denoising step ``step`` of ``total_steps`` of a running job (in ``run``): written and
+        published when ``publish``, sent to the job's webhook when ``notify``. One round trip (none
+        if neither)."""
         if not publish and not notify:
             return
         fields: dict[str, Any] = {"step": step, "total_steps": total_steps, "eta_s": round(eta_s, 2)}
@@ -166,16 +174,20 @@ class JobRecords:
             record_change(batch, job_id, "progress", fields, self.retention_s, data=data)
         else:
             batch.require_in(job_key(job_id), "status", [JobStatus.RUNNING.value])
-        batch.run(self.redis)
+        _in_run(batch, job_id, run).run(self.redis)
 
-    def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
+    def preview(self, job_id: str, step: int, jpeg: bytes, run: str | None = None) -> None:
         """Keep ``jpeg`` as the running job's latest preview (made at ``step``) and publish it."""
         batch = CommandBatch()
         batch.pipeline.set(preview_key(job_id), jpeg, ex=self.retention_s)
         data = {"step": step, "jpeg": base64.b64encode(jpeg).decode()}
-        record_change(batch, job_id, "preview", {"preview_step": step}, self.retention_s, data=data).run(
-            self.redis
-        )
+        record_change(batch, job_id, "preview", {"preview_step": step}, self.retention_s, data=data)
+        _in_run(batch, job_id, run).run(self.redis)
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """Return the stored status of ``job_id`` (None: no record)."""
+        value: Any = self.redis.hget(job_key(job_id), "status")
+        return JobStatus(value.decode()) if value else None
 
     def get_preview(self, job_id: str) -> bytes | None:
         """Return the job's latest preview JPEG, if any."""
@@ -198,9 +210,9 @@ class JobRecords:
             flags = pipeline.execute()
         return [job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag]
 
-    def mark_canceled(self, spec: JobSpec) -> bool:
+    def mark_canceled(self, spec: JobSpec, run: str | None = None) -> bool:
         """Record that the job of ``spec`` was canceled; False if it had already ended."""
-        return self.change(spec, "canceled", finished_at=utc_now())
+        return self.change(spec, "canceled", run, finished_at=utc_now())
 
     def cancel(self, spec: JobSpec) -> bool:
         """Cancel the job of ``spec`` if it has not ended: record it canceled and ask the worker that
@@ -215,22 +227,32 @@ class JobRecords:
         return batch.run(self.redis)
 
     def mark_succeeded(
-        self, spec: JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
+        self,
+        spec: JobSpec,
+        images: list[StoredImage],
+        timings: dict[str, float],
+        batch_size: int = 1,
+        run: str | None = None,
     ) -> bool:
         """Record that the job of ``spec`` finished with ``images``, the milliseconds of its stages,
         and how many jobs were sampled in its pipeline call (itself included); False if it had
         ended meanwhile (canceled): its images are then not the job's."""
         payload = json.dumps([image.model_dump() for image in images])
         return self.change(
-            spec, "succeeded", images=payload, finished_at=utc_now(), timings=json.dumps(timings),
+            spec, "succeeded", run, images=payload, finished_at=utc_now(), timings=json.dumps(timings),
             batch_size=str(batch_size),
         )  # fmt: skip
 
-    def mark_failed(self, spec: JobSpec, error: JobError) -> bool:
+    def mark_failed(self, spec: JobSpec, error: JobError, run: str | None = None) -> bool:
         """Record that the job of ``spec`` failed with ``error``; False if it had already ended."""
-        return self.change(spec, "failed", error=error.model_dump_json(), finished_at=utc_now())
+        return self.change(spec, "failed", run, error=error.model_dump_json(), finished_at=utc_now())
 
     def record_delivery(self, job_id: str, event: str, delivery: WebhookDelivery) -> None:
         """Keep how the latest delivery of webhook ``event`` of ``job_id`` went (unless it expired)."""
         script = self.redis.register_script(_HSET_IF_EXISTS)
         script(keys=[job_key(job_id)], args=[_DELIVERY_FIELD + event, delivery.model_dump_json()])
+
+
+def _in_run(batch: CommandBatch, job_id: str, run: str | None) -> CommandBatch:
+    """Make ``batch`` run only while ``job_id`` is in run ``run`` (None: whichever)."""
+    return batch.require_in(job_key(job_id), "run", [run]) if run is not None else batch

@@ -12,7 +12,6 @@ import time
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
-from rq.worker import DequeueStrategy
 
 from latentq.keys import queue_name
 from latentq.models import ModelRegistry, ModelSpec
@@ -101,9 +100,8 @@ def main() -> int:
     ).start()
     worker.recover = reaper.recover  # what a worker that gives its jobs up hands them to
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
-    # Round robin: with several models, no model's queue starves the others.
     try:
-        worker.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+        worker.serve()
     finally:
         worker.drain()  # the last round's uploads and records
         reaper.stop()

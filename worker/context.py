@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from PIL.Image import Image
 
-from latentq.contract import JobError, JobSpec, StoredImage
+from latentq.contract import JobError, JobSpec, JobStatus, StoredImage
 
 #: Called after each denoising step with (step, total steps, latents); returning True stops the job.
 OnStep = Callable[[int, int, Any], bool]
@@ -50,14 +50,19 @@ class ObjectStore(Protocol):
 
 
 class JobLog(Protocol):
-    """What the job loop writes to the job records (``latentq.records.JobRecords``)."""
+    """What the job loop writes to the job records (``latentq.records.JobRecords``). ``run`` is the
+    token of the job's run (``mark_running``): a write in another run's name is refused."""
 
     def cancel_requested(self, *job_ids: str) -> list[str]:
         """Return those of ``job_ids`` whose cancel was requested."""
         ...
 
-    def mark_running(self, spec: JobSpec) -> bool:
-        """Record that the job started; False: it may not run."""
+    def status(self, job_id: str) -> JobStatus | None:
+        """Return the job's stored status."""
+        ...
+
+    def mark_running(self, spec: JobSpec, run: str = "") -> bool:
+        """Record that the job started as run ``run``; False: it may not run."""
         ...
 
     def progress(
@@ -68,26 +73,32 @@ class JobLog(Protocol):
         publish: bool,
         eta_s: float = 0.0,
         notify: bool = False,
+        run: str | None = None,
     ) -> None:
         """Note a denoising step."""
         ...
 
-    def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
+    def preview(self, job_id: str, step: int, jpeg: bytes, run: str | None = None) -> None:
         """Keep and publish a preview."""
         ...
 
-    def mark_canceled(self, spec: JobSpec) -> bool:
+    def mark_canceled(self, spec: JobSpec, run: str | None = None) -> bool:
         """Record that the job was canceled; False: it had ended."""
         ...
 
-    def mark_failed(self, spec: JobSpec, error: JobError) -> bool:
+    def mark_failed(self, spec: JobSpec, error: JobError, run: str | None = None) -> bool:
         """Record that the job failed; False: it had ended."""
         ...
 
     def mark_succeeded(
-        self, spec: JobSpec, images: list[StoredImage], timings: dict[str, float], batch_size: int = 1
+        self,
+        spec: JobSpec,
+        images: list[StoredImage],
+        timings: dict[str, float],
+        batch_size: int = 1,
+        run: str | None = None,
     ) -> bool:
-        """Record that the job succeeded; False: it had ended (canceled) meanwhile."""
+        """Record that the job succeeded; False: it had ended, or moved to another run, meanwhile."""
         ...
 
 

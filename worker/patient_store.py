@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from botocore.exceptions import ClientError
+
 from latentq.storage import STORAGE_ERRORS
 from worker.context import ObjectStore
 
@@ -20,6 +22,21 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
 
 Result = TypeVar("Result")
+
+
+#: S3 error codes worth trying again (the service is busy or briefly unwell), beside any 5xx.
+TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                             "RequestTimeTooSkewed", "ServiceUnavailable", "InternalError"})  # fmt: skip
+
+
+def transient(error: Exception) -> bool:
+    """Whether a failed storage call may succeed when tried again: no answer at all (connection,
+    timeout), a 5xx, or throttling; not a refusal (403, 404, a missing bucket)."""
+    if not isinstance(error, ClientError):
+        return True  # BotoCoreError: no answer from the service (connection refused, timeout, ...)
+    details = error.response.get("Error", {})
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or details.get("Code") in TRANSIENT_CODES
 
 
 class PatientStore:
@@ -52,7 +69,7 @@ class PatientStore:
             try:
                 return call()
             except STORAGE_ERRORS as error:
-                if self.clock() + wait_s >= self.deadline:
+                if not transient(error) or self.clock() + wait_s >= self.deadline:
                     raise
                 log.warning("storage: %s failed (%s); retrying in %.1f s", what, error, wait_s)
                 self.sleep(wait_s)

@@ -13,7 +13,6 @@ updated in the same call, so ``rq info`` tells the same story.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any
@@ -73,7 +72,13 @@ class Reaper:
         self.leases.adopt(self._unleased_intermediate())
         counts = {"requeued": 0, "failed": 0, "ended": 0}
         for job_id in self.leases.expired(PASS_LIMIT):
-            outcome = self.recover(job_id)
+            try:
+                outcome = self.recover(job_id)
+            except RedisError:
+                raise
+            except Exception:  # a record it cannot read must not stop the others' recovery
+                log.exception("reaper: could not recover job %s", job_id)
+                continue
             if outcome:
                 counts[outcome] += 1
         return counts
@@ -101,12 +106,12 @@ class Reaper:
         if origin is not None:
             self._leave_rq_lists(batch, job_id, origin)
         live = status is not None and spec_json is not None and not JobStatus(status.decode()).is_terminal
-        if not live or origin is None:
+        if not live:
             return "ended" if batch.run(self.redis) else None
         spec = JobSpec.model_validate_json(spec_json)
         ran = int(attempt or 1)
         was_running = status.decode() == JobStatus.RUNNING.value
-        if was_running and ran >= self.max_attempts:
+        if origin is None or (was_running and ran >= self.max_attempts):  # no RQ job: nothing to rerun
             return "failed" if self._fail(batch, spec, origin, ran) else None
         self._requeue(batch, spec, origin, ran + 1 if was_running else ran)
         if batch.run(self.redis):
@@ -126,7 +131,7 @@ class Reaper:
             batch.pipeline.zrem(started, *executions)
 
     def _requeue(self, batch: CommandBatch, spec: JobSpec, origin: str, attempt: int) -> None:
-        fields = {"attempt": attempt, "started_at": "", "step": 0, "total_steps": 0, "eta_s": 0}
+        fields = {"attempt": attempt, "run": "", "started_at": "", "step": 0, "total_steps": 0, "eta_s": 0}
         record_change(
             batch, spec.job_id, "requeued", fields, self.records.retention_s, data={"attempt": attempt}
         )
@@ -136,20 +141,21 @@ class Reaper:
         )
         batch.pipeline.lpush(queue.key, spec.job_id)
         batch.pipeline.sadd(Queue.redis_queues_keys, queue.key)
+        # RQ's own clean-up may have failed it first (an abandoned job): it is not failed.
+        batch.pipeline.zrem(FailedJobRegistry(origin, connection=self.redis).key, spec.job_id)
 
-    def _fail(self, batch: CommandBatch, spec: JobSpec, origin: str, attempts: int) -> bool:
+    def _fail(self, batch: CommandBatch, spec: JobSpec, origin: str | None, attempts: int) -> bool:
         message = f"{ERRORS['worker_lost'].message} (after {attempts} attempts)"
         error = JobError(name="worker_lost", message=message)
         now = utc_now()
         fields = {"error": error.model_dump_json(), "finished_at": now}
         record_change(batch, spec.job_id, "failed", fields, self.records.retention_s, spec.webhook, now)
-        failed = FailedJobRegistry(origin, connection=self.redis)
-        seconds, _ = self.redis.time()
-        batch.pipeline.hset(rq_job_key(spec.job_id), mapping={"status": "failed", "ended_at": now})
-        batch.pipeline.zadd(failed.key, {spec.job_id: seconds + self.records.max_retention_s})
+        if origin is not None:
+            failed = FailedJobRegistry(origin, connection=self.redis)
+            seconds, _ = self.redis.time()
+            batch.pipeline.hset(rq_job_key(spec.job_id), mapping={"status": "failed", "ended_at": now})
+            batch.pipeline.zadd(failed.key, {spec.job_id: seconds + self.records.max_retention_s})
         if batch.run(self.redis):
-            log.warning(
-                "job %s failed: its worker was lost %d times (%s)", spec.job_id, attempts, json.dumps(message)
-            )
+            log.warning("job %s failed worker_lost after %d attempt(s)", spec.job_id, attempts)
             return True
         return False

@@ -10,15 +10,17 @@ import io
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from PIL import Image as PILImage
 from PIL.Image import Image
+from redis.exceptions import RedisError
 from rq.timeouts import JobTimeoutException
 
-from latentq.contract import JobError, JobSpec, StoredImage
+from latentq.contract import JobError, JobSpec, JobStatus, StoredImage
 from latentq.errors import ERRORS
 from latentq.keys import image_object_key
 from latentq.storage import STORAGE_ERRORS
@@ -66,8 +68,11 @@ class StepReporter:
         cancel: threading.Event,
         preview: Callable[[Any], bytes] | None = None,
         webhook_interval_s: float | None = None,
+        run: str | None = None,
     ) -> None:
         self.records, self.job_id, self.interval_s, self.preview = records, job_id, interval_s, preview
+        #: The run of the job whose steps these are (its writes are refused once it is another's).
+        self.run = run
         self.cancel = cancel
         #: Seconds between progress webhooks; None: the job wants none.
         self.webhook_interval_s = webhook_interval_s
@@ -85,7 +90,8 @@ class StepReporter:
             and latents is not None
             and (step % PREVIEW_EVERY == 0 or step >= total_steps)
         ):
-            self.records.preview(self.job_id, step, self.preview(latents))
+            with suppress(RedisError):  # a missed preview is no reason to stop sampling
+                self.records.preview(self.job_id, step, self.preview(latents), run=self.run)
         now = time.monotonic()
         publish = step >= total_steps or now - self.published >= self.interval_s
         if publish:
@@ -99,7 +105,8 @@ class StepReporter:
             self.notified = now
         # Remaining steps at the mean step time so far.
         eta_s = (total_steps - step) * (now - self.started) / step
-        self.records.progress(self.job_id, step, total_steps, publish, eta_s, notify)
+        with suppress(RedisError):  # nor a missed progress write: the outcome is what must be recorded
+            self.records.progress(self.job_id, step, total_steps, publish, eta_s, notify, run=self.run)
         self.canceled = self.cancel.is_set()
         return self.canceled
 
@@ -121,32 +128,39 @@ def run_job(context: JobContext, spec: JobSpec) -> list[StoredImage]:
 def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[StoredImage]:
     warm = context.warm
     store = PatientStore(warm.store, context.deadline)
-    if not warm.records.mark_running(spec):
+    run = uuid.uuid4().hex  # this run's token: a lost worker's late writes are refused
+    if not warm.records.mark_running(spec, run):
         log.info("job %s dropped: it was canceled, had ended or expired before it started", spec.job_id)
         return []
     started = time.perf_counter()
     timings = StageTimings()
     try:
         pipeline = pipeline_for(warm, spec.model)
-        reporter = step_reporter(warm, spec, pipeline, cancel)
+        reporter = step_reporter(warm, spec, pipeline, cancel, run)
         with timings.stage("load_ms"):
             inputs = load_inputs(store, spec)
         with timings.stage("sampling_ms"):
             images, batch_size = context.sampler.sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
-            warm.records.mark_canceled(spec)
+            warm.records.mark_canceled(spec, run)
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
         stored = store_images(store, spec, images, timings)
+    except RedisError:
+        # Its outcome cannot be recorded: the job keeps its lease and runs again once it expires.
+        log.warning("job %s: Redis unreachable; left to its lease", spec.job_id)
+        raise
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
-        warm.records.mark_failed(spec, job_error)
+        warm.records.mark_failed(spec, job_error, run)
         raise
-    if not warm.records.mark_succeeded(spec, stored, timings.ms, batch_size):
-        # Canceled (or ended otherwise) while it ran: the images are no job's; leave no orphans.
-        store.delete([image.key for image in stored])
-        log.info("job %s ended before its images were recorded; they were deleted", spec.job_id)
+    if not warm.records.mark_succeeded(spec, stored, timings.ms, batch_size, run):
+        # Not this run's to record: the job was canceled meanwhile (its images are no job's: leave
+        # no orphans), or it was given to another run, which writes the same keys.
+        if warm.records.status(spec.job_id) is JobStatus.CANCELED:
+            store.delete([image.key for image in stored])
+        log.info("job %s ended or moved on before its images were recorded", spec.job_id)
         return []
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
@@ -154,7 +168,7 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
 
 
 def step_reporter(
-    warm: WarmState, spec: JobSpec, pipeline: ImagePipeline, cancel: threading.Event
+    warm: WarmState, spec: JobSpec, pipeline: ImagePipeline, cancel: threading.Event, run: str | None = None
 ) -> StepReporter:
     """Return the step callback of ``spec``'s job: progress, previews if asked, progress webhooks if
     asked, and its cancel."""
@@ -162,7 +176,7 @@ def step_reporter(
     wants_progress = spec.webhook is not None and "progress" in spec.webhook.events
     return StepReporter(
         warm.records, spec.job_id, warm.progress_interval_s, cancel, preview,
-        warm.webhook_progress_interval_s if wants_progress else None,
+        warm.webhook_progress_interval_s if wants_progress else None, run,
     )  # fmt: skip
 
 

@@ -15,9 +15,10 @@ from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
-from rq.worker import WorkerStatus
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from latentq.contract import JobSpec
+from latentq.keys import job_key
 from latentq.leases import Leases
 from worker.context import JobContext, WarmState, use_context
 from worker.rounds import RoundSeat, SamplingRound, batch_key
@@ -84,6 +85,8 @@ class WarmWorker(SimpleWorker):
     drain_timeout_s: float = 60.0
     #: Recovers a job this worker gives up (``worker.reaper.Reaper.recover``); set at start-up.
     recover: Callable[[str], str | None] | None = None
+    #: Set by a warm shutdown: the worker takes no more jobs.
+    stopping: bool = False
     # Job timeouts raise in the job's thread (RQ's signal-based penalty works on the main thread only).
     death_penalty_class = TimerDeathPenalty
 
@@ -100,6 +103,7 @@ class WarmWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run a round: ``job`` and the queued jobs that can sample with it."""
         self.leases.take([job.id])  # from RQ's intermediate queue: now it is recoverable as ours
+        self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on waits for the round (warm shutdown)
         self._limit_job_threads(self.max_batch)
         jobs = [job, *self._take_more(queue, job)]
         self._last_round_size = len(jobs)
@@ -132,7 +136,7 @@ class WarmWorker(SimpleWorker):
             return
         try:
             self.connection.lpush(queue.key, *[job.id for job in reversed(jobs)])
-            self.leases.release([job.id for job in jobs])
+            self.leases.release([job.id for job in jobs], only_ended=False)
             self.log.warning("round failed to start: %d taken job(s) put back in the queue", len(jobs))
         except RedisError as error:
             self.log.error(
@@ -154,8 +158,8 @@ class WarmWorker(SimpleWorker):
         concurrent load (the last round, or this one, has several jobs) wait up to ``batch_wait_s``
         for more; a lone job after a lone job never waits."""
         key, images = _batch_info(head)
-        if key is None:
-            return []
+        if key is None or self._retried([head.id]):
+            return []  # a job run again after its worker was lost runs alone: it may be what killed it
         taken: list[Job] = []
         seen: set[str] = set()
         deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
@@ -165,6 +169,8 @@ class WarmWorker(SimpleWorker):
             ]
             unseen = [job_id for job_id in waiting if job_id not in seen]
             seen.update(unseen)
+            retried = self._retried(unseen)
+            unseen = [job_id for job_id in unseen if job_id not in retried]
             candidates: list[tuple[Job, int]] = []
             for job in self.job_class.fetch_many(
                 unseen, connection=self.connection, serializer=self.serializer
@@ -190,13 +196,23 @@ class WarmWorker(SimpleWorker):
             time.sleep(0.005)
         return taken
 
+    def _retried(self, job_ids: list[str]) -> set[str]:
+        """Return those of ``job_ids`` that are being run again (attempt > 1), in one round trip."""
+        if not job_ids:
+            return set()
+        with self.connection.pipeline(transaction=False) as pipeline:
+            for job_id in job_ids:
+                pipeline.hget(job_key(job_id), "attempt")
+            attempts = pipeline.execute()
+        return {job_id for job_id, attempt in zip(job_ids, attempts, strict=True) if int(attempt or 1) > 1}
+
     def _run_job_thread(self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution) -> None:
         deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
         try:
             with (
                 use_context(JobContext(self.warm, seat, deadline)),
                 Heartbeat(
-                    lambda: self._beat(job, execution),
+                    lambda: self.maintain_heartbeats(job, execution),
                     self.heartbeat_interval_s,
                     lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
                 ),
@@ -204,17 +220,47 @@ class WarmWorker(SimpleWorker):
                 self.perform_job(job, queue, execution)
         finally:
             seat.leave()
-            with suppress(RedisError):  # else the lease expires and the reaper finds the job ended
+            with suppress(RedisError):  # else the lease expires and the reaper sees the job's state
                 self.leases.release([job.id])
 
-    def _beat(self, job: Job, execution: Execution) -> None:
-        """Renew the job's lease, and RQ's heartbeats of the worker, execution and job."""
-        self.leases.renew([job.id])
-        self.maintain_heartbeats(job, execution)
+    def serve(self) -> None:
+        """Take jobs until a warm shutdown. If Redis is lost mid-round (RQ's loop then ends), wait
+        for it, with backoff, and take jobs again: the jobs whose outcome could not be recorded keep
+        their leases, and run again once those expire."""
+        # One keeper renews every lease this worker holds, taken or claimed, running or not yet.
+        with Heartbeat(
+            lambda: self.leases.renew(sorted(self.leases.held)),
+            self.heartbeat_interval_s,
+            lambda error: self.log.warning("lease renewal failed: %s", error),
+        ):
+            while True:
+                try:
+                    # Round robin: with several models, no model's queue starves the others.
+                    self.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+                except (RedisError, OSError) as error:  # its clean-up could not reach Redis either
+                    self.log.warning("worker loop ended: Redis unreachable (%s)", error)
+                if self.stopping:
+                    return
+                self._wait_for_redis()
+                with suppress(RedisError):
+                    self.register_death()  # the registration the broken loop left: register anew
+
+    def _wait_for_redis(self) -> None:
+        wait_s = 0.5
+        while not self.stopping:
+            try:
+                self.connection.ping()
+                self.log.info("Redis is back: taking jobs again")
+                return
+            except (RedisError, OSError) as error:
+                self.log.warning("waiting for Redis (%s); next try in %.1f s", error, wait_s)
+                time.sleep(wait_s)
+                wait_s = min(wait_s * 2, 5.0)
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """SIGTERM (warm shutdown): take no more jobs, finish the current round and its uploads
         within ``drain_timeout_s``; a second signal, or the deadline, gives the jobs up (``give_up``)."""
+        self.stopping = True
         if not getattr(self, "_draining", None):
             self._draining = threading.Timer(
                 self.drain_timeout_s, self.give_up, args=("the drain deadline passed",)
@@ -224,8 +270,9 @@ class WarmWorker(SimpleWorker):
         super().request_stop(signum, frame)
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
-        """A second SIGTERM or SIGINT during a warm shutdown: give the jobs up now."""
-        self.give_up(f"signal {signum} during the warm shutdown")
+        """A second SIGTERM or SIGINT during a warm shutdown: give the jobs up now (on a thread of its
+        own: the interrupted main thread may hold the leases' lock)."""
+        threading.Thread(target=self.give_up, args=(f"signal {signum} during the warm shutdown",)).start()
 
     def give_up(self, why: str) -> None:
         """Hand every job this worker holds back (each counts an attempt; see ``worker.reaper``)

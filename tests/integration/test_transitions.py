@@ -177,3 +177,21 @@ def test_a_lease_of_an_ended_job_is_dropped(records):
     assert reaper(records).recover(spec.job_id) == "ended"
     assert records.redis.zscore(LEASES, spec.job_id) is None
     assert records.get(spec.job_id).status.value == "succeeded"
+
+
+def test_a_lost_run_cannot_write_once_its_job_runs_again(records):
+    queue = Queue(f"latentq:t-{uuid.uuid4().hex[:8]}", connection=records.redis, serializer=JSONSerializer)
+    spec = make_spec(webhook=False)
+    submit(records, spec, queue.name)
+    Queue.dequeue_any([queue], None, connection=records.redis, serializer=JSONSerializer)
+    assert records.mark_running(spec, run="first")
+    seconds, _ = records.redis.time()
+    records.redis.zadd(LEASES, {spec.job_id: seconds - 1})  # its worker froze past its lease
+    assert reaper(records).recover(spec.job_id) == "requeued"
+    assert records.mark_running(spec, run="second")
+    # The first run wakes up: none of its writes lands.
+    records.progress(spec.job_id, 9, 9, publish=True, run="first")
+    assert records.mark_succeeded(spec, [], {}, run="first") is False
+    assert records.mark_failed(spec, JobError(name="timeout", message="x"), run="first") is False
+    assert records.redis.hget(job_key(spec.job_id), "step") in (None, b"0")
+    assert records.mark_succeeded(spec, [], {}, run="second") is True

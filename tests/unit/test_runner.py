@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from PIL import Image
 from rq.timeouts import JobTimeoutException
 
-from latentq.contract import JobSpec, WeightedPrompt
+from latentq.contract import JobSpec, JobStatus, WeightedPrompt
 from worker.context import JobContext, WarmState
 from worker.patient_store import PatientStore
 from worker.rounds import SamplingRound
@@ -30,11 +30,13 @@ def spec(job_id: str = "job-1", **changes) -> JobSpec:
 class FakeRecords:
     """Keeps every record write as (what, job id, detail)."""
 
-    def __init__(self, canceled: tuple[str, ...] = (), refuse: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, canceled: tuple[str, ...] = (), refuse: tuple[str, ...] = (), stored: JobStatus | None = None
+    ) -> None:
         self.writes: list[tuple[str, str, object]] = []
         self.canceled = canceled
-        #: Changes the job's state machine refuses (the record says the job ended meanwhile).
-        self.refuse = refuse
+        #: Changes the job's state machine refuses, and the status the record then holds.
+        self.refuse, self.stored = refuse, stored
 
     def cancel_requested(self, *job_ids: str) -> list[str]:
         return [job_id for job_id in job_ids if job_id in self.canceled]
@@ -45,23 +47,26 @@ class FakeRecords:
         self.writes.append((what, spec.job_id, detail))
         return True
 
-    def mark_running(self, spec: JobSpec) -> bool:
+    def status(self, job_id: str) -> JobStatus | None:
+        return self.stored
+
+    def mark_running(self, spec: JobSpec, run: str = "") -> bool:
         return self._write("running", spec)
 
-    def progress(self, job_id, step, total_steps, publish, eta_s=0.0, notify=False) -> None:
+    def progress(self, job_id, step, total_steps, publish, eta_s=0.0, notify=False, run=None) -> None:
         if publish:
             self.writes.append(("progress", job_id, step))
 
-    def preview(self, job_id, step, jpeg) -> None:
+    def preview(self, job_id, step, jpeg, run=None) -> None:
         self.writes.append(("preview", job_id, step))
 
-    def mark_canceled(self, spec: JobSpec) -> bool:
+    def mark_canceled(self, spec: JobSpec, run=None) -> bool:
         return self._write("canceled", spec)
 
-    def mark_failed(self, spec: JobSpec, error) -> bool:
+    def mark_failed(self, spec: JobSpec, error, run=None) -> bool:
         return self._write("failed", spec, error.name)
 
-    def mark_succeeded(self, spec: JobSpec, images, timings, batch_size=1) -> bool:
+    def mark_succeeded(self, spec: JobSpec, images, timings, batch_size=1, run=None) -> bool:
         return self._write("succeeded", spec, ([image.key for image in images], batch_size))
 
     def of(self, job_id: str) -> list[tuple[str, object]]:
@@ -202,10 +207,18 @@ def test_a_job_its_state_machine_will_not_start_is_dropped_unsampled():
     assert state.records.of("job-1") == [] and pipeline.calls == []
 
 
-def test_images_of_a_job_that_ended_while_it_ran_are_deleted_not_recorded():
-    state = warm(FakePipeline(), records=FakeRecords(refuse=("succeeded",)))  # canceled at the last step
+def test_images_of_a_job_canceled_while_it_ran_are_deleted_not_recorded():
+    records = FakeRecords(refuse=("succeeded",), stored=JobStatus.CANCELED)  # canceled at the last step
+    state = warm(FakePipeline(), records=records)
     assert run_job(JobContext(state), spec(samples=2)) == []
     assert state.store.objects == {}  # no orphans
+
+
+def test_a_run_that_lost_its_job_to_another_run_leaves_that_runs_images_alone():
+    records = FakeRecords(refuse=("succeeded",), stored=JobStatus.RUNNING)  # requeued, running elsewhere
+    state = warm(FakePipeline(), records=records)
+    assert run_job(JobContext(state), spec()) == []
+    assert set(state.store.objects) == {"job-1/0.png"}  # the same key the other run writes
 
 
 def test_a_job_canceled_before_it_starts_never_samples():
@@ -289,3 +302,12 @@ def test_errors_are_named(error, name):
 def test_messages_say_what_broke_and_are_bounded():
     assert classify_error(ValueError("bad")).message == "ValueError: bad"
     assert len(classify_error(ValueError("x" * 5000)).message) == MAX_ERROR_MESSAGE
+
+
+def test_a_refusal_from_storage_is_not_retried():
+    store = FakeStore(ClientError({"Error": {"Code": "AccessDenied", "Message": "no"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject"))  # fmt: skip
+    waits: list[float] = []
+    with pytest.raises(ClientError):
+        PatientStore(store, deadline=100.0, clock=lambda: 0.0, sleep=waits.append).put("k", b"", "image/png")
+    assert waits == []
