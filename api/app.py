@@ -17,7 +17,7 @@ import latentq
 from api.body_parsing import validation_error
 from api.routes import events, health, jobs, models, stability, webhook_settings
 from api.services import Services
-from latentq.errors import LatentqError
+from latentq.errors import RETRY_AFTER_S, LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
 
 log = logging.getLogger("latentq.api")
@@ -27,7 +27,9 @@ _HTTP_NAMES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 
 def error_response(error: LatentqError) -> JSONResponse:
     """Render ``error`` as ``{"error": {"name", "message", ...}}`` with its status."""
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+    if error.name in RETRY_AFTER_S:
+        headers["Retry-After"] = str(RETRY_AFTER_S[error.name])
     return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
 
 

@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
+from latentq.reaper import Reaper, clear_stale_registration
 from latentq.settings import get_dispatcher_settings
 
 log = logging.getLogger("latentq.dispatcher")
@@ -34,8 +35,18 @@ def main() -> int:
         WEBHOOK_QUEUE,
         list(settings.webhook_retry_schedule_s),
     )
-    with serving(Dispatcher.create(settings)):
-        worker.work(with_scheduler=True, logging_level="INFO")
+    clear_stale_registration(worker)
+    dispatcher = Dispatcher.create(settings)
+    # Before taking deliveries: those of dispatchers (and jobs of workers) lost meanwhile go back.
+    reaper = Reaper(
+        dispatcher.records, dispatcher.leases, settings.max_attempts, max(1.0, settings.worker_lost_s / 6)
+    )
+    reaper.start()
+    try:
+        with serving(dispatcher):
+            worker.work(with_scheduler=True, logging_level="INFO")
+    finally:
+        reaper.stop()
     return 0
 
 

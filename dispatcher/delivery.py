@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,6 +33,7 @@ from rq.job import Retry, get_current_job
 from dispatcher.http import http_client, post
 from dispatcher.signing import signature_headers
 from latentq.contract import WebhookDelivery
+from latentq.leases import Leases
 from latentq.records import JobRecords, utc_now
 from latentq.settings import DispatcherSettings, get_dispatcher_settings
 from latentq.ssrf import UnsafeUrl, resolve
@@ -49,23 +51,30 @@ MAX_ERROR_CHARS = 300
 
 @dataclass
 class Dispatcher:
-    """What deliveries share: settings, job records, storage (to sign image URLs), key settings, HTTP."""
+    """What deliveries share: settings, job records, storage (to sign image URLs), key settings, HTTP,
+    and the leases on the deliveries being sent (``latentq.leases``: a delivery whose dispatcher
+    dies mid-attempt is sent again)."""
 
     settings: DispatcherSettings
     records: JobRecords
     store: ImageStore
     accounts: WebhookAccounts
     http: httpx.Client
+    leases: Leases
 
     @classmethod
     def create(cls, settings: DispatcherSettings) -> Dispatcher:
         redis = Redis.from_url(settings.redis_url)
+        holder = settings.dispatcher_name or f"dispatcher-{uuid.uuid4().hex[:12]}"
+        # An attempt may try two addresses, each up to the timeout, before its lease must be over.
+        lease_s = settings.worker_lost_s + 2 * settings.webhook_timeout_s
         return cls(
             settings,
             JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s),
             ImageStore(settings),
             WebhookAccounts(redis),
             http_client(settings.webhook_timeout_s, settings.webhook_ca_file),
+            Leases(redis, holder, lease_s),
         )
 
 
@@ -95,9 +104,15 @@ def current_dispatcher() -> Dispatcher:
 
 def deliver(job_id: str, event: str, message_id: str, occurred_at: str) -> Retry | dict[str, object]:
     """The RQ function: deliver webhook ``event`` of ``job_id`` with this process's dispatcher."""
-    current = get_current_job()
-    attempt = (current.number_of_retries or 0) + 1 if current else 1
-    return deliver_event(current_dispatcher(), job_id, event, message_id, occurred_at, attempt)
+    current, dispatcher = get_current_job(), current_dispatcher()
+    if current is None:
+        return deliver_event(dispatcher, job_id, event, message_id, occurred_at, 1)
+    dispatcher.leases.take([current.id])  # held while it is sent: recovered if this process dies
+    try:
+        attempt = (current.number_of_retries or 0) + 1
+        return deliver_event(dispatcher, job_id, event, message_id, occurred_at, attempt)
+    finally:
+        dispatcher.leases.release([current.id])
 
 
 def deliver_event(

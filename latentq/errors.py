@@ -81,6 +81,9 @@ _ROWS = [
 #: The table, by name.
 ERRORS: dict[str, ErrorSpec] = {row.name: row for row in _ROWS}
 
+#: Seconds a client should wait before trying again, by error name (sent as ``Retry-After``).
+RETRY_AFTER_S = {"service_unavailable": 1, "queue_full": 1, "rate_limited": 1}
+
 
 class LatentqError(Exception):
     """A failure with a name from the error table, an optional specific message and details."""

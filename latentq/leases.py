@@ -1,7 +1,7 @@
 """Leases on claimed jobs: from the moment a worker takes a job off its queue until the job ends,
 the job has a lease in ``LEASES`` that the worker's heartbeat renews. A job whose lease expires
 (its worker died, froze or lost Redis for longer than the lease) is recovered by a reaper
-(``worker.reaper``): put back at the front of its queue, or failed ``worker_lost``.
+(``latentq.reaper``): put back at the front of its queue, or failed ``worker_lost``.
 
 A worker takes the head job RQ hands it (``take``; RQ's intermediate queue holds it until then)
 and claims its batch-mates straight from the queue list (``claim``: the LREM and the lease in one

@@ -58,6 +58,14 @@ class CommonSettings(BaseSettings):
     #: addresses (comma-separated; local development, tests, trusted internal receivers).
     webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
+    #: Seconds a job's lease lasts without a heartbeat: a job whose worker is lost this long is
+    #: recovered by a live process's reaper (requeued, or failed ``worker_lost``). At least twice
+    #: the workers' ``heartbeat_interval_s``. A delivery's lease adds twice ``webhook_timeout_s``.
+    worker_lost_s: float = Field(30.0, ge=2)
+    #: Most runs of one job (the first included) when workers running it are lost; then it fails
+    #: ``worker_lost``. Likewise for the dispatchers lost sending one delivery.
+    max_attempts: int = Field(3, ge=1, le=100)
+
     _split_hosts = field_validator("webhook_allowed_hosts", mode="before")(split_commas)
 
 
@@ -94,13 +102,6 @@ class WorkerSettings(CommonSettings):
     worker_name: str | None = None
     #: Seconds between heartbeats while a job runs: each renews the leases of the worker's jobs.
     heartbeat_interval_s: float = Field(10.0, gt=0)
-    #: Seconds a job's lease lasts without a heartbeat: a job whose worker is lost this long is
-    #: recovered by another worker's reaper (requeued, or failed ``worker_lost``). At least twice
-    #: ``heartbeat_interval_s``.
-    worker_lost_s: float = Field(30.0, ge=2)
-    #: Most runs of one job (the first included) when workers running it are lost; then it fails
-    #: ``worker_lost``.
-    max_attempts: int = Field(3, ge=1, le=100)
     #: Seconds a warm shutdown (SIGTERM) may take to finish the current round and its uploads;
     #: then (or at a second SIGTERM) the worker hands its jobs back and exits with status 1.
     drain_timeout_s: float = Field(60.0, gt=0)

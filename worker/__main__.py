@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from latentq.keys import queue_name
 from latentq.models import ModelRegistry, ModelSpec
+from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import ImageStore
@@ -23,7 +24,6 @@ from worker.context import WarmState
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, ensure_tiny_model
-from worker.reaper import Reaper
 from worker.warm_worker import WarmWorker
 
 log = logging.getLogger("latentq.worker")
@@ -94,6 +94,7 @@ def main() -> int:
         settings.progress_interval_s, settings.webhook_progress_interval_s,
     )  # fmt: skip
     worker = build_worker(settings, redis, warm)
+    clear_stale_registration(worker)
     # Before taking jobs: the jobs of workers lost meanwhile are recovered first.
     reaper = Reaper(
         records, worker.leases, settings.max_attempts, max(1.0, settings.worker_lost_s / 6)

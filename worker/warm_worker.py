@@ -83,7 +83,7 @@ class WarmWorker(SimpleWorker):
     batch_wait_s: float = 0.0
     #: Seconds a warm shutdown (SIGTERM) may take to finish the current round and its uploads.
     drain_timeout_s: float = 60.0
-    #: Recovers a job this worker gives up (``worker.reaper.Reaper.recover``); set at start-up.
+    #: Recovers a job this worker gives up (``latentq.reaper.Reaper.recover``); set at start-up.
     recover: Callable[[str], str | None] | None = None
     #: Set by a warm shutdown: the worker takes no more jobs.
     stopping: bool = False
@@ -275,7 +275,7 @@ class WarmWorker(SimpleWorker):
         threading.Thread(target=self.give_up, args=(f"signal {signum} during the warm shutdown",)).start()
 
     def give_up(self, why: str) -> None:
-        """Hand every job this worker holds back (each counts an attempt; see ``worker.reaper``)
+        """Hand every job this worker holds back (each counts an attempt; see ``latentq.reaper``)
         and exit at once with status 1."""
         self.log.warning("giving up %d job(s): %s", len(self.leases.held), why)
         try:

@@ -37,7 +37,7 @@ from api.stability_bodies import (
 )
 from api.submit import draft_job, submit_job
 from latentq.contract import GenerateRequest, JobStatus, StoredImage, UpscaleRequest
-from latentq.errors import LatentqError, stability_name
+from latentq.errors import RETRY_AFTER_S, LatentqError, stability_name
 from latentq.records import JobRecord
 
 log = logging.getLogger("latentq.api")
@@ -49,7 +49,8 @@ UNLIMITED_CREDITS = 1_000_000_000.0
 def stability_error(error: LatentqError) -> JSONResponse:
     """Render ``error`` in Stability's shape, with our status."""
     body = {"id": uuid.uuid4().hex, "name": stability_name(error.name), "message": error.message}
-    return JSONResponse(body, status_code=error.status)
+    retry = {"Retry-After": str(RETRY_AFTER_S[error.name])} if error.name in RETRY_AFTER_S else None
+    return JSONResponse(body, status_code=error.status, headers=retry)
 
 
 class StabilityRoute(APIRoute):

@@ -33,6 +33,7 @@ def test_a_busy_worker_rides_out_a_redis_restart(tmp_path, s3_server, models_dir
             redis.process.popen.wait()
             down = client.get(f"/v1/jobs/{job_id}")
             assert down.status_code == 503 and down.json()["error"]["name"] == "service_unavailable"
+            assert down.headers["retry-after"] == "1"
             time.sleep(2)
             redis = RedisServer(tmp_path / "redis", port=redis.port, durable=True).start()
 

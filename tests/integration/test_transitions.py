@@ -14,9 +14,9 @@ from rq.serializers import JSONSerializer
 from latentq.contract import GENERATE_FUNCTION, JobError, JobSpec, WebhookTarget, WeightedPrompt
 from latentq.keys import LEASES, WEBHOOK_QUEUE, job_events_key, job_key, preview_key
 from latentq.leases import Leases
+from latentq.reaper import Reaper
 from latentq.records import JobRecords
 from latentq.rq_writer import queue_job
-from worker.reaper import Reaper
 
 
 def make_spec(webhook: bool = True) -> JobSpec:

@@ -249,3 +249,14 @@ def test_rotated_secret_signs_alongside_the_old_one(client, worker, dispatcher, 
     [request] = receiver.wait("/rotated", 1)
     assert len(request["headers"]["webhook-signature"].split(" ")) == 2
     assert verified(request, new) == verified(request, old)
+
+
+def test_a_delivery_whose_dispatcher_died_mid_attempt_is_sent_again(client, worker, dispatcher, receiver):
+    receiver.delays["/crash"] = [8.0]  # the first attempt hangs: the dispatcher dies in it
+    job = client.post("/v1/generate", json={**BODY, "webhook_url": receiver.url("/crash")}).json()
+    receiver.wait("/crash", 1)
+    dispatcher.kill()
+    dispatcher.start()  # its reaper finds the delivery's lease over and puts it back
+    first, again = receiver.wait("/crash", 2, timeout_s=60)[:2]
+    assert first["headers"]["webhook-id"] == again["headers"]["webhook-id"] == f"msg_{job['id']}_completed"
+    assert delivery(client, job["id"], "completed", "delivered")["state"] == "delivered"

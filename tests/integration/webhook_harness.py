@@ -4,6 +4,7 @@ helpers that verify signatures and wait for deliveries."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: dict[str, list[dict]] = defaultdict(list)
         self.scripts: dict[str, list[int]] = {}
+        #: Seconds to hold each of the first requests to a path before answering.
+        self.delays: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         receiver = self
 
@@ -41,6 +44,9 @@ class Receiver:
                     seen.append({"headers": dict(self.headers), "body": body, "at": time.monotonic()})
                     script = receiver.scripts.get(self.path, [200])
                     status = script[min(len(seen), len(script)) - 1]
+                    delays = receiver.delays.get(self.path, [])
+                    delay = delays[len(seen) - 1] if len(seen) <= len(delays) else 0.0
+                time.sleep(delay)
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", "/redirected")
@@ -77,6 +83,12 @@ class Dispatcher:
             self.process.stop()
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the dispatcher, as a crash would."""
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+            self.process = None
+
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
@@ -90,6 +102,7 @@ def dispatcher(redis_server, s3_server, tmp_path_factory) -> Iterator[Dispatcher
     env = service_env(
         redis_server, s3_server, webhook_allowed_hosts="127.0.0.1,localhost",
         webhook_retry_schedule_s=SCHEDULE, webhook_timeout_s="5", dispatcher_name="test-dispatcher",
+        worker_lost_s="2",
     )  # fmt: skip
     dispatcher = Dispatcher(env, tmp_path_factory.mktemp("logs") / "dispatcher.log")
     dispatcher.start()

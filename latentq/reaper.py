@@ -1,5 +1,7 @@
 """The reaper: finds jobs whose lease expired (``latentq.leases``: their worker was lost) and
-recovers each, once, whichever live worker's reaper gets there first.
+recovers each, once, whichever live process's reaper gets there first (each worker and each
+webhook dispatcher runs one). A webhook delivery whose dispatcher died mid-attempt goes back to
+the front of its queue and is sent again with the same ``webhook-id``.
 
 A job that was running goes back to the front of its queue with ``attempt`` + 1 (the same object
 keys: a re-run overwrites, never duplicates), up to ``LATENTQ_MAX_ATTEMPTS`` runs; after that it
@@ -21,21 +23,25 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.worker import BaseWorker
 
 from latentq.command_batch import CommandBatch
 from latentq.contract import JobError, JobSpec, JobStatus
 from latentq.errors import ERRORS
-from latentq.keys import LEASE_HOLDERS, LEASES, job_key, rq_job_key
+from latentq.keys import LEASE_HOLDERS, LEASES, WEBHOOK_QUEUE, job_key, rq_job_key
 from latentq.leases import Leases
 from latentq.records import JobRecords, utc_now
 from latentq.transitions import record_change
 
 log = logging.getLogger("latentq.worker")
 
+#: The field of a delivery's RQ job counting the dispatchers lost while sending it.
+LOST_FIELD = "latentq_lost"
 #: Expired leases recovered per pass, at most.
 PASS_LIMIT = 100
 #: Queued jobs that are in RQ's intermediate queues get a lease once seen there: queues looked at.
 QUEUE_PREFIX = Queue.redis_queue_namespace_prefix + "latentq:"
+DELIVERY_QUEUE_KEY = Queue.redis_queue_namespace_prefix + WEBHOOK_QUEUE
 
 
 class Reaper:
@@ -87,8 +93,9 @@ class Reaper:
         queues: Any = self.redis.smembers(Queue.redis_queues_keys)
         found = []
         for key in sorted(queue.decode() for queue in queues):
-            if key.startswith(QUEUE_PREFIX):
-                found += [job_id.decode() for job_id in self.redis.lrange(f"{key}:intermediate", 0, -1)]
+            if key.startswith(QUEUE_PREFIX) or key == DELIVERY_QUEUE_KEY:
+                waiting: Any = self.redis.lrange(f"{key}:intermediate", 0, -1)
+                found += [job_id.decode() for job_id in waiting]
         if not found:
             return []
         scores = self.redis.zmscore(LEASES, found)
@@ -97,25 +104,50 @@ class Reaper:
     def recover(self, job_id: str) -> str | None:
         """Recover ``job_id``, whose lease expired; return ``requeued``, ``failed`` or ``ended``, or
         None if it needed nothing (another reaper got there first, or its worker renewed)."""
-        status, attempt, spec_json = self.redis.hmget(job_key(job_id), ["status", "attempt", "spec"])
-        origin_value = self.redis.hget(rq_job_key(job_id), "origin")
+        fields: Any = self.redis.hmget(job_key(job_id), ["status", "attempt", "spec"])
+        status_value, attempt, spec_json = fields
+        status = status_value.decode() if status_value else None
+        origin_value: Any = self.redis.hget(rq_job_key(job_id), "origin")
         origin = origin_value.decode() if origin_value else None
         batch = CommandBatch().require_due(LEASES, job_id)
         batch.pipeline.zrem(LEASES, job_id)
         batch.pipeline.hdel(LEASE_HOLDERS, job_id)
         if origin is not None:
             self._leave_rq_lists(batch, job_id, origin)
-        live = status is not None and spec_json is not None and not JobStatus(status.decode()).is_terminal
+        if origin == WEBHOOK_QUEUE:
+            return self._redeliver(batch, job_id)
+        live = status is not None and spec_json is not None and not JobStatus(status).is_terminal
         if not live:
             return "ended" if batch.run(self.redis) else None
         spec = JobSpec.model_validate_json(spec_json)
         ran = int(attempt or 1)
-        was_running = status.decode() == JobStatus.RUNNING.value
+        was_running = status == JobStatus.RUNNING.value
         if origin is None or (was_running and ran >= self.max_attempts):  # no RQ job: nothing to rerun
             return "failed" if self._fail(batch, spec, origin, ran) else None
         self._requeue(batch, spec, origin, ran + 1 if was_running else ran)
         if batch.run(self.redis):
             log.warning("job %s: its worker was lost; back in its queue (attempt %d)", job_id, ran + 1)
+            return "requeued"
+        return None
+
+    def _redeliver(self, batch: CommandBatch, job_id: str) -> str | None:
+        """A webhook delivery whose dispatcher died mid-attempt: back to the front of its queue, to
+        be sent again with the same ``webhook-id`` (at most ``max_attempts`` times in all)."""
+        rq_key = rq_job_key(job_id)
+        lost_value: Any = self.redis.hget(rq_key, LOST_FIELD)
+        lost = int(lost_value or 0) + 1
+        batch.require_in(rq_key, "status", ["started", "queued"])
+        if lost >= self.max_attempts:  # it takes its dispatcher down every time: give it up
+            seconds, _ = self.redis.time()
+            failed = FailedJobRegistry(WEBHOOK_QUEUE, connection=self.redis).key
+            batch.pipeline.hset(rq_key, mapping={"status": "failed", "ended_at": utc_now()})
+            batch.pipeline.zadd(failed, {job_id: seconds + self.records.max_retention_s})
+            return "failed" if batch.run(self.redis) else None
+        queue = Queue(WEBHOOK_QUEUE, connection=self.redis)
+        batch.pipeline.hset(rq_key, mapping={"status": "queued", "worker_name": "", LOST_FIELD: lost})
+        batch.pipeline.lpush(queue.key, job_id)
+        if batch.run(self.redis):
+            log.warning("delivery %s: its dispatcher was lost; back in its queue", job_id)
             return "requeued"
         return None
 
@@ -159,3 +191,14 @@ class Reaper:
             log.warning("job %s failed worker_lost after %d attempt(s)", spec.job_id, attempts)
             return True
         return False
+
+
+def clear_stale_registration(worker: BaseWorker) -> bool:
+    """Clear the RQ registration a process of ``worker``'s name left when it died (RQ would refuse
+    to start under that name until the registration expires, minutes later); return whether there
+    was one. A configured worker name belongs to one process: the one starting now."""
+    if not worker.connection.exists(worker.key) or worker.connection.hexists(worker.key, "death"):
+        return False
+    log.warning("worker %s: clearing the registration a lost process of this name left", worker.name)
+    worker.register_death()
+    return True
