@@ -16,7 +16,6 @@ updated in the same call, so ``rq info`` tells the same story.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from redis import Redis
@@ -30,6 +29,7 @@ from latentq.contract import JobError, JobSpec, JobStatus
 from latentq.errors import ERRORS
 from latentq.keys import LEASE_HOLDERS, LEASES, WEBHOOK_QUEUE, job_key, rq_job_key
 from latentq.leases import Leases
+from latentq.periodic import Periodic
 from latentq.records import JobRecords, utc_now
 from latentq.transitions import record_change
 
@@ -50,27 +50,23 @@ class Reaper:
     def __init__(self, records: JobRecords, leases: Leases, max_attempts: int, interval_s: float) -> None:
         self.records, self.leases = records, leases
         self.redis: Redis = records.redis
-        self.max_attempts, self.interval_s = max_attempts, interval_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="latentq-reaper", daemon=True)
+        self.max_attempts = max_attempts
+        self._passes = Periodic(
+            self.run_once,
+            interval_s,
+            lambda error: log.warning("reaper: %s; retrying", error),
+            "latentq-reaper",
+        )
 
     def start(self) -> Reaper:
-        """Run one pass now (before the worker takes jobs), then keep passing in the background."""
+        """Run one pass now (before the process takes jobs), then keep passing in the background."""
         self.run_once()
-        self._thread.start()
+        self._passes.start()
         return self
 
     def stop(self) -> None:
         """Stop passing."""
-        self._stopped.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
-            try:
-                self.run_once()
-            except (RedisError, OSError) as error:  # Redis away: try again next pass
-                log.warning("reaper: %s; retrying", error)
+        self._passes.stop()
 
     def run_once(self) -> dict[str, int]:
         """Adopt jobs left in RQ's intermediate queues without a lease, then recover every job whose

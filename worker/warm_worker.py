@@ -20,35 +20,9 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from latentq.contract import JobSpec
 from latentq.keys import job_key
 from latentq.leases import Leases
+from latentq.periodic import Periodic
 from worker.context import JobContext, WarmState, use_context
 from worker.rounds import RoundSeat, SamplingRound, batch_key
-
-
-class Heartbeat:
-    """Calls ``beat`` every ``interval_s`` seconds on a daemon thread until stopped."""
-
-    def __init__(self, beat: Callable[[], None], interval_s: float, on_error: Callable[[Exception], None]):
-        self.beat = beat
-        self.interval_s = interval_s
-        self.on_error = on_error
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="latentq-heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopped.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
-            try:
-                self.beat()
-            except Exception as error:  # noqa: BLE001 - a missed beat must not kill the job
-                self.on_error(error)
-
 
 #: Queued jobs looked at, from the head of the queue, when filling a round.
 ROUND_SCAN_DEPTH = 64
@@ -211,10 +185,11 @@ class WarmWorker(SimpleWorker):
         try:
             with (
                 use_context(JobContext(self.warm, seat, deadline)),
-                Heartbeat(
+                Periodic(
                     lambda: self.maintain_heartbeats(job, execution),
                     self.heartbeat_interval_s,
                     lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
+                    "latentq-heartbeat",
                 ),
             ):
                 self.perform_job(job, queue, execution)
@@ -228,10 +203,11 @@ class WarmWorker(SimpleWorker):
         for it, with backoff, and take jobs again: the jobs whose outcome could not be recorded keep
         their leases, and run again once those expire."""
         # One keeper renews every lease this worker holds, taken or claimed, running or not yet.
-        with Heartbeat(
+        with Periodic(
             lambda: self.leases.renew(sorted(self.leases.held)),
             self.heartbeat_interval_s,
             lambda error: self.log.warning("lease renewal failed: %s", error),
+            "latentq-leases",
         ):
             while True:
                 try:

@@ -50,7 +50,7 @@ def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterat
     def start() -> Process:
         env = worker_env(
             redis_server, s3_server, models_dir, "recovery-sd", models=json.dumps([MODEL]),
-            worker_lost_s=LOST_S, max_batch="1", **settings,
+            worker_lost_s=LOST_S, max_batch="1", warmup="false", **settings,
         )  # fmt: skip
         name = env["LATENTQ_WORKER_NAME"] = f"recovery-{uuid.uuid4().hex[:8]}"
         argv = [sys.executable, "-m", "worker"]

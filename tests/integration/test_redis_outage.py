@@ -19,7 +19,7 @@ LONG = {"prompt": "a lighthouse", "width": 128, "height": 128, "steps": 150, "se
 @pytest.mark.slow
 def test_a_busy_worker_rides_out_a_redis_restart(tmp_path, s3_server, models_dir, tiny_model):
     redis = RedisServer(tmp_path / "redis", durable=True).start()
-    env = worker_env(redis, s3_server, models_dir, "tiny-sd", worker_lost_s="4")
+    env = worker_env(redis, s3_server, models_dir, "tiny-sd", worker_lost_s="4", warmup="false")
     try:
         with (
             serve(api_settings(redis, s3_server)) as url,

@@ -1,0 +1,41 @@
+"""A call made every few seconds on a daemon thread: heartbeats, lease renewals, reaper passes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class Periodic:
+    """Calls ``call`` every ``interval_s`` seconds on a daemon thread, from ``start`` (or entering a
+    ``with`` block) until ``stop``; an exception is handed to ``on_error`` and the calls go on."""
+
+    def __init__(
+        self, call: Callable[[], object], interval_s: float, on_error: Callable[[Exception], None], name: str
+    ) -> None:
+        self.call, self.interval_s, self.on_error = call, interval_s, on_error
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Periodic:
+        """Start calling."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop calling (waits for a call in progress)."""
+        self._stopped.set()
+        self._thread.join()
+
+    def __enter__(self) -> Periodic:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.call()
+            except Exception as error:  # noqa: BLE001 - one failed call must not end the others
+                self.on_error(error)
