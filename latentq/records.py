@@ -131,24 +131,22 @@ class JobRecords:
             record.status, record.error = status, error or record.error
         return record
 
-    def change(self, spec: JobSpec, event: str, run: str | None = None, **fields: Any) -> bool:
-        """Make record change ``event`` of ``spec``'s job with ``fields``, with the webhook delivery
-        it calls for, if the job's state machine allows it now (and, with ``run``, the job is still
-        in that run: see ``mark_running``); return whether it did."""
+    def _change(
+        self, spec: JobSpec, event: str, fields: dict[str, Any], run: str | None = None
+    ) -> CommandBatch:
+        """Return the batch of record change ``event`` of ``spec``'s job with ``fields`` and the
+        webhook delivery it calls for, run only if the job's state machine allows it then (and,
+        with ``run``, the job is still in that run: see ``mark_running``)."""
         batch = record_change(
             CommandBatch(), spec.job_id, event, fields, self.retention_s, spec.webhook, utc_now()
         )
-        return _in_run(batch, spec.job_id, run).run(self.redis)
+        return _in_run(batch, spec.job_id, run)
 
     def mark_running(self, spec: JobSpec, run: str = "") -> bool:
         """Record that a worker started the job of ``spec`` as run ``run`` (a token its later
         writes name, so a worker that lost the job, say frozen, then requeued and run elsewhere,
         can change nothing); False: it may not run (canceled, ended, or its record expired)."""
-        batch = record_change(
-            CommandBatch(), spec.job_id, "started", {"started_at": utc_now(), "run": run},
-            self.retention_s, spec.webhook, utc_now(),
-        )  # fmt: skip
-        return batch.run(self.redis)
+        return self._change(spec, "started", {"started_at": utc_now(), "run": run}).run(self.redis)
 
     def progress(
         self,
@@ -198,9 +196,12 @@ class JobRecords:
         """Ask the worker running (or about to run) ``job_id`` to stop it at its next step: the flag
         it checks before it starts, announced on ``CANCEL_CHANNEL`` to the workers' cancel watch."""
         with self.redis.pipeline() as pipeline:
-            pipeline.set(cancel_key(job_id), 1, ex=self.retention_s)
-            pipeline.publish(CANCEL_CHANNEL, job_id)
+            self._announce_cancel(pipeline, job_id)
             pipeline.execute()
+
+    def _announce_cancel(self, pipeline: AnyPipeline, job_id: str) -> None:
+        pipeline.set(cancel_key(job_id), 1, ex=self.retention_s)
+        pipeline.publish(CANCEL_CHANNEL, job_id)
 
     def cancel_requested(self, *job_ids: str) -> list[str]:
         """Return those of ``job_ids`` whose cancel was requested (one round trip)."""
@@ -212,18 +213,14 @@ class JobRecords:
 
     def mark_canceled(self, spec: JobSpec, run: str | None = None) -> bool:
         """Record that the job of ``spec`` was canceled; False if it had already ended."""
-        return self.change(spec, "canceled", run, finished_at=utc_now())
+        return self._change(spec, "canceled", {"finished_at": utc_now()}, run).run(self.redis)
 
     def cancel(self, spec: JobSpec) -> bool:
         """Cancel the job of ``spec`` if it has not ended: record it canceled and ask the worker that
         may be running it to stop (``request_cancel``'s flag and announcement), in one script call.
         Return False, changing nothing, if it had already ended."""
-        batch = record_change(
-            CommandBatch(), spec.job_id, "canceled", {"finished_at": utc_now()}, self.retention_s,
-            spec.webhook, utc_now(),
-        )  # fmt: skip
-        batch.pipeline.set(cancel_key(spec.job_id), 1, ex=self.retention_s)
-        batch.pipeline.publish(CANCEL_CHANNEL, spec.job_id)
+        batch = self._change(spec, "canceled", {"finished_at": utc_now()})
+        self._announce_cancel(batch.pipeline, spec.job_id)
         return batch.run(self.redis)
 
     def mark_succeeded(
@@ -238,14 +235,14 @@ class JobRecords:
         and how many jobs were sampled in its pipeline call (itself included); False if it had
         ended meanwhile (canceled): its images are then not the job's."""
         payload = json.dumps([image.model_dump() for image in images])
-        return self.change(
-            spec, "succeeded", run, images=payload, finished_at=utc_now(), timings=json.dumps(timings),
-            batch_size=str(batch_size),
-        )  # fmt: skip
+        fields = {"images": payload, "finished_at": utc_now(), "timings": json.dumps(timings),
+                  "batch_size": str(batch_size)}  # fmt: skip
+        return self._change(spec, "succeeded", fields, run).run(self.redis)
 
     def mark_failed(self, spec: JobSpec, error: JobError, run: str | None = None) -> bool:
         """Record that the job of ``spec`` failed with ``error``; False if it had already ended."""
-        return self.change(spec, "failed", run, error=error.model_dump_json(), finished_at=utc_now())
+        fields = {"error": error.model_dump_json(), "finished_at": utc_now()}
+        return self._change(spec, "failed", fields, run).run(self.redis)
 
     def record_delivery(self, job_id: str, event: str, delivery: WebhookDelivery) -> None:
         """Keep how the latest delivery of webhook ``event`` of ``job_id`` went (unless it expired)."""

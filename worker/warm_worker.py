@@ -132,7 +132,7 @@ class WarmWorker(SimpleWorker):
         concurrent load (the last round, or this one, has several jobs) wait up to ``batch_wait_s``
         for more; a lone job after a lone job never waits."""
         key, images = _batch_info(head)
-        if key is None or self._retried([head.id]):
+        if key is None or images >= self.max_batch or self._retried([head.id]):
             return []  # a job run again after its worker was lost runs alone: it may be what killed it
         taken: list[Job] = []
         seen: set[str] = set()
