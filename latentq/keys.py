@@ -82,3 +82,9 @@ def rq_job_key(job_id: str) -> str:
 LEASES = f"{PREFIX}:leases"
 #: Which worker holds each lease (a hash: job id -> worker name).
 LEASE_HOLDERS = f"{PREFIX}:lease-holders"
+
+
+def worker_alive_key(worker_name: str) -> str:
+    """Return the key that marks worker ``worker_name`` alive: set with every heartbeat, expiring
+    ``LATENTQ_WORKER_LOST_S`` after the last (RQ's own registration outlives a dead worker)."""
+    return f"{PREFIX}:worker-alive:{worker_name}"

@@ -15,8 +15,9 @@ import threading
 from typing import Any
 
 from redis import Redis
+from rq import Queue, Worker
 
-from latentq.keys import LEASE_HOLDERS, LEASES, job_key
+from latentq.keys import LEASE_HOLDERS, LEASES, job_key, worker_alive_key
 
 # KEYS: queue, leases, holders; ARGV: holder, lease seconds, job ids. Returns 1/0 per id.
 _CLAIM = """
@@ -136,3 +137,12 @@ class Leases:
     def _run_hold(self, mode: str, job_ids: list[str]) -> None:
         if job_ids:
             self._hold(keys=[LEASES, LEASE_HOLDERS], args=[self.holder, self.lease_s, mode, *job_ids])
+
+
+def live_workers(redis: Redis, queue_name: str) -> int:
+    """Count the workers listening on ``queue_name`` whose heartbeat is fresh (a worker killed
+    ``LATENTQ_WORKER_LOST_S`` ago no longer counts, though RQ still lists it for minutes)."""
+    prefix = Worker.redis_worker_namespace_prefix
+    keys = Worker.all_keys(connection=redis, queue=Queue(queue_name, connection=redis))
+    names = [key.removeprefix(prefix) for key in keys]
+    return int(redis.exists(*[worker_alive_key(name) for name in names])) if names else 0

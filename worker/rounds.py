@@ -7,7 +7,11 @@ it needs sampling; there its ``RoundSeat`` (in its ``JobContext``) hands a ``Sam
 ``SamplingRound`` and waits. The worker's
 main thread samples the round: requests that share a ``batch_key`` go through one pipeline call
 (``WarmPipeline.generate_batch``), chunked to the image and memory limits; any other runs alone.
-If a batched call fails, its members are run again one by one, so one job never fails another.
+If a batched call fails, its members are run again one by one, so one job never fails another;
+if it ran out of accelerator memory, the cache is freed and it is tried again at half its size,
+down to one job (whose own out-of-memory fails it ``out_of_memory``). An accelerator fault that
+leaves the device unsound (``DeviceFault``) stops the round without failing any job: the worker
+gives its jobs back and exits for its orchestrator to restart it.
 Then each job's thread encodes and uploads its images while the main thread takes the next
 round: sampling does not wait on storage.
 """
@@ -15,6 +19,7 @@ round: sampling does not wait on storage.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +35,33 @@ log = logging.getLogger("latentq.worker")
 #: Seconds a job thread waits between looks at its request: the timeout exception RQ raises in it
 #: (``TimerDeathPenalty``) arrives between them.
 WAIT_SLICE_S = 0.25
+
+
+class DeviceFault(Exception):
+    """The accelerator failed in a way that leaves it unsound (a CUDA error other than out of memory):
+    nothing more can run on it in this process."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the host or the accelerator ran out of memory."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
+def is_device_fault(error: BaseException) -> bool:
+    """Whether ``error`` is an accelerator fault other than out of memory: torch's
+    ``AcceleratorError``, or a ``RuntimeError`` CUDA reports as ``CUDA error: ...``."""
+    if is_out_of_memory(error):
+        return False
+    return type(error).__name__ == "AcceleratorError" or (
+        isinstance(error, RuntimeError) and "CUDA error" in str(error)
+    )
+
+
+def free_accelerator_memory() -> None:
+    """Hand the CUDA cache back after an out-of-memory (nothing to do without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def batch_key(spec: JobSpec) -> tuple | None:
@@ -115,6 +147,7 @@ class SamplingRound:
         and no more than the pipeline's ``batch_limit`` (what fits in free GPU memory)."""
         requests = self.wait_for_requests()
         self.started = time.monotonic()
+        device_fault = False
         groups: dict[Any, list[SampleRequest]] = {}
         for index, request in enumerate(requests):
             key = batch_key(request.spec)
@@ -124,8 +157,11 @@ class SamplingRound:
                 limit = getattr(members[0].pipeline, "batch_limit", lambda _spec: None)(members[0].spec)
                 for chunk in _chunks(members, min(max_images, limit or max_images)):
                     run_chunk(chunk)
-        finally:  # no job thread may wait forever, whatever went wrong here
-            for request in requests:
+        except DeviceFault:
+            device_fault = True  # the jobs fail nothing: the worker gives them back and exits
+            raise
+        finally:  # else no job thread may wait forever, whatever went wrong here
+            for request in requests if not device_fault else ():
                 request.finish(error=RuntimeError("the worker stopped before sampling this job"))
 
 
@@ -143,12 +179,24 @@ def _chunks(members: list[SampleRequest], max_images: int) -> list[list[SampleRe
 
 
 def run_chunk(chunk: list[SampleRequest]) -> None:
-    """Sample ``chunk`` in one call (or alone, for one member); on a failed batch, each alone."""
+    """Sample ``chunk`` in one call (or alone, for one member). A batch that runs out of memory is
+    tried again in halves, down to single jobs; one that fails otherwise runs each member alone.
+    Raises ``DeviceFault`` when the accelerator fails (no member is finished then)."""
     live = [request for request in chunk if not request.abandoned]
     if len(live) > 1:
         try:
             results = live[0].pipeline.generate_batch([(request.spec, request.step) for request in live])
-        except Exception as error:  # noqa: BLE001 - isolate: the members run alone below
+        except Exception as error:
+            if is_device_fault(error):
+                raise DeviceFault(str(error)) from error
+            if is_out_of_memory(error):
+                free_accelerator_memory()
+                half = (len(live) + 1) // 2
+                log.warning("a batch of %d jobs ran out of memory; trying %d and %d", len(live), half,
+                            len(live) - half)  # fmt: skip
+                run_chunk(live[:half])
+                run_chunk(live[half:])
+                return
             log.warning("a batch of %d jobs failed (%s); running them one by one", len(live), error)
         else:
             for request, images in zip(live, results, strict=True):
@@ -159,7 +207,11 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
     for request in live:
         try:
             request.finish(request.pipeline.generate(request.spec, request.inputs, request.step))
-        except BaseException as error:  # noqa: BLE001 - the job's own thread raises it
+        except BaseException as error:
+            if is_device_fault(error):
+                raise DeviceFault(str(error)) from error
+            if is_out_of_memory(error):
+                free_accelerator_memory()
             request.finish(error=error)
 
 

@@ -27,6 +27,7 @@ from latentq.storage import STORAGE_ERRORS
 from worker.context import ImagePipeline, JobContext, JobLog, ObjectStore, WarmState
 from worker.encoding import CONTENT_TYPES, encode_image
 from worker.patient_store import PatientStore
+from worker.rounds import is_out_of_memory
 
 log = logging.getLogger("latentq.worker")
 
@@ -221,7 +222,7 @@ def classify_error(error: BaseException) -> JobError:
     """Map an exception raised while running a job to a named job error."""
     if isinstance(error, JobTimeoutException):
         return JobError(name="timeout", message=ERRORS["timeout"].message)
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(error):
         return JobError(name="out_of_memory", message=ERRORS["out_of_memory"].message)
     if isinstance(error, STORAGE_ERRORS):
         return JobError(name="storage_error", message=_describe(error))

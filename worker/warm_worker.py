@@ -18,11 +18,11 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from latentq.contract import JobSpec
-from latentq.keys import job_key
+from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
 from latentq.periodic import Periodic
 from worker.context import JobContext, WarmState, use_context
-from worker.rounds import RoundSeat, SamplingRound, batch_key
+from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
 
 #: Queued jobs looked at, from the head of the queue, when filling a round.
 ROUND_SCAN_DEPTH = 64
@@ -99,7 +99,10 @@ class WarmWorker(SimpleWorker):
             self._requeue(queue, jobs[max(round_.expected, 1) :])
             raise
         finally:  # the jobs whose thread started are sampled, whatever happened to the others
-            round_.run(self.max_batch)
+            try:
+                round_.run(self.max_batch)
+            except DeviceFault as error:
+                self.give_up(f"the accelerator failed ({error}); exiting for a restart")
             self._log_round(round_)
         self.set_state(WorkerStatus.IDLE)
 
@@ -202,9 +205,12 @@ class WarmWorker(SimpleWorker):
         """Take jobs until a warm shutdown. If Redis is lost mid-round (RQ's loop then ends), wait
         for it, with backoff, and take jobs again: the jobs whose outcome could not be recorded keep
         their leases, and run again once those expire."""
-        # One keeper renews every lease this worker holds, taken or claimed, running or not yet.
+        # One keeper renews every lease this worker holds, taken or claimed, running or not yet,
+        # and the mark that says this worker is alive (what /readyz counts).
+        with suppress(RedisError):
+            self.beat()
         with Periodic(
-            lambda: self.leases.renew(sorted(self.leases.held)),
+            self.beat,
             self.heartbeat_interval_s,
             lambda error: self.log.warning("lease renewal failed: %s", error),
             "latentq-leases",
@@ -220,6 +226,11 @@ class WarmWorker(SimpleWorker):
                 self._wait_for_redis()
                 with suppress(RedisError):
                     self.register_death()  # the registration the broken loop left: register anew
+
+    def beat(self) -> None:
+        """Renew this worker's leases and its alive mark, each for the lease time."""
+        self.leases.renew(sorted(self.leases.held))
+        self.connection.set(worker_alive_key(self.name), 1, ex=max(1, round(self.leases.lease_s)))
 
     def _wait_for_redis(self) -> None:
         wait_s = 0.5

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from rq import Queue, Worker
 
 from api.deps import ServicesDep
 from latentq.keys import queue_name
+from latentq.leases import live_workers
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +24,8 @@ def healthz() -> dict[str, str]:
 def readyz(services: ServicesDep) -> JSONResponse:
     """Answer 200 when Redis and S3 are reachable and a worker serves the default model; else 503.
 
-    ``checks.workers`` counts live workers per registered model.
+    ``checks.workers`` counts live workers per registered model: those whose heartbeat is fresher
+    than ``LATENTQ_WORKER_LOST_S``.
     """
     registry, redis, store = services.registry, services.redis, services.store
     checks: dict[str, Any] = {}
@@ -32,8 +33,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
     try:
         redis.ping()
         for model_id in registry.ids():
-            queue = Queue(queue_name(model_id), connection=redis)
-            workers[model_id] = Worker.count(connection=redis, queue=queue)
+            workers[model_id] = live_workers(redis, queue_name(model_id))
         checks["redis"] = "ok"
     except Exception as error:  # noqa: BLE001 - any failure is "not ready", with its reason
         checks["redis"] = f"unreachable: {type(error).__name__}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from rq import Queue, Worker
 
+from latentq.keys import queue_name, worker_alive_key
 from tests.conftest import api_settings, serve
 
 
@@ -47,3 +49,22 @@ def test_not_ready_and_submits_refused_when_redis_is_down(s3_server, redis_serve
         )
     assert response.status_code == 503
     assert response.json()["error"]["name"] == "service_unavailable"
+
+
+def test_a_registered_worker_counts_only_while_its_heartbeat_is_fresh(redis, redis_server, s3_server):
+    # As a SIGKILLed worker leaves it: RQ's registration lives on (for minutes), the alive mark not.
+    entry = {"id": "ghost-model", "source": "/nowhere", "family": "sd1"}
+    queue = Queue(queue_name("ghost-model"), connection=redis)
+    ghost = Worker([queue], connection=redis, name="ghost-worker")
+    ghost.register_birth()
+    settings = api_settings(redis_server, s3_server, models=[entry], default_model="ghost-model")
+    try:
+        with serve(settings) as url:
+            stale = httpx.get(url + "/readyz")
+            redis.set(worker_alive_key("ghost-worker"), 1, ex=30)  # what its heartbeat would write
+            fresh = httpx.get(url + "/readyz")
+    finally:
+        ghost.register_death()
+        redis.delete(worker_alive_key("ghost-worker"))
+    assert stale.status_code == 503 and stale.json()["checks"]["workers"]["ghost-model"] == "none"
+    assert fresh.status_code == 200 and fresh.json()["checks"]["workers"]["ghost-model"] == "1 live"
