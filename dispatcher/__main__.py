@@ -11,11 +11,13 @@ import logging
 import sys
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
+from latentq.periodic import call_with_backoff
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.settings import get_dispatcher_settings
 
@@ -27,7 +29,11 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_dispatcher_settings()
     redis = Redis.from_url(settings.redis_url)
-    redis.ping()
+    call_with_backoff(  # started while Redis is down (or not up yet): wait for it
+        redis.ping,
+        lambda error: isinstance(error, RedisError | OSError),
+        lambda error, wait_s: log.warning("waiting for Redis (%s); next try in %.1f s", error, wait_s),
+    )
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
     worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer, name=settings.dispatcher_name)
     log.info(

@@ -1,8 +1,10 @@
-"""A call made every few seconds on a daemon thread: heartbeats, lease renewals, reaper passes."""
+"""Calls made again and again: every few seconds on a daemon thread (heartbeats, lease renewals,
+reaper passes), or until they succeed, with backoff (waiting for a service that is down)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -39,3 +41,28 @@ class Periodic:
                 self.call()
             except Exception as error:  # noqa: BLE001 - one failed call must not end the others
                 self.on_error(error)
+
+
+def call_with_backoff(
+    call: Callable[[], object],
+    retry_on: Callable[[Exception], bool],
+    on_retry: Callable[[Exception, float], None],
+    stopped: Callable[[], bool] = lambda: False,
+    first_s: float = 0.5,
+    max_s: float = 5.0,
+) -> bool:
+    """Call ``call`` until it returns, waiting ``first_s`` seconds after a failure, twice as long
+    after each next one, up to ``max_s``. A failure ``retry_on`` rejects is raised; each other goes
+    to ``on_retry`` with the wait. Return False if ``stopped`` turned true first, else True."""
+    wait_s = first_s
+    while not stopped():
+        try:
+            call()
+            return True
+        except Exception as error:
+            if not retry_on(error):
+                raise
+            on_retry(error, wait_s)
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, max_s)
+    return False

@@ -10,20 +10,23 @@ import sys
 import time
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from latentq.keys import queue_name
 from latentq.models import ModelRegistry, ModelSpec
+from latentq.periodic import call_with_backoff
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
-from latentq.storage import ImageStore
+from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
 from worker.context import WarmState
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, ensure_tiny_model
+from worker.patient_store import transient
 from worker.warm_worker import WarmWorker
 
 log = logging.getLogger("latentq.worker")
@@ -61,6 +64,26 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
     return pipeline
 
 
+def wait_for_services(store: ImageStore, redis: Redis) -> None:
+    """Wait until the bucket and Redis answer: a worker started while either is briefly down (or
+    not up yet) takes jobs once both are. A refusal (wrong credentials, a bad bucket name) ends
+    the start-up at once."""
+
+    def check() -> None:
+        store.ensure_bucket()
+        redis.ping()
+
+    def retry_on(error: Exception) -> bool:
+        return isinstance(error, RedisError | OSError) or (
+            isinstance(error, STORAGE_ERRORS) and transient(error)
+        )
+
+    def on_retry(error: Exception, wait_s: float) -> None:
+        log.warning("waiting for S3 and Redis (%s); next try in %.1f s", error, wait_s)
+
+    call_with_backoff(check, retry_on, on_retry)
+
+
 def build_worker(settings: WorkerSettings, redis: Redis, warm: WarmState) -> WarmWorker:
     """Return an RQ worker listening on the queue of each model ``warm`` holds, running its jobs
     with ``warm``."""
@@ -83,9 +106,8 @@ def main() -> int:
     settings = get_worker_settings()
     started = time.perf_counter()
     store = ImageStore(settings)
-    store.ensure_bucket()
     redis = Redis.from_url(settings.redis_url)
-    redis.ping()
+    wait_for_services(store, redis)
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)

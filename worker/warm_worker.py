@@ -20,7 +20,7 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from latentq.contract import JobSpec
 from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
-from latentq.periodic import Periodic
+from latentq.periodic import Periodic, call_with_backoff
 from worker.context import JobContext, WarmState, use_context
 from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
 
@@ -233,16 +233,15 @@ class WarmWorker(SimpleWorker):
         self.connection.set(worker_alive_key(self.name), 1, ex=max(1, round(self.leases.lease_s)))
 
     def _wait_for_redis(self) -> None:
-        wait_s = 0.5
-        while not self.stopping:
-            try:
-                self.connection.ping()
-                self.log.info("Redis is back: taking jobs again")
-                return
-            except (RedisError, OSError) as error:
-                self.log.warning("waiting for Redis (%s); next try in %.1f s", error, wait_s)
-                time.sleep(wait_s)
-                wait_s = min(wait_s * 2, 5.0)
+        if call_with_backoff(
+            self.connection.ping,
+            lambda error: isinstance(error, RedisError | OSError),
+            lambda error, wait_s: self.log.warning(
+                "waiting for Redis (%s); next try in %.1f s", error, wait_s
+            ),
+            lambda: self.stopping,
+        ):
+            self.log.info("Redis is back: taking jobs again")
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """SIGTERM (warm shutdown): take no more jobs, finish the current round and its uploads
