@@ -9,19 +9,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
-from latentq.periodic import call_with_backoff
 from latentq.reaper import Reaper, clear_stale_registration
+from latentq.rq_loop import wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
 
 log = logging.getLogger("latentq.dispatcher")
+
+
+class DeliveryWorker(SimpleWorker):
+    """RQ's ``SimpleWorker`` (deliveries run in this process) that notes a warm shutdown, so that a
+    loop ended by a Redis outage starts again and one ended by SIGTERM does not."""
+
+    stopping = False
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        super().request_stop(signum, frame)
 
 
 def main() -> int:
@@ -29,13 +40,11 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_dispatcher_settings()
     redis = Redis.from_url(settings.redis_url)
-    call_with_backoff(  # started while Redis is down (or not up yet): wait for it
-        redis.ping,
-        lambda error: isinstance(error, RedisError | OSError),
-        lambda error, wait_s: log.warning("waiting for Redis (%s); next try in %.1f s", error, wait_s),
-    )
+    wait_for_redis(redis, log)  # started while Redis is down (or not up yet)
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
-    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer, name=settings.dispatcher_name)
+    worker = DeliveryWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=settings.dispatcher_name
+    )
     log.info(
         "dispatcher ready on queue %s (retries after %s s)",
         WEBHOOK_QUEUE,
@@ -50,7 +59,11 @@ def main() -> int:
     reaper.start()
     try:
         with serving(dispatcher):
-            worker.work(with_scheduler=True, logging_level="INFO")
+            work_through_outages(
+                worker,
+                lambda: worker.work(with_scheduler=True, logging_level="INFO"),
+                lambda: worker.stopping,
+            )
     finally:
         reaper.stop()
     return 0

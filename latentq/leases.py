@@ -114,11 +114,13 @@ class Leases:
         """Drop this holder's leases on ``job_ids``: by default only those whose job has ended (a job
         whose outcome could not be recorded keeps its lease, so the reaper runs it again once it
         expires); with ``only_ended`` False, all (jobs this worker put back in their queue)."""
-        if job_ids:
-            pairs = [item for job_id in job_ids for item in (job_id, job_key(job_id))]
-            self._release(keys=[LEASES, LEASE_HOLDERS], args=[self.holder, int(only_ended), *pairs])
-        with self._lock:
-            self.held.difference_update(job_ids)
+        try:
+            if job_ids:
+                pairs = [item for job_id in job_ids for item in (job_id, job_key(job_id))]
+                self._release(keys=[LEASES, LEASE_HOLDERS], args=[self.holder, int(only_ended), *pairs])
+        finally:  # no longer renewed either way: a lease the script could not drop runs out
+            with self._lock:
+                self.held.difference_update(job_ids)
 
     def expire_now(self) -> list[str]:
         """End every lease this holder holds at once (it is giving its jobs up); return their ids."""

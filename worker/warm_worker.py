@@ -20,7 +20,8 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from latentq.contract import JobSpec
 from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
-from latentq.periodic import Periodic, call_with_backoff
+from latentq.periodic import Periodic
+from latentq.rq_loop import work_through_outages
 from worker.context import JobContext, WarmState, use_context
 from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
 
@@ -215,33 +216,17 @@ class WarmWorker(SimpleWorker):
             lambda error: self.log.warning("lease renewal failed: %s", error),
             "latentq-leases",
         ):
-            while True:
-                try:
-                    # Round robin: with several models, no model's queue starves the others.
-                    self.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
-                except (RedisError, OSError) as error:  # its clean-up could not reach Redis either
-                    self.log.warning("worker loop ended: Redis unreachable (%s)", error)
-                if self.stopping:
-                    return
-                self._wait_for_redis()
-                with suppress(RedisError):
-                    self.register_death()  # the registration the broken loop left: register anew
+            # Round robin: with several models, no model's queue starves the others.
+            work_through_outages(
+                self,
+                lambda: self.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN),
+                lambda: self.stopping,
+            )
 
     def beat(self) -> None:
         """Renew this worker's leases and its alive mark, each for the lease time."""
         self.leases.renew(sorted(self.leases.held))
         self.connection.set(worker_alive_key(self.name), 1, ex=max(1, round(self.leases.lease_s)))
-
-    def _wait_for_redis(self) -> None:
-        if call_with_backoff(
-            self.connection.ping,
-            lambda error: isinstance(error, RedisError | OSError),
-            lambda error, wait_s: self.log.warning(
-                "waiting for Redis (%s); next try in %.1f s", error, wait_s
-            ),
-            lambda: self.stopping,
-        ):
-            self.log.info("Redis is back: taking jobs again")
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """SIGTERM (warm shutdown): take no more jobs, finish the current round and its uploads

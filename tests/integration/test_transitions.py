@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -177,6 +179,16 @@ def test_a_lease_of_an_ended_job_is_dropped(records):
     assert reaper(records).recover(spec.job_id) == "ended"
     assert records.redis.zscore(LEASES, spec.job_id) is None
     assert records.get(spec.job_id).status.value == "succeeded"
+
+
+def test_a_lease_that_could_not_be_released_is_no_longer_renewed():
+    # Redis went away as the job ended: the release fails, and the lease must run out (so the
+    # reaper recovers the job), not be renewed by the worker's heartbeat for ever.
+    leases = Leases(Redis.from_url("redis://127.0.0.1:1/0"), "worker-a", 30)
+    leases.held = {"job-1", "job-2"}
+    with pytest.raises(RedisError):
+        leases.release(["job-1"])
+    assert leases.held == {"job-2"}
 
 
 def test_a_lost_run_cannot_write_once_its_job_runs_again(records):

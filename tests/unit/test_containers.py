@@ -82,6 +82,7 @@ def test_compose_services():
 def test_compose_redis_keeps_jobs():
     command = COMPOSE["services"]["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] in ("everysec", "always")
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
 

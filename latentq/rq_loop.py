@@ -1,0 +1,56 @@
+"""RQ's work loop, kept going through Redis outages.
+
+RQ ends ``Worker.work`` at any unexpected error, a connection lost in the middle of a job among
+them (and its clean-up then fails too). A latentq worker or dispatcher instead waits for Redis,
+with backoff, registers anew and works again, until it is asked to stop: no restart needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from logging import Logger, LoggerAdapter
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.worker import BaseWorker
+
+from latentq.periodic import call_with_backoff
+
+
+def wait_for_redis(
+    redis: Redis, log: Logger | LoggerAdapter, stopping: Callable[[], bool] = lambda: False
+) -> bool:
+    """Wait until ``redis`` answers, trying again after 0.5 s, doubling up to 5 s, logging each
+    miss; return False if ``stopping()`` turned true first."""
+    return call_with_backoff(
+        redis.ping,
+        lambda error: isinstance(error, RedisError | OSError),
+        lambda error, wait_s: log.warning("waiting for Redis (%s); next try in %.1f s", error, wait_s),
+        stopping,
+    )
+
+
+def work_through_outages(
+    worker: BaseWorker, work: Callable[[], object], stopping: Callable[[], bool]
+) -> None:
+    """Call ``work`` (the worker's ``work`` with its options) again each time it ends, until
+    ``stopping()``; after a loop that ended without Redis, first wait until Redis answers."""
+    while True:
+        try:
+            work()
+        except (RedisError, OSError) as error:  # its clean-up could not reach Redis either
+            worker.log.warning("worker loop ended: Redis unreachable (%s)", error)
+        if stopping():
+            return
+        if call_with_backoff(
+            worker.connection.ping,
+            lambda error: isinstance(error, RedisError | OSError),
+            lambda error, wait_s: worker.log.warning(
+                "waiting for Redis (%s); next try in %.1f s", error, wait_s
+            ),
+            stopping,
+        ):
+            worker.log.info("Redis answers: taking jobs again")
+        with suppress(RedisError):
+            worker.register_death()  # the registration the broken loop left: register anew
