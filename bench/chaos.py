@@ -27,7 +27,7 @@ kill that are missing afterwards are the AOF ``everysec`` window: reported on th
 status 1 if any lost, duplicated, stuck, orphaned or left-over job is outside that window.
 
     .venv/bin/python -m bench.chaos [--jobs 100] [--kills 3] [--clients 4] [--workers 2]
-        [--rate 8] [--seed 1] [--deadline-s 180] [--json bench/results/chaos.json]
+        [--rate 30] [--seed 1] [--deadline-s 180] [--json bench/results/chaos.json]
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ from latentq_dev.devstack import Process, RedisServer, S3Server, free_port, wait
 
 TERMINAL = ("succeeded", "failed", "canceled")
 BUCKET = "chaos"
-#: Job shapes (side, steps): few, so that rounds of several jobs form; small, so the run is short.
-SHAPES = [(64, 10), (64, 20), (96, 10), (128, 8)]
+#: Job shapes (side, steps): few, so that rounds of several jobs form; heavy enough that the
+#: backlog the clients build outlasts the faults (each needs busy workers to hit).
+SHAPES = [(64, 20), (96, 16), (128, 12), (128, 20)]
 #: Seconds the receiver holds a delivery to a slow path (so the dispatcher can die mid-attempt).
 SLOW_RECEIVER_S = 1.5
 #: How long a client keeps retrying one submit that meets 503s or dropped connections.
@@ -387,7 +388,7 @@ def busiest(stack: Stack, timeout_s: float = 30.0) -> tuple[Process, list[str]] 
     return None
 
 
-def kill_on_claim(stack: Stack, timeout_s: float = 30.0) -> tuple[Process, list[str]] | None:
+def kill_on_claim(stack: Stack, timeout_s: float = 10.0) -> tuple[Process, list[str]] | None:
     """Wait until a live worker claims a round (its lease count grows by 2 or more at once); return
     it and its job ids then. Falls back to the busiest worker after ``timeout_s``."""
     before: dict[str, int] = {}
@@ -628,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rate", type=float, default=8.0, help="submits per second, all clients together")
+    parser.add_argument("--rate", type=float, default=30.0, help="submits per second, all clients together")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--deadline-s", type=float, default=180.0, help="most seconds to wait for the end")
     parser.add_argument(
