@@ -43,14 +43,7 @@ def work_through_outages(
             worker.log.warning("worker loop ended: Redis unreachable (%s)", error)
         if stopping():
             return
-        if call_with_backoff(
-            worker.connection.ping,
-            lambda error: isinstance(error, RedisError | OSError),
-            lambda error, wait_s: worker.log.warning(
-                "waiting for Redis (%s); next try in %.1f s", error, wait_s
-            ),
-            stopping,
-        ):
+        if wait_for_redis(worker.connection, worker.log, stopping):
             worker.log.info("Redis answers: taking jobs again")
         with suppress(RedisError):
             worker.register_death()  # the registration the broken loop left: register anew
