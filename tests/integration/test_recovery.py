@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 from rq import Queue, Worker
 
-from latentq.keys import LEASES, job_events_key, queue_name
+from latentq.keys import LEASE_HOLDERS, LEASES, job_events_key, queue_name
 from latentq_dev.devstack import Process, wait_until
 from tests.conftest import API_KEY, api_settings, serve, wait_for_job, worker_env
 
@@ -79,6 +79,11 @@ def running(client: httpx.Client, job_id: str, attempt: int, timeout_s: float = 
         time.sleep(0.02)
 
 
+def holder(redis: Redis, job_id: str) -> str:
+    """The name of the worker holding the job's lease (the one running it)."""
+    return redis.hget(LEASE_HOLDERS, job_id).decode()
+
+
 def terminal_events(redis: Redis, job_id: str) -> list[str]:
     names = [fields[b"event"].decode() for _, fields in redis.xrange(job_events_key(job_id))]
     return [name for name in names if name in ("succeeded", "failed", "canceled")]
@@ -88,11 +93,10 @@ def terminal_events(redis: Redis, job_id: str) -> list[str]:
 def test_a_killed_workers_job_runs_again_on_another_worker(api, redis, redis_server, s3_server, models_dir,
                                                          tiny_model, tmp_path):  # fmt: skip
     with workers(redis_server, s3_server, models_dir, tmp_path) as start:
-        first = start()
+        pool = {process.name: process for process in (start(), start())}  # one runs it, one waits
         job_id = api.post("/v1/generate", json=LONG).json()["id"]
         running(api, job_id, attempt=1)
-        start()  # idle, ready to take the job back
-        first.popen.send_signal(signal.SIGKILL)
+        pool[holder(redis, job_id)].popen.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         done = wait_for_job(api, job_id, timeout_s=90)
         recovered_s = time.monotonic() - killed_at
@@ -109,13 +113,15 @@ def test_a_job_that_loses_its_worker_every_time_fails_worker_lost_and_the_queue_
 ):
     # Every process's reaper may recover the job, so the limit is the one they all run with: 3.
     with workers(redis_server, s3_server, models_dir, tmp_path) as start:
-        current = start()
-        job_id = api.post("/v1/generate", json=LONG).json()["id"]
+        pool = {process.name: process for process in (start(), start())}  # one runs it, one waits
+        # Long enough (seconds a run) that no run ends while a spare worker starts.
+        job_id = api.post("/v1/generate", json={**LONG, "width": 256, "height": 256}).json()["id"]
         for attempt in (1, 2, 3):
             running(api, job_id, attempt=attempt)
-            successor = start()  # idle, ready: it takes the job back, or (after the third) fails it
-            current.popen.send_signal(signal.SIGKILL)
-            current = successor
+            pool.pop(holder(redis, job_id)).popen.send_signal(signal.SIGKILL)
+            if attempt < 3:  # the waiting one takes the job back (or, after the third, fails it)
+                spare = start()
+                pool[spare.name] = spare
         failed = wait_for_job(api, job_id, timeout_s=90)
         after = wait_for_job(api, api.post("/v1/generate", json=SHORT).json()["id"], timeout_s=90)
     assert failed["status"] == "failed" and failed["error"]["name"] == "worker_lost", failed
