@@ -15,22 +15,16 @@ from starlette.exceptions import HTTPException
 
 import latentq
 from api.body_parsing import validation_error
+from api.error_envelope import error_response
+from api.request_guard import RequestGuard
 from api.routes import events, health, jobs, models, stability, webhook_settings
 from api.services import Services
-from latentq.errors import RETRY_AFTER_S, LatentqError
+from latentq.errors import LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
 
 log = logging.getLogger("latentq.api")
 
 _HTTP_NAMES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-def error_response(error: LatentqError) -> JSONResponse:
-    """Render ``error`` as ``{"error": {"name", "message", ...}}`` with its status."""
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
-    if error.name in RETRY_AFTER_S:
-        headers["Retry-After"] = str(RETRY_AFTER_S[error.name])
-    return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
 
 
 async def _on_latentq_error(_: Request, error: Exception) -> JSONResponse:
@@ -98,4 +92,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RedisError, _on_redis_error)
     app.add_exception_handler(Exception, _on_unexpected_error)
+    app.add_middleware(RequestGuard)  # the key and the body's size, before the body is read
     return app

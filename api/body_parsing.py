@@ -7,19 +7,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import ERRORS, LatentqError
-
-#: Largest JSON request body accepted, bytes: room for two base64 images of the upload limit.
-MAX_JSON_BODY_BYTES = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1_000_000
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:
-    """Parse ``body`` (JSON, whatever the Content-Type said) into ``model``, or raise a named error."""
-    if len(body) > MAX_JSON_BODY_BYTES:
-        raise LatentqError("payload_too_large", f"The request body exceeds {MAX_JSON_BODY_BYTES} bytes.")
+    """Parse ``body`` (JSON, whatever the Content-Type said) into ``model``, or raise a named error.
+    (Its size was checked while it was read: ``api.request_guard``.)"""
     if not body.strip():
         raise LatentqError("invalid_json", "The request body is empty; send a JSON object.")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -41,9 +42,10 @@ def key_owner(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
-def bearer_token(request: Request) -> str:
-    """Return the token of ``Authorization: Bearer <token>``; raise ``unauthorized`` without one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """Return the token of ``Authorization: Bearer <token>`` in ``headers``; raise ``unauthorized``
+    without one."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise LatentqError("unauthorized")
@@ -52,7 +54,7 @@ def bearer_token(request: Request) -> str:
 
 async def require_api_key(request: Request) -> str:
     """Return the caller's API key (``Authorization: Bearer <key>``); raise ``unauthorized``."""
-    return check_api_key(bearer_token(request), await get_services(request))
+    return check_api_key(bearer_token(request.headers), await get_services(request))
 
 
 ApiKeyDep = Annotated[str, Depends(require_api_key)]
@@ -69,7 +71,7 @@ class Caller:
 async def get_caller(request: Request) -> Caller:
     """Return the caller of this request, authenticated (one dependency, no thread: no I/O)."""
     services = await get_services(request)
-    return Caller(key_owner(check_api_key(bearer_token(request), services)), services)
+    return Caller(key_owner(check_api_key(bearer_token(request.headers), services)), services)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -127,6 +127,8 @@ async def read_form(request: Request, files: tuple[str, ...]) -> tuple[dict[str,
         )
     try:
         form = await request.form(max_files=len(files), max_fields=200)
+    except LatentqError:
+        raise  # the body went over its limit while it was read
     except Exception as error:  # noqa: BLE001 - any parse failure is the client's malformed body
         raise LatentqError("invalid_request", f"The multipart body could not be read: {error}") from None
     fields: dict[str, Any] = {}

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from rq import Queue
 
-from api.body_parsing import MAX_JSON_BODY_BYTES
+from api.request_guard import MAX_BODY_BYTES
 from latentq.keys import queue_name
 from tests.conftest import API_KEY, api_settings, serve
 
@@ -144,7 +144,7 @@ def test_every_problem_is_listed(client):
         (b"[1, 2]", 400, "invalid_request"),
         (b'"prompt"', 400, "invalid_request"),
         (b"\xff\xfe", 400, "invalid_json"),
-        (b"x" * (MAX_JSON_BODY_BYTES + 1), 413, "payload_too_large"),
+        (b"x" * (MAX_BODY_BYTES + 1), 413, "payload_too_large"),
     ],
 )
 def test_malformed_bodies(client, body, status, name):

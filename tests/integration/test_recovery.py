@@ -41,13 +41,13 @@ def api(redis_server, s3_server) -> Iterator[httpx.Client]:
 
 @contextmanager
 def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterator[Callable[[], Process]]:
-    """Yield a function that starts one more worker of ``recovery-sd`` (and waits until it listens);
-    stop every one started at the end."""
+    """Yield a function that starts one more worker of ``recovery-sd`` (and, unless told not to,
+    waits until it listens); stop every one started at the end."""
     started: list[Process] = []
     redis = Redis.from_url(redis_server.url)
     queue = Queue(queue_name("recovery-sd"), connection=redis)
 
-    def start() -> Process:
+    def start(wait: bool = True) -> Process:
         env = worker_env(
             redis_server, s3_server, models_dir, "recovery-sd", models=json.dumps([MODEL]),
             worker_lost_s=LOST_S, max_batch="1", warmup="false", **settings,
@@ -57,7 +57,8 @@ def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterat
         process = Process.start(name, argv, tmp_path / f"{name}.log", env)
         started.append(process)
         listening = lambda: name in {worker.name for worker in Worker.all(connection=redis, queue=queue)}  # noqa: E731
-        wait_until(listening, 120, "the worker", process)
+        if wait:
+            wait_until(listening, 120, "the worker", process)
         return process
 
     try:
@@ -120,7 +121,7 @@ def test_a_job_that_loses_its_worker_every_time_fails_worker_lost_and_the_queue_
             running(api, job_id, attempt=attempt)
             pool.pop(holder(redis, job_id)).popen.send_signal(signal.SIGKILL)
             if attempt < 3:  # the waiting one takes the job back (or, after the third, fails it)
-                spare = start()
+                spare = start(wait=False)  # not waited for: the next run is watched meanwhile
                 pool[spare.name] = spare
         failed = wait_for_job(api, job_id, timeout_s=90)
         after = wait_for_job(api, api.post("/v1/generate", json=SHORT).json()["id"], timeout_s=90)
