@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 import latentq
 from api.body_parsing import validation_error
 from api.error_envelope import error_response
-from api.request_guard import RequestGuard
+from api.request_guard import RequestGuard, SecurityHeaders
 from api.routes import events, health, jobs, models, stability, webhook_settings
 from api.services import Services
 from latentq.errors import LatentqError
@@ -42,7 +42,9 @@ async def _on_http_error(_: Request, error: Exception) -> JSONResponse:
     name = _HTTP_NAMES.get(
         error.status_code, "invalid_request" if error.status_code < 500 else "internal_error"
     )
-    return error_response(LatentqError(name, str(error.detail)))
+    response = error_response(LatentqError(name, str(error.detail)))
+    response.headers.update(error.headers or {})  # a 405's Allow, for one
+    return response
 
 
 async def _on_redis_error(_: Request, error: Exception) -> JSONResponse:
@@ -93,4 +95,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(RedisError, _on_redis_error)
     app.add_exception_handler(Exception, _on_unexpected_error)
     app.add_middleware(RequestGuard)  # the key and the body's size, before the body is read
+    app.add_middleware(SecurityHeaders)
     return app

@@ -1,9 +1,12 @@
-"""The guard in front of every request that carries a body: the API key is checked before a byte
+"""What every request passes through before routing. ``SecurityHeaders``: every answer says
+``nosniff``, ``no-referrer`` and, unless it says otherwise, ``no-store`` (answers carry presigned
+URLs and webhook secrets: no cache keeps them). ``RequestGuard``, in front of every request that
+carries a body: the API key is checked before a byte
 of the body is read, and the body is counted while it streams in, so neither an anonymous client
 nor a keyed one can make the process hold more than ``MAX_BODY_BYTES`` of it (a ``Content-Length``
 over the limit is refused at once; a chunked body is cut off as it passes the limit).
 
-A pure ASGI middleware: it sees the request before routing, parsing or any dependency runs.
+Pure ASGI middlewares: they see the request before routing, parsing or any dependency runs.
 """
 
 from __future__ import annotations
@@ -60,3 +63,31 @@ class RequestGuard:
             return message
 
         await self.app(scope, counted, send)
+
+
+#: Headers every answer carries; ``Cache-Control`` only where the route set none.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
+class SecurityHeaders:
+    """Adds ``SECURITY_HEADERS`` and ``Cache-Control: no-store`` (unless set) to every answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers += [item for item in SECURITY_HEADERS if item[0] not in names]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -11,6 +11,7 @@ nothing; a client connecting late first receives everything so far. Streams bloc
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,11 +23,15 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CallerDep
 from api.job_lookup import find_record
 from api.waiting import RECHECK_S, job_ended
+from latentq.errors import LatentqError
 from latentq.keys import job_events_key
 from latentq.records import JobRecords
 from latentq.storage import ImageStore
 from latentq.transitions import TERMINAL_EVENTS
 from latentq.views import job_public
+
+#: A Redis stream id (``<ms>-<seq>``), or ``0`` for "from the start": what ``Last-Event-ID`` may say.
+STREAM_ID = re.compile(r"0|\d{1,20}-\d{1,20}")
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -54,6 +59,10 @@ async def job_events(
     services = caller.services
     await run_in_threadpool(find_record, job_id, services.records, caller.owner)
     last = request.headers.get("last-event-id") or "0"
+    if not STREAM_ID.fullmatch(last):
+        raise LatentqError.for_field(
+            "invalid_request", "Last-Event-ID", "Last-Event-ID must be the id of an event of this stream."
+        )
     return StreamingResponse(
         event_stream(services.async_redis, services.records, services.store, job_id, last),
         media_type="text/event-stream",

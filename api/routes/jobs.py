@@ -118,7 +118,9 @@ def list_jobs(
     caller: CallerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[float | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        float | None, Query(description="next_cursor of the previous page", allow_inf_nan=False)
+    ] = None,
 ) -> dict[str, Any]:
     """List the caller's own jobs, newest first, optionally of one ``status``; page with ``cursor``."""
     owner, before = caller.owner, cursor

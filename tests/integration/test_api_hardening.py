@@ -1,0 +1,44 @@
+"""Answers that give nothing away and refuse malformed input by name: security headers on every
+answer, ``Allow`` on a 405, a cursor or ``Last-Event-ID`` that cannot be one, ``/readyz`` text."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import api_settings, serve
+
+
+def test_every_answer_carries_the_security_headers(client):
+    for response in (client.get("/healthz"), client.get("/v1/jobs/no-such-job"), client.get("/v1/models")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["cache-control"] == "no-store"  # URLs and secrets stay out of caches
+
+
+def test_a_wrong_method_is_405_with_allow(client):
+    response = client.put("/v1/generate", json={})
+    assert response.status_code == 405 and response.json()["error"]["name"] == "method_not_allowed"
+    assert "POST" in response.headers["allow"]
+
+
+def test_a_cursor_that_is_not_a_number_is_refused_by_name(client):
+    for cursor in ("nan", "inf", "soon"):
+        response = client.get("/v1/jobs", params={"cursor": cursor})
+        assert response.status_code == 400, (cursor, response.text)
+        assert "cursor" in response.json()["error"]["field"]
+
+
+def test_a_malformed_last_event_id_is_refused_by_name(client):
+    job_id = client.post("/v1/generate", json={"prompt": "a", "width": 64, "height": 64, "steps": 1}).json()[
+        "id"
+    ]
+    response = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "not-an-id"})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "Last-Event-ID"
+
+
+def test_readyz_names_no_internal_host(redis_server, s3_server):
+    with serve(api_settings(redis_server, s3_server, s3_secret_access_key="wrong")) as url:
+        checks = httpx.get(url + "/readyz").json()["checks"]
+    assert checks["s3"].startswith("unreachable") and "127.0.0.1" not in str(checks)
+    assert s3_server.endpoint_url not in str(checks)
