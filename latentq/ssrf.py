@@ -132,15 +132,32 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     return scheme, host, port, f"{path}?{parts.query}" if parts.query else path
 
 
-def _allowed(host: str, allowed_hosts: tuple[str, ...]) -> bool:
-    return host.lower() in {allowed.lower().rstrip(".") for allowed in allowed_hosts}
+def _allow_entry(entry: str) -> tuple[str, str]:
+    """An allow-list entry's host and port ('' for every port): ``host``, ``host:port``, ``v6``
+    or ``[v6]:port``."""
+    entry = entry.lower()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, rest.removeprefix(":")
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, port
+    return entry, ""
+
+
+def _allowed(host: str, port: int, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether ``host:port`` is on the allow-list: an entry with a port allows that port only."""
+    entries = (_allow_entry(entry) for entry in allowed_hosts)
+    return any(
+        host.lower() == name.rstrip(".") and entry_port in ("", str(port)) for name, entry_port in entries
+    )
 
 
 def check_url(url: str, allowed_hosts: tuple[str, ...] = ()) -> None:
     """Raise ``UnsafeUrl`` unless ``url`` may receive webhooks, as far as can be told without DNS
     (its form, and its host when that is a numeric address)."""
-    _, host, _, _ = split_url(url)
-    if _allowed(host, allowed_hosts):
+    _, host, port, _ = split_url(url)
+    if _allowed(host, port, allowed_hosts):
         return
     address = literal_address(host)
     if address is not None:
@@ -159,7 +176,7 @@ def resolve(url: str, allowed_hosts: tuple[str, ...] = ()) -> Target:
     addresses = [ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     if not addresses:
         raise socket.gaierror(f"{host} has no addresses")
-    if not _allowed(host, allowed_hosts):
+    if not _allowed(host, port, allowed_hosts):
         for address in addresses:
             reason = address_refusal(address)
             if reason:

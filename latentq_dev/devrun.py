@@ -21,6 +21,8 @@ from pathlib import Path
 from latentq.settings import CommonSettings, get_registry
 from latentq_dev.devstack import Process, RedisServer, S3Server, wait_until
 
+#: Where ``make run`` lets webhooks go: a receiver on this machine's port 9000.
+DEV_WEBHOOK_HOSTS = "127.0.0.1:9000,localhost:9000,[::1]:9000"
 #: Seconds the whole stack may take to become ready.
 READY_TIMEOUT_S = 300.0
 #: The stack's processes that are restarted when they exit (others end the stack).
@@ -156,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("LATENTQ_API_KEYS", dev_api_key(state))
     env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models"))
-    # A local stack: webhooks may go to receivers on this machine.
-    env.setdefault("LATENTQ_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
+    # A local stack: webhooks may go to a receiver on this machine, on its port only (never to
+    # Redis', S3's or the API's port, which any caller could otherwise make the dispatcher POST to).
+    env.setdefault("LATENTQ_WEBHOOK_ALLOWED_HOSTS", DEV_WEBHOOK_HOSTS)
     # One worker serving every registered model, unless told otherwise.
     env.setdefault("LATENTQ_WORKER_MODELS", ",".join(get_registry(CommonSettings()).ids()))
     started: list = []

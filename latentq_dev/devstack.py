@@ -191,6 +191,8 @@ class S3Server:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.directory / "s3.json"
+        config.touch(mode=0o600)  # it holds the secret key: its owner's only, from the first byte
+        config.chmod(0o600)
         config.write_text(json.dumps(self._identities()))
         argv = [
             binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",

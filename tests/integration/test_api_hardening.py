@@ -1,5 +1,6 @@
 """Answers that give nothing away and refuse malformed input by name: security headers on every
-answer, ``Allow`` on a 405, a cursor or ``Last-Event-ID`` that cannot be one, ``/readyz`` text."""
+answer, ``Allow`` on a 405, a cursor or ``Last-Event-ID`` that cannot be one, ``/readyz`` text,
+and the local stack's S3 secret kept from other users."""
 
 from __future__ import annotations
 
@@ -42,3 +43,7 @@ def test_readyz_names_no_internal_host(redis_server, s3_server):
         checks = httpx.get(url + "/readyz").json()["checks"]
     assert checks["s3"].startswith("unreachable") and "127.0.0.1" not in str(checks)
     assert s3_server.endpoint_url not in str(checks)
+
+
+def test_the_s3_identities_file_is_its_owners_only(s3_server):
+    assert (s3_server.directory / "s3.json").stat().st_mode & 0o077 == 0

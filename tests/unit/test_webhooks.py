@@ -90,6 +90,20 @@ def test_check_url_accepts_public_names_and_allow_listed_hosts():
         check_url("http://2130706433/hook", ("127.0.0.1",))
 
 
+def test_an_allow_list_entry_with_a_port_allows_that_port_only():
+    allowed = ("127.0.0.1:9000", "[::1]:9000", "localhost:9000")
+    for url in ("http://127.0.0.1:9000/hook", "http://[::1]:9000/", "http://localhost:9000/x"):
+        check_url(url, allowed)
+    for url in (
+        "http://127.0.0.1:6379/",
+        "http://127.0.0.1/",
+        "http://[::1]:8333/",
+        "https://localhost/",
+    ):
+        with pytest.raises(UnsafeUrl):  # Redis', S3's, the default ports: not the receiver's
+            check_url(url, allowed)
+
+
 def test_resolve_checks_every_address_and_keeps_them_for_the_connection():
     with pytest.raises(UnsafeUrl, match=r"resolves to 127\.0\.0\.1, a loopback address"):
         resolve("http://localhost:8080/x")
