@@ -52,6 +52,16 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     return token
 
 
+def presented_key(headers: Mapping[str, str]) -> str:
+    """Return the key of ``Authorization: Bearer <key>`` or of a bare ``Authorization: <key>``
+    (as Stability's clients may send it); raise ``unauthorized`` without one."""
+    header = headers.get("authorization", "").strip()
+    if not header:
+        raise LatentqError("unauthorized", "missing authorization header")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else header
+
+
 async def require_api_key(request: Request) -> str:
     """Return the caller's API key (``Authorization: Bearer <key>``); raise ``unauthorized``."""
     return check_api_key(bearer_token(request.headers), await get_services(request))

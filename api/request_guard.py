@@ -14,8 +14,8 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import bearer_token, check_api_key
-from api.error_envelope import error_response
+from api.deps import check_api_key, presented_key
+from api.error_envelope import error_response_for
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import LatentqError
 
@@ -44,12 +44,13 @@ class RequestGuard:
         headers = Headers(scope=scope)
         try:
             if scope["path"].startswith("/v1/"):
-                check_api_key(bearer_token(headers), scope["app"].state.services)
+                # any form a route takes (Stability's routes take a bare key too); the route checks its own
+                check_api_key(presented_key(headers), scope["app"].state.services)
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise _too_large()
         except LatentqError as error:
-            await error_response(error)(scope, receive, send)
+            await error_response_for(scope["path"], error)(scope, receive, send)
             return
         received = 0
 

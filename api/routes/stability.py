@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -22,7 +21,8 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from api.body_parsing import json_body_openapi, parse_body, validation_error
-from api.deps import Caller, check_api_key, get_services, key_owner
+from api.deps import Caller, check_api_key, get_services, key_owner, presented_key
+from api.error_envelope import stability_error
 from api.stability_bodies import (
     ImageToImageBody,
     MaskingBody,
@@ -37,20 +37,13 @@ from api.stability_bodies import (
 )
 from api.submit import draft_job, submit_job
 from latentq.contract import GenerateRequest, JobStatus, StoredImage, UpscaleRequest
-from latentq.errors import RETRY_AFTER_S, LatentqError, stability_name
+from latentq.errors import LatentqError
 from latentq.records import JobRecord
 
 log = logging.getLogger("latentq.api")
 
 #: Balance reported by ``/v1/user/balance`` until credits exist: effectively unlimited.
 UNLIMITED_CREDITS = 1_000_000_000.0
-
-
-def stability_error(error: LatentqError) -> JSONResponse:
-    """Render ``error`` in Stability's shape, with our status."""
-    body = {"id": uuid.uuid4().hex, "name": stability_name(error.name), "message": error.message}
-    retry = {"Retry-After": str(RETRY_AFTER_S[error.name])} if error.name in RETRY_AFTER_S else None
-    return JSONResponse(body, status_code=error.status, headers=retry)
 
 
 class StabilityRoute(APIRoute):
@@ -81,12 +74,7 @@ class StabilityRoute(APIRoute):
 async def get_stability_caller(request: Request) -> Caller:
     """Return the caller, from ``Authorization: Bearer <key>`` or a bare ``Authorization: <key>``."""
     services = await get_services(request)
-    header = request.headers.get("authorization", "").strip()
-    if not header:
-        raise LatentqError("unauthorized", "missing authorization header")
-    scheme, _, token = header.partition(" ")
-    key = check_api_key(token.strip() if scheme.lower() == "bearer" else header, services)
-    return Caller(key_owner(key), services)
+    return Caller(key_owner(check_api_key(presented_key(request.headers), services)), services)
 
 
 StabilityCallerDep = Annotated[Caller, Depends(get_stability_caller)]

@@ -148,6 +148,9 @@ def test_requests_without_a_valid_key_are_refused(api_url, headers, fragment, me
 def test_a_bare_key_is_accepted_as_stability_clients_send_it(api_url):
     response = httpx.get(api_url + "/v1/engines/list", headers={"Authorization": API_KEY})
     assert response.status_code == 200
+    # A request with a body too: past the request guard, to the route's own checks of the body.
+    posted = httpx.post(api_url + URL, headers={"Authorization": API_KEY}, json={"text_prompts": []})
+    assert posted.status_code == 400, posted.text
 
 
 def test_engines_list_is_the_registry(stability):
