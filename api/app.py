@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 import latentq
 from api.body_parsing import validation_error
 from api.error_envelope import error_response
+from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
 from api.routes import events, health, jobs, models, stability, webhook_settings
 from api.services import Services
@@ -94,6 +95,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RedisError, _on_redis_error)
     app.add_exception_handler(Exception, _on_unexpected_error)
+    app.openapi = lambda: describe(app)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard)  # the key and the body's size, before the body is read
     app.add_middleware(SecurityHeaders)
     return app
