@@ -77,6 +77,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             yield
         finally:
             await services.async_redis.aclose()
+            await services.wait_redis.aclose()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -1,5 +1,6 @@
-"""The API process's services, made once per app at start-up: settings, the model registry, both
-Redis clients, the job records, the image store and the per-key webhook settings."""
+"""The API process's services, made once per app at start-up: settings, the model registry, the
+Redis clients (sync, asyncio, asyncio for long waits), the job records, the image store and the
+per-key webhook settings."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
+from api.stream_slots import StreamSlots
 from latentq.models import ModelRegistry
 from latentq.records import JobRecords
 from latentq.settings import ApiSettings, get_registry
@@ -40,8 +42,13 @@ class Services:
     registry: ModelRegistry
     #: The sync client, for handlers that run in the thread pool; its pool is thread-safe.
     redis: Redis
-    #: The asyncio client, for the submit path and for waits that must not hold a thread.
+    #: The asyncio client, for the submit path and quick reads that must not hold a thread.
     async_redis: AsyncRedis
+    #: The asyncio client long waits block on (event streams, ``Prefer: wait``), with a pool of its
+    #: own: however many waits are open, submits still get connections.
+    wait_redis: AsyncRedis
+    #: The slots those waits hold (``api.stream_slots``).
+    slots: StreamSlots
     records: JobRecords
     store: ImageStore
     accounts: WebhookAccounts
@@ -57,13 +64,20 @@ class Services:
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
             retry_on_error=retried,
         )  # fmt: skip
-        async_redis = AsyncRedis.from_url(
-            settings.redis_url, socket_connect_timeout=5, max_connections=settings.async_redis_connections,
-            connection_class=HiredisPackingConnection if HIREDIS_AVAILABLE else AsyncConnection,
-            retry_on_error=retried,
-        )  # fmt: skip
+        connection_class = HiredisPackingConnection if HIREDIS_AVAILABLE else AsyncConnection
+        async_redis, wait_redis = (
+            AsyncRedis.from_url(
+                settings.redis_url,
+                socket_connect_timeout=5,
+                max_connections=connections,
+                connection_class=connection_class,
+                retry_on_error=retried,
+            )
+            for connections in (settings.async_redis_connections, settings.max_streams + 10)
+        )
         records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
         return cls(
-            settings, get_registry(settings), redis, async_redis, records, ImageStore(settings),
-            WebhookAccounts(redis),
+            settings, get_registry(settings), redis, async_redis, wait_redis,
+            StreamSlots(settings.max_streams, settings.max_streams_per_account), records,
+            ImageStore(settings), WebhookAccounts(redis),
         )  # fmt: skip

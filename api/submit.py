@@ -62,9 +62,11 @@ async def submit_job(
     draft: JobDraft,
     idempotency: IdempotencyClaim | None = None,
     wait_s: float = 0.0,
+    slot_held: bool = False,
 ) -> Submitted:
     """Queue ``draft`` for API key ``owner``, once per idempotency key, and wait up to ``wait_s``
-    seconds for it to end (0: no wait)."""
+    seconds for it to end (0: no wait) in a wait slot (``slot_held``: the caller holds one for
+    it; else one is taken, and without one the answer does not wait)."""
     spec = draft.spec
     if idempotency is not None:
         record = await run_in_threadpool(claim_or_original, services, owner, idempotency, draft)
@@ -81,7 +83,16 @@ async def submit_job(
         raise
     if not wait_s:
         return Submitted(spec, created_at)
-    awaited = await wait_for_job(services.async_redis, services.records, spec.job_id, wait_s)
+    if not slot_held:
+        try:
+            services.slots.take(owner)
+        except LatentqError:  # no slot to wait in: the job is queued all the same, answered as it is
+            return Submitted(spec, created_at)
+    try:
+        awaited = await wait_for_job(services.wait_redis, services.records, spec.job_id, wait_s)
+    finally:
+        if not slot_held:
+            services.slots.give_back(owner)
     return Submitted(spec, created_at, awaited=awaited)
 
 

@@ -89,7 +89,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as temp:
         redis = RedisServer(Path(temp) / "redis").start()
-        env = service_env(redis.url, LATENTQ_MODELS=json.dumps([IDLE]))
+        # One key opens every stream: its share (default 100) raised to the whole process's.
+        env = service_env(
+            redis.url, LATENTQ_MODELS=json.dumps([IDLE]), LATENTQ_MAX_STREAMS_PER_ACCOUNT="1000"
+        )
         try:
             with running_api(env, Path(temp) / "api.log") as port:
                 for clients in args.clients:

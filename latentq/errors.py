@@ -68,6 +68,12 @@ _ROWS = [
     ErrorSpec(409, "idempotency_conflict", "This Idempotency-Key was used with a different request."),
     ErrorSpec(400, "invalid_idempotency_key", "The Idempotency-Key header is not valid."),
     ErrorSpec(429, "rate_limited", "Too many requests; retry later."),
+    ErrorSpec(
+        429,
+        "too_many_streams",
+        "This account has too many open event streams and waiting requests; close some, or poll.",
+    ),
+    ErrorSpec(503, "service_busy", "This API process holds as many open streams as it may; retry shortly."),
     ErrorSpec(503, "queue_full", "The queue is full; retry later."),
     ErrorSpec(503, "service_unavailable", "A backing service is unreachable; retry later."),
     ErrorSpec(504, "timeout", "The job ran longer than its time limit."),
@@ -82,7 +88,13 @@ _ROWS = [
 ERRORS: dict[str, ErrorSpec] = {row.name: row for row in _ROWS}
 
 #: Seconds a client should wait before trying again, by error name (sent as ``Retry-After``).
-RETRY_AFTER_S = {"service_unavailable": 1, "queue_full": 1, "rate_limited": 1}
+RETRY_AFTER_S = {
+    "service_unavailable": 1,
+    "queue_full": 1,
+    "rate_limited": 1,
+    "too_many_streams": 5,
+    "service_busy": 5,
+}
 
 
 class LatentqError(Exception):

@@ -77,9 +77,14 @@ class ApiSettings(CommonSettings):
     #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
     job_timeout_s: int = Field(600, ge=1)
 
-    #: Most Redis connections the API's asyncio client holds: each open event stream and each waiting
-    #: Stability request blocks on one (redis-py's default cap is 100).
+    #: Most Redis connections the API's asyncio client for submits and quick reads holds.
     async_redis_connections: int = Field(1000, ge=10)
+    #: Most long waits one API process holds at once (event streams, ``Prefer: wait``, Stability's
+    #: synchronous routes), each blocking one connection of a pool of their own, so waits never
+    #: take the connections submits need.
+    max_streams: int = Field(1000, ge=1)
+    #: Most of those one account may hold in one API process.
+    max_streams_per_account: int = Field(100, ge=1)
     #: Longest the Stability-compatible routes wait for their job before answering 504, seconds.
     sync_timeout_s: float = Field(300.0, gt=0)
 

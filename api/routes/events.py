@@ -63,8 +63,19 @@ async def job_events(
         raise LatentqError.for_field(
             "invalid_request", "Last-Event-ID", "Last-Event-ID must be the id of an event of this stream."
         )
+    services.slots.take(caller.owner)  # given back when the stream ends or its client leaves
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for chunk in event_stream(
+                services.wait_redis, services.records, services.store, job_id, last
+            ):
+                yield chunk
+        finally:
+            services.slots.give_back(caller.owner)
+
     return StreamingResponse(
-        event_stream(services.async_redis, services.records, services.store, job_id, last),
+        stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

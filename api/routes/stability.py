@@ -100,7 +100,9 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
             "`application/json`",
         )  # fmt: skip
     draft = await draft_job(services, caller.owner, ours, webhooks=False)
-    submitted = await submit_job(services, caller.owner, draft, wait_s=services.settings.sync_timeout_s)
+    with services.slots.holding(caller.owner):  # the answer is the image: no slot to wait in, no job
+        timeout_s = services.settings.sync_timeout_s
+        submitted = await submit_job(services, caller.owner, draft, wait_s=timeout_s, slot_held=True)
     stored = finished_images(submitted.awaited, draft.spec.job_id, services.settings.sync_timeout_s)
     images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
     if png:

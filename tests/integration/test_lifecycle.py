@@ -95,7 +95,11 @@ def test_finished_job_cannot_be_canceled(client, worker):
 
 @pytest.fixture(scope="module")
 def idle_api(redis_server, s3_server):
-    with serve(api_settings(redis_server, s3_server, models=[IDLE], default_model="idle-sd")) as url:
+    # One key follows a job from 200 streams: above the default share of one account (100).
+    settings = api_settings(
+        redis_server, s3_server, models=[IDLE], default_model="idle-sd", max_streams_per_account=250
+    )
+    with serve(settings) as url:
         yield url
 
 
