@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api.deps import CallerDep
 from api.job_lookup import find_record
@@ -63,22 +64,28 @@ async def job_events(
         raise LatentqError.for_field(
             "invalid_request", "Last-Event-ID", "Last-Event-ID must be the id of an event of this stream."
         )
-    services.slots.take(caller.owner)  # given back when the stream ends or its client leaves
-
-    async def stream() -> AsyncIterator[str]:
-        try:
-            async for chunk in event_stream(
-                services.wait_redis, services.records, services.store, job_id, last
-            ):
-                yield chunk
-        finally:
-            services.slots.give_back(caller.owner)
-
-    return StreamingResponse(
-        stream(),
+    services.slots.take(caller.owner)
+    return SlotStreamingResponse(
+        event_stream(services.wait_redis, services.records, services.store, job_id, last),
+        on_close=lambda: services.slots.give_back(caller.owner),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """A streaming answer that calls ``on_close`` once it is over, however it ended (the job's end,
+    the client leaving, even before its first byte): the stream's slot is given back then."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], **options: Any) -> None:
+        super().__init__(content, **options)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 async def event_stream(
