@@ -1,10 +1,12 @@
-"""What every request passes through before routing. ``SecurityHeaders``: every answer says
-``nosniff``, ``no-referrer`` and, unless it says otherwise, ``no-store`` (answers carry presigned
-URLs and webhook secrets: no cache keeps them). ``RequestGuard``, in front of every request that
-carries a body: the API key is checked before a byte
-of the body is read, and the body is counted while it streams in, so neither an anonymous client
-nor a keyed one can make the process hold more than ``MAX_BODY_BYTES`` of it (a ``Content-Length``
-over the limit is refused at once; a chunked body is cut off as it passes the limit).
+"""What every request passes through before routing.
+
+``RequestGuard``, in front of every request that carries a body: the API key is checked before a
+byte of the body is read, and the body is counted while it streams in, so neither an anonymous
+client nor a keyed one can make the process hold more than ``MAX_BODY_BYTES`` of it (a
+``Content-Length`` over the limit is refused at once; a chunked body is cut off as it passes it).
+
+``SecurityHeaders``: every answer says ``nosniff``, ``no-referrer`` and, unless it says otherwise,
+``no-store`` (answers carry presigned URLs and webhook secrets: no cache keeps them).
 
 Pure ASGI middlewares: they see the request before routing, parsing or any dependency runs.
 """
@@ -44,7 +46,7 @@ class RequestGuard:
         headers = Headers(scope=scope)
         try:
             if scope["path"].startswith("/v1/"):
-                # any form a route takes (Stability's routes take a bare key too); the route checks its own
+                # In any form a route takes (Stability's take a bare key); the route checks its own.
                 check_api_key(presented_key(headers), scope["app"].state.services)
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
