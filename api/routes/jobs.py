@@ -21,7 +21,8 @@ from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.keys import queue_name
+from latentq.keys import image_object_key, queue_name
+from latentq.storage import STORAGE_ERRORS
 from latentq.views import JobPublic, job_public, public_request, webhook_public
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -166,6 +167,11 @@ def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
         if services.redis.lrem(queue.key, 1, job_id):  # it was still queued: RQ shows it canceled too
             with suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(job_id, connection=services.redis, serializer=JSONSerializer).cancel()
+            if record.attempt > 1:  # queued again after a lost run, which may have stored images
+                spec = record.spec
+                keys = [image_object_key(job_id, index, spec.output_format) for index in range(spec.samples)]
+                with suppress(*STORAGE_ERRORS):  # S3 down: an orphan, never shown (lifecycle rule)
+                    services.store.delete(keys)
         return job_public(find_record(job_id, services.records, caller.owner), services.store)
     ended = services.records.get(job_id) or record
     raise LatentqError("job_finished", f"Job {job_id} already ended {ended.status.value}; nothing to cancel.")

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from rq.job import Job
 
-from tests.conftest import API_KEY, api_settings, serve, wait_for_job
+from latentq.keys import job_key
+from tests.conftest import API_KEY, BUCKET, api_settings, serve, wait_for_job
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 20, "seed": 8}
@@ -112,6 +113,20 @@ def test_queued_job_canceled_never_starts(idle_api, redis):
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
         names = [name for _, name, _ in read_events(client.get(f"/v1/jobs/{job_id}/events"))]
     assert names == ["queued", "canceled"]
+
+
+def test_canceling_a_job_queued_again_after_a_lost_run_deletes_what_that_run_stored(
+    idle_api, redis, s3_server
+):
+    # A run stored its image, then could not record its success (Redis went away) and was lost;
+    # the job waits for its re-run. Canceled now, that image would be no job's: it is deleted.
+    with httpx.Client(base_url=idle_api, headers=AUTH) as client:
+        job_id = client.post("/v1/generate", json=BODY).json()["id"]
+        redis.hset(job_key(job_id), "attempt", 2)
+        s3 = s3_server.client()
+        s3.put_object(Bucket=BUCKET, Key=f"{job_id}/0.png", Body=b"a lost run's image")
+        assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{job_id}/").get("KeyCount", 0) == 0
 
 
 def test_two_hundred_event_streams_at_once(idle_api):
