@@ -54,7 +54,11 @@ def main() -> int:
     dispatcher = Dispatcher.create(settings)
     # Before taking deliveries: those of dispatchers (and jobs of workers) lost meanwhile go back.
     reaper = Reaper(
-        dispatcher.records, dispatcher.leases, settings.max_attempts, max(1.0, settings.worker_lost_s / 6)
+        dispatcher.records,
+        dispatcher.leases,
+        settings.max_attempts,
+        max(1.0, settings.worker_lost_s / 6),
+        dispatcher.store.delete,
     )
     reaper.start()
     try:

@@ -66,6 +66,11 @@ def image_object_key(job_id: str, index: int, extension: str = "png") -> str:
     return f"{job_id}/{index}.{extension}"
 
 
+def image_object_keys(job_id: str, samples: int, extension: str = "png") -> list[str]:
+    """Return the S3 object keys of all ``samples`` images of a job (those a run may have stored)."""
+    return [image_object_key(job_id, index, extension) for index in range(samples)]
+
+
 def input_object_key(job_id: str, name: str) -> str:
     """Return the S3 object key of a job's input image ``name`` (``init``, ``mask``), stored as PNG."""
     return f"{job_id}/inputs/{name}.png"
@@ -88,3 +93,4 @@ def worker_alive_key(worker_name: str) -> str:
     """Return the key that marks worker ``worker_name`` alive: set with every heartbeat, expiring
     ``LATENTQ_WORKER_LOST_S`` after the last (RQ's own registration outlives a dead worker)."""
     return f"{PREFIX}:worker-alive:{worker_name}"
+

@@ -6,16 +6,20 @@ the front of its queue and is sent again with the same ``webhook-id``.
 A job that was running goes back to the front of its queue with ``attempt`` + 1 (the same object
 keys: a re-run overwrites, never duplicates), up to ``LATENTQ_MAX_ATTEMPTS`` runs; after that it
 ends ``failed`` / ``worker_lost`` (so a job that kills its worker every time is not retried
-forever). A job that was claimed but had not started goes back without counting an attempt. Each
-recovery is one guarded script call: it runs only while the lease is still expired and the job
-has not ended, so two reapers never both recover a job, and a worker that renews in time keeps it.
-RQ's own lists and registries (queue, intermediate queue, started and failed registries) are
-updated in the same call, so ``rq info`` tells the same story.
+forever). A job that was claimed but had not started goes back without counting an attempt. A job
+that ends other than ``succeeded`` (failed here, or canceled while its worker was lost) shows no
+images: those its lost runs may have stored are deleted. Each recovery is one guarded script call:
+it runs only while the lease is still expired and the job has not ended, so two reapers never both
+recover a job, and a worker that renews in time keeps it. RQ's own lists and registries (queue,
+intermediate queue, started and failed registries) are updated in the same call, so ``rq info``
+tells the same story.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from redis import Redis
@@ -27,10 +31,11 @@ from rq.worker import BaseWorker
 from latentq.command_batch import CommandBatch
 from latentq.contract import JobError, JobSpec, JobStatus
 from latentq.errors import ERRORS
-from latentq.keys import LEASE_HOLDERS, LEASES, WEBHOOK_QUEUE, job_key, rq_job_key
+from latentq.keys import LEASE_HOLDERS, LEASES, WEBHOOK_QUEUE, image_object_keys, job_key, rq_job_key
 from latentq.leases import Leases
 from latentq.periodic import Periodic
 from latentq.records import JobRecords, utc_now
+from latentq.storage import STORAGE_ERRORS
 from latentq.transitions import record_change
 
 log = logging.getLogger("latentq.worker")
@@ -45,10 +50,19 @@ DELIVERY_QUEUE_KEY = Queue.redis_queue_namespace_prefix + WEBHOOK_QUEUE
 
 
 class Reaper:
-    """Recovers the jobs of lost workers every ``interval_s`` seconds, on a daemon thread."""
+    """Recovers the jobs of lost workers every ``interval_s`` seconds, on a daemon thread;
+    ``delete_objects`` (the image store's ``delete``) removes the images of a job that did not succeed."""
 
-    def __init__(self, records: JobRecords, leases: Leases, max_attempts: int, interval_s: float) -> None:
+    def __init__(
+        self,
+        records: JobRecords,
+        leases: Leases,
+        max_attempts: int,
+        interval_s: float,
+        delete_objects: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.records, self.leases = records, leases
+        self.delete_objects = delete_objects
         self.redis: Redis = records.redis
         self.max_attempts = max_attempts
         self._passes = Periodic(
@@ -112,10 +126,15 @@ class Reaper:
             self._leave_rq_lists(batch, job_id, origin)
         if origin == WEBHOOK_QUEUE:
             return self._redeliver(batch, job_id)
-        live = status is not None and spec_json is not None and not JobStatus(status).is_terminal
-        if not live:
+        if status is None or spec_json is None:
             return "ended" if batch.run(self.redis) else None
         spec = JobSpec.model_validate_json(spec_json)
+        if JobStatus(status).is_terminal:  # it ended while its worker held it, lost since
+            if not batch.run(self.redis):
+                return None
+            if status != JobStatus.SUCCEEDED.value:  # e.g. canceled while its lost run uploaded
+                self._delete_images(spec)
+            return "ended"
         ran = int(attempt or 1)
         was_running = status == JobStatus.RUNNING.value
         if origin is None or (was_running and ran >= self.max_attempts):  # no RQ job: nothing to rerun
@@ -183,10 +202,18 @@ class Reaper:
             seconds, _ = self.redis.time()
             batch.pipeline.hset(rq_job_key(spec.job_id), mapping={"status": "failed", "ended_at": now})
             batch.pipeline.zadd(failed.key, {spec.job_id: seconds + self.records.max_retention_s})
-        if batch.run(self.redis):
-            log.warning("job %s failed worker_lost after %d attempt(s)", spec.job_id, attempts)
-            return True
-        return False
+        if not batch.run(self.redis):
+            return False
+        log.warning("job %s failed worker_lost after %d attempt(s)", spec.job_id, attempts)
+        self._delete_images(spec)
+        return True
+
+    def _delete_images(self, spec: JobSpec) -> None:
+        """Delete the images a lost run of ``spec``'s job may have stored: a job that did not succeed
+        shows none. (S3 down: they stay unseen orphans until the bucket's lifecycle rule.)"""
+        if self.delete_objects is not None:
+            with suppress(*STORAGE_ERRORS):
+                self.delete_objects(image_object_keys(spec.job_id, spec.samples, spec.output_format))
 
 
 def clear_stale_registration(worker: BaseWorker) -> bool:

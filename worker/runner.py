@@ -22,7 +22,7 @@ from rq.timeouts import JobTimeoutException
 
 from latentq.contract import JobError, JobSpec, JobStatus, StoredImage
 from latentq.errors import ERRORS
-from latentq.keys import image_object_key
+from latentq.keys import image_object_key, image_object_keys
 from latentq.storage import STORAGE_ERRORS
 from worker.context import ImagePipeline, JobContext, JobLog, ObjectStore, WarmState
 from worker.encoding import CONTENT_TYPES, encode_image
@@ -36,6 +36,9 @@ PREVIEW_EVERY = 5
 
 #: Longest error message kept in a job record, characters.
 MAX_ERROR_MESSAGE = 500
+
+#: Seconds a job whose images are stored waits at most for Redis to record its outcome.
+RECORD_PATIENCE_S = 30.0
 
 
 class StageTimings:
@@ -154,9 +157,16 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
-        warm.records.mark_failed(spec, job_error, run)
+        if warm.records.mark_failed(spec, job_error, run) and job_error.name != "storage_error":
+            # A failed job shows no images: delete any an earlier, lost run stored (with S3 down,
+            # as after a storage error, they stay unseen orphans until the bucket's lifecycle rule).
+            with suppress(*STORAGE_ERRORS):
+                warm.store.delete(image_object_keys(spec.job_id, spec.samples, spec.output_format))
         raise
-    if not warm.records.mark_succeeded(spec, stored, timings.ms, batch_size, run):
+    recorded = _patiently(
+        lambda: warm.records.mark_succeeded(spec, stored, timings.ms, batch_size, run), spec, context.deadline
+    )
+    if not recorded:
         # Not this run's to record: the job was canceled meanwhile (its images are no job's: leave
         # no orphans), or it was given to another run, which writes the same keys.
         if warm.records.status(spec.job_id) is JobStatus.CANCELED:
@@ -166,6 +176,24 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored
+
+
+def _patiently(write: Callable[[], bool], spec: JobSpec, deadline: float) -> bool:
+    """Make ``write`` (a job's final record write, its images stored) through a short Redis
+    outage: tried again with backoff for up to ``RECORD_PATIENCE_S`` within the job's deadline, so
+    a blip does not cost a re-run; after that the RedisError stands (the job is left to its lease)."""
+    give_up_at = min(deadline, time.monotonic() + RECORD_PATIENCE_S)
+    wait_s = 0.5
+    while True:
+        try:
+            return write()
+        except RedisError as error:
+            if time.monotonic() + wait_s > give_up_at:
+                raise
+            log.warning("job %s: Redis unreachable recording its outcome (%s); next try in %.1f s",
+                        spec.job_id, error, wait_s)  # fmt: skip
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 5.0)
 
 
 def step_reporter(

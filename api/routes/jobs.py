@@ -21,7 +21,7 @@ from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.keys import image_object_key, queue_name
+from latentq.keys import image_object_keys, queue_name
 from latentq.storage import STORAGE_ERRORS
 from latentq.views import JobPublic, job_public, public_request, webhook_public
 
@@ -168,8 +168,7 @@ def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
             with suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(job_id, connection=services.redis, serializer=JSONSerializer).cancel()
             if record.attempt > 1:  # queued again after a lost run, which may have stored images
-                spec = record.spec
-                keys = [image_object_key(job_id, index, spec.output_format) for index in range(spec.samples)]
+                keys = image_object_keys(job_id, record.spec.samples, record.spec.output_format)
                 with suppress(*STORAGE_ERRORS):  # S3 down: an orphan, never shown (lifecycle rule)
                     services.store.delete(keys)
         return job_public(find_record(job_id, services.records, caller.owner), services.store)

@@ -19,6 +19,8 @@ from latentq.leases import Leases
 from latentq.reaper import Reaper
 from latentq.records import JobRecords
 from latentq.rq_writer import queue_job
+from latentq.storage import STORAGE_ERRORS, ImageStore
+from tests.conftest import api_settings
 
 
 def make_spec(webhook: bool = True) -> JobSpec:
@@ -149,6 +151,38 @@ def test_a_job_lost_at_its_last_attempt_fails_worker_lost_in_rq_too(records):
     assert spec.job_id in FailedJobRegistry(queue.name, connection=records.redis).get_job_ids()
     assert queue.get_job_ids() == [] and deliveries(records, spec.job_id) == ["started", "completed"]
     assert [name for name in events(records, spec.job_id) if name == "failed"] == ["failed"]
+
+
+def test_a_job_failed_worker_lost_leaves_no_images_its_runs_stored(records, redis_server, s3_server):
+    store = ImageStore(api_settings(redis_server, s3_server))
+    queue = Queue(f"latentq:t-{uuid.uuid4().hex[:8]}", connection=records.redis, serializer=JSONSerializer)
+    spec = make_spec().model_copy(update={"samples": 2})
+    submit(records, spec, queue.name)
+    lost(records, spec, queue, attempt=2)
+    store.put(f"{spec.job_id}/0.png", b"stored by the lost run", "image/png")  # it died before image 1
+    failer = Reaper(
+        records, Leases(records.redis, "reaper", 30), 2, interval_s=1, delete_objects=store.delete
+    )
+    assert failer.recover(spec.job_id) == "failed"
+    with pytest.raises(STORAGE_ERRORS):
+        store.get(f"{spec.job_id}/0.png")
+
+
+def test_a_job_canceled_while_its_lost_worker_uploaded_leaves_no_images(records, redis_server, s3_server):
+    store = ImageStore(api_settings(redis_server, s3_server))
+    queue = Queue(f"latentq:t-{uuid.uuid4().hex[:8]}", connection=records.redis, serializer=JSONSerializer)
+    spec = make_spec()
+    submit(records, spec, queue.name)
+    lost(records, spec, queue)
+    store.put(f"{spec.job_id}/0.png", b"uploaded; its outcome never recorded", "image/png")
+    assert records.cancel(spec)
+    keeper = Reaper(
+        records, Leases(records.redis, "reaper", 30), 3, interval_s=1, delete_objects=store.delete
+    )
+    assert keeper.recover(spec.job_id) == "ended"
+    assert records.get(spec.job_id).status.value == "canceled"
+    with pytest.raises(STORAGE_ERRORS):
+        store.get(f"{spec.job_id}/0.png")
 
 
 def test_a_claimed_job_that_never_started_goes_back_without_an_attempt(records):

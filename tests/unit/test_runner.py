@@ -12,6 +12,7 @@ import pytest
 import torch
 from botocore.exceptions import ClientError, EndpointConnectionError
 from PIL import Image
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.timeouts import JobTimeoutException
 
 from latentq.contract import JobSpec, JobStatus, WeightedPrompt
@@ -167,6 +168,41 @@ def test_a_failing_pipeline_fails_the_job_with_a_named_error_and_raises_for_rq()
     with pytest.raises(ValueError, match="broken"):
         run_job(JobContext(state), spec())
     assert state.records.of("job-1")[-1] == ("failed", "generation_failed")
+
+
+def test_a_failed_run_deletes_the_images_an_earlier_lost_run_stored():
+    state = warm(FakePipeline(broken=("job-1",)))
+    state.store.objects.update({"job-1/0.png": b"run 1", "job-2/0.png": b"another job"})
+    with pytest.raises(ValueError, match="broken"):
+        run_job(JobContext(state), spec())
+    assert set(state.store.objects) == {"job-2/0.png"}
+
+
+class BlinkingRecords(FakeRecords):
+    """Records whose first ``misses`` succeeded writes find Redis unreachable."""
+
+    def __init__(self, misses: int) -> None:
+        super().__init__()
+        self.misses = misses
+
+    def mark_succeeded(self, spec: JobSpec, images, timings, batch_size=1, run=None) -> bool:
+        if self.misses:
+            self.misses -= 1
+            raise RedisConnectionError("Connection refused")
+        return super().mark_succeeded(spec, images, timings, batch_size, run)
+
+
+def test_a_stored_outcome_is_recorded_through_a_short_redis_outage_not_left_to_a_rerun():
+    state = warm(FakePipeline(), records=BlinkingRecords(misses=1))
+    stored = run_job(JobContext(state), spec())
+    assert state.records.of("job-1")[-1] == ("succeeded", (["job-1/0.png"], 1)) and len(stored) == 1
+
+
+def test_an_outcome_redis_cannot_take_by_the_deadline_leaves_the_job_to_its_lease():
+    state = warm(FakePipeline(), records=BlinkingRecords(misses=1))
+    with pytest.raises(RedisConnectionError):
+        run_job(JobContext(state, deadline=time.monotonic()), spec())
+    assert "succeeded" not in [what for what, _ in state.records.of("job-1")]
 
 
 def test_an_unserved_model_fails_the_job_clearly():
