@@ -8,7 +8,6 @@ with backoff, registers anew and works again, until it is asked to stop: no rest
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
 from logging import Logger, LoggerAdapter
 
 from redis import Redis
@@ -18,17 +17,24 @@ from rq.worker import BaseWorker
 from latentq.periodic import call_with_backoff
 
 
-def wait_for_redis(
-    redis: Redis, log: Logger | LoggerAdapter, stopping: Callable[[], bool] = lambda: False
+def until_redis_takes(
+    call: Callable[[], object], log: Logger | LoggerAdapter, stopping: Callable[[], bool] = lambda: False
 ) -> bool:
-    """Wait until ``redis`` answers, trying again after 0.5 s, doubling up to 5 s, logging each
-    miss; return False if ``stopping()`` turned true first."""
+    """Call ``call`` until Redis takes it, trying again after 0.5 s, doubling up to 5 s, logging
+    each miss; return False if ``stopping()`` turned true first."""
     return call_with_backoff(
-        redis.ping,
+        call,
         lambda error: isinstance(error, RedisError | OSError),
         lambda error, wait_s: log.warning("waiting for Redis (%s); next try in %.1f s", error, wait_s),
         stopping,
     )
+
+
+def wait_for_redis(
+    redis: Redis, log: Logger | LoggerAdapter, stopping: Callable[[], bool] = lambda: False
+) -> bool:
+    """Wait until ``redis`` answers (``until_redis_takes``)."""
+    return until_redis_takes(redis.ping, log, stopping)
 
 
 def work_through_outages(
@@ -43,7 +49,7 @@ def work_through_outages(
             worker.log.warning("worker loop ended: Redis unreachable (%s)", error)
         if stopping():
             return
-        if wait_for_redis(worker.connection, worker.log, stopping):
+        # The registration the broken loop left must be marked dead before RQ registers anew (it
+        # refuses a live one of the same name): tried until Redis takes it.
+        if until_redis_takes(worker.register_death, worker.log, stopping):
             worker.log.info("Redis answers: taking jobs again")
-        with suppress(RedisError):
-            worker.register_death()  # the registration the broken loop left: register anew

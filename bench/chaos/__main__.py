@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         refused=dict(outcome.refused), gave_up=outcome.gave_up, server_errors=outcome.server_errors,
         cancels_answered=len(outcome.cancels), kills=len(faults.kills),
         unexpected_exits=stack.unexpected_exits,
+        exit_logs=stack.exit_logs,
         kills_on_claim=sum(kill["claim"] for kill in faults.kills), sigterm_exit=faults.sigterm_exit,
         redis_down_s=round(faults.redis_down_s, 1), s3_down_s=round(faults.s3_down_s, 1),
         dispatcher_killed_in_flight=faults.dispatcher_killed_in_flight, faults_missed=faults.missed,

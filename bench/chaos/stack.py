@@ -83,6 +83,8 @@ class Stack:
         self.stopped_on_purpose: set[str] = set()
         #: "name: exit code" of each process that exited on its own (each was replaced).
         self.unexpected_exits: list[str] = []
+        #: The last lines each of those logged, for the report.
+        self.exit_logs: dict[str, list[str]] = {}
         self._supervising = threading.Event()
         self.model_dir, env = tiny_stack(
             state, LATENTQ_WORKER_LOST_S="3", LATENTQ_HEARTBEAT_INTERVAL_S="1",
@@ -126,6 +128,8 @@ class Stack:
                     continue
                 self.stopped_on_purpose.add(process.name)
                 self.unexpected_exits.append(f"{process.name}: {code}")
+                lines = process.log_path.read_text(errors="replace").splitlines()
+                self.exit_logs[process.name] = lines[-40:]
                 if process is self.dispatcher:
                     self.dispatcher = self.start_dispatcher()
                 else:

@@ -35,6 +35,6 @@ def test_nothing_accepted_is_lost_or_done_twice_under_chaos(tmp_path):
     for name in ("lost", "duplicated", "stuck", "orphaned_objects", "left_in_rq", "webhooks_missing",
                  "read_errors", "server_errors", "gave_up"):  # fmt: skip
         assert report[name] == 0, (name, report["problems"])
-    assert report["unexpected_exits"] == []
+    assert report["unexpected_exits"] == [], report["exit_logs"]
     assert report["succeeded"] + report["failed"] + report["canceled"] + report["lost_aof_window"] == 60
     assert run.returncode == 0
