@@ -18,8 +18,9 @@ from api.body_parsing import validation_error
 from api.error_envelope import error_response
 from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
-from api.routes import events, health, jobs, models, stability, webhook_settings
+from api.routes import admin, events, health, jobs, models, stability, webhook_settings
 from api.services import Services
+from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
 from latentq.errors import LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
 
@@ -58,11 +59,24 @@ async def _on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(LatentqError("internal_error"))
 
 
+def check_bootstrap_keys(settings: ApiSettings) -> None:
+    """Refuse to start without a bootstrap key in development (nothing could call), and with one
+    shorter than ``MIN_BOOTSTRAP_KEY_LENGTH`` in production (a guessable key with every scope)."""
+    if settings.env == "production":
+        short = [key for key in settings.api_keys if len(key) < MIN_BOOTSTRAP_KEY_LENGTH]
+        if short:
+            raise RuntimeError(
+                f"LATENTQ_ENV=production: {len(short)} of LATENTQ_API_KEYS are shorter than "
+                f"{MIN_BOOTSTRAP_KEY_LENGTH} characters; use long random keys, or managed keys only"
+            )
+    elif not settings.api_keys:
+        raise RuntimeError("LATENTQ_API_KEYS is empty: set at least one API key (comma-separated)")
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Return the latentq API application, with ``settings`` or those of the environment."""
     settings = settings or get_api_settings()
-    if not settings.api_keys:
-        raise RuntimeError("LATENTQ_API_KEYS is empty: set at least one API key (comma-separated)")
+    check_bootstrap_keys(settings)
     get_registry(settings)  # a broken registry stops start-up, not the first request
 
     @asynccontextmanager
@@ -91,6 +105,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(stability.router)
     app.include_router(webhook_settings.router)
+    app.include_router(admin.router)
     app.add_exception_handler(LatentqError, _on_latentq_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)

@@ -1,4 +1,5 @@
-"""Dependencies of the route handlers: the app's services, and the caller's API key.
+"""Dependencies of the route handlers: the app's services, and the caller (their key's account and
+scopes).
 
 Dependencies are ``async def`` and read ``app.state.services``, made once at start-up: FastAPI
 runs a plain ``def`` dependency in its thread pool, and solves every sub-dependency on every
@@ -7,8 +8,6 @@ request; both dominated the submit path (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.services import Services
+from latentq.accounts import Principal
 from latentq.errors import LatentqError
 
 
@@ -26,20 +26,6 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-def check_api_key(token: str, services: Services) -> str:
-    """Return ``token`` if it is a configured API key; raise ``unauthorized`` otherwise."""
-    # Compare against every key, in constant time each, so timing reveals nothing.
-    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in services.settings.api_keys]
-    if not any(matches):
-        raise LatentqError("unauthorized", "The API key is not valid.")
-    return token
-
-
-def key_owner(api_key: str) -> str:
-    """Return the id the service knows an API key by (a digest: the key itself is never stored)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def bearer_token(headers: Mapping[str, str]) -> str:
@@ -62,26 +48,51 @@ def presented_key(headers: Mapping[str, str]) -> str:
     return token.strip() if scheme.lower() == "bearer" else header
 
 
-async def require_api_key(request: Request) -> str:
-    """Return the caller's API key (``Authorization: Bearer <key>``); raise ``unauthorized``."""
-    return check_api_key(bearer_token(request.headers), await get_services(request))
+async def authenticate(request: Request, token: str) -> Principal:
+    """Return who ``token`` belongs to (looked up once per request: the request guard may have done
+    it already); raise ``unauthorized``."""
+    state = request.scope.setdefault("state", {})
+    known = state.get("principal")
+    if known is not None and known[0] == token:
+        principal: Principal = known[1]
+        return principal
+    principal = await (await get_services(request)).keyring.authenticate(token)
+    state["principal"] = (token, principal)
+    return principal
 
 
-ApiKeyDep = Annotated[str, Depends(require_api_key)]
+def method_scope(method: str) -> str:
+    """Return the scope a request of ``method`` needs: ``read`` to read, ``generate`` to change."""
+    return "read" if method in ("GET", "HEAD") else "generate"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling (the owner id of their API key) and the services to serve them with."""
+    """Who is calling (the account that owns what they make, and their key) and the services to
+    serve them with."""
 
-    owner: str
+    principal: Principal
     services: Services
+
+    @property
+    def owner(self) -> str:
+        """The caller's account id: the owner of the jobs and settings they make."""
+        return self.principal.account
 
 
 async def get_caller(request: Request) -> Caller:
-    """Return the caller of this request, authenticated (one dependency, no thread: no I/O)."""
-    services = await get_services(request)
-    return Caller(key_owner(check_api_key(bearer_token(request.headers), services)), services)
+    """Return the caller of this request, authenticated, with the scope its method needs."""
+    principal = await authenticate(request, bearer_token(request.headers))
+    return Caller(principal.require(method_scope(request.method)), await get_services(request))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_admin(request: Request) -> Caller:
+    """Return the caller of an admin route: its key must have the ``admin`` scope."""
+    principal = await authenticate(request, bearer_token(request.headers))
+    return Caller(principal.require("admin"), await get_services(request))
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]

@@ -13,10 +13,11 @@ Pure ASGI middlewares: they see the request before routing, parsing or any depen
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import check_api_key, presented_key
+from api.deps import presented_key
 from api.error_envelope import error_response_for
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import LatentqError
@@ -47,10 +48,15 @@ class RequestGuard:
         try:
             if scope["path"].startswith("/v1/"):
                 # In any form a route takes (Stability's take a bare key); the route checks its own.
-                check_api_key(presented_key(headers), scope["app"].state.services)
+                token = presented_key(headers)
+                principal = await scope["app"].state.services.keyring.authenticate(token)
+                scope.setdefault("state", {})["principal"] = (token, principal)  # for the route
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise _too_large()
+        except RedisError:  # the key could not be looked up
+            await error_response_for(scope["path"], LatentqError("service_unavailable"))(scope, receive, send)
+            return
         except LatentqError as error:
             await error_response_for(scope["path"], error)(scope, receive, send)
             return

@@ -15,7 +15,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
+from api.keyring import Keyring
 from api.stream_slots import StreamSlots
+from latentq.accounts import Accounts
 from latentq.models import ModelRegistry
 from latentq.records import JobRecords
 from latentq.settings import ApiSettings, get_registry
@@ -52,6 +54,10 @@ class Services:
     records: JobRecords
     store: ImageStore
     accounts: WebhookAccounts
+    #: Accounts, managed keys, credits and the audit trail (``latentq.accounts``).
+    tenants: Accounts
+    #: Who a presented API key belongs to (``api.keyring``).
+    keyring: Keyring
 
     @classmethod
     def create(cls, settings: ApiSettings) -> Services:
@@ -76,8 +82,10 @@ class Services:
             for connections in (settings.async_redis_connections, settings.max_streams + 10)
         )
         records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
+        tenants = Accounts(redis)
         return cls(
             settings, get_registry(settings), redis, async_redis, wait_redis,
             StreamSlots(settings.max_streams, settings.max_streams_per_account), records,
-            ImageStore(settings), WebhookAccounts(redis),
+            ImageStore(settings), WebhookAccounts(redis), tenants,
+            Keyring(async_redis, tenants, settings.api_keys),
         )  # fmt: skip

@@ -94,3 +94,35 @@ def worker_alive_key(worker_name: str) -> str:
     ``LATENTQ_WORKER_LOST_S`` after the last (RQ's own registration outlives a dead worker)."""
     return f"{PREFIX}:worker-alive:{worker_name}"
 
+
+def account_key(account_id: str) -> str:
+    """Return the Redis key of an account (a hash: name, created_at, limits, balance)."""
+    return f"{PREFIX}:account:{account_id}"
+
+
+#: Account names -> account ids (a hash): names are unique.
+ACCOUNT_NAMES = f"{PREFIX}:account-names"
+
+
+def api_key_key(digest: str) -> str:
+    """Return the Redis key of a managed API key, by the SHA-256 of its secret (a hash: key id,
+    account, scopes, name, created/last-used/expiry/revoked times); the secret is never stored."""
+    return f"{PREFIX}:api-key:{digest}"
+
+
+#: Key ids -> the digest their record is stored under (a hash), for listing and revoking by id.
+API_KEY_IDS = f"{PREFIX}:api-key-ids"
+
+
+def account_keys_key(account_id: str) -> str:
+    """Return the Redis key of the ids of an account's API keys (a set)."""
+    return f"{PREFIX}:account:{account_id}:keys"
+
+
+def ledger_key(account_id: str) -> str:
+    """Return the Redis key of an account's credit ledger (a Stream: job, amount, reason, balance)."""
+    return f"{PREFIX}:account:{account_id}:ledger"
+
+
+#: Every administrative action, appended (a Stream: actor, action, target, detail).
+AUDIT_STREAM = f"{PREFIX}:audit"

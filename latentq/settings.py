@@ -72,7 +72,11 @@ class CommonSettings(BaseSettings):
 class ApiSettings(CommonSettings):
     """Settings of the API process."""
 
-    #: Accepted API keys (comma-separated in the environment). Required.
+    #: ``development`` or ``production``: production refuses weak bootstrap keys.
+    env: Literal["development", "production"] = "development"
+    #: Bootstrap API keys (comma-separated in the environment): every scope, unlimited credits.
+    #: Required in development; in production optional (keys made with ``latentq-admin``), and
+    #: each at least 32 characters.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
     #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
     job_timeout_s: int = Field(600, ge=1)

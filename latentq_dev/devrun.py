@@ -64,6 +64,12 @@ def start_stack(state: Path, env: dict[str, str], port: int, started: list, acce
     (in reverse order) even when a later step fails.
     """
     start_services(state, env, started)
+    # What ``latentq-admin`` run in this checkout reads to reach this stack (owner-only: it may
+    # carry a Redis password).
+    admin_env = state / "admin.env"
+    admin_env.touch(mode=0o600)
+    admin_env.chmod(0o600)
+    admin_env.write_text(f"LATENTQ_REDIS_URL={env['LATENTQ_REDIS_URL']}\n")
     logs = state / "logs"
     worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
     started.append(worker)

@@ -184,6 +184,26 @@ def serve(settings: ApiSettings) -> Iterator[str]:
         thread.join(10)
 
 
+@contextmanager
+def api_processes(env: dict[str, str], log_dir: Path, count: int = 1) -> Iterator[list[str]]:
+    """Run ``count`` real API processes (uvicorn) with ``env``; yield their base URLs."""
+    processes, urls = [], []
+    try:
+        for index in range(count):
+            port = free_port()
+            argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
+                    "--no-access-log", "--log-level", "warning"]  # fmt: skip
+            process = Process.start(f"api-{index}", argv, log_dir / f"api-{index}.log", env)
+            processes.append(process)
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda url=url: httpx.get(f"{url}/healthz").status_code == 200, 30, "the API", process)
+            urls.append(url)
+        yield urls
+    finally:
+        for process in processes:
+            process.stop()
+
+
 @pytest.fixture(scope="session")
 def api_url(redis_server, s3_server) -> Iterator[str]:
     with serve(api_settings(redis_server, s3_server)) as url:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from rq import Queue, Worker
 
-from api.deps import ApiKeyDep, CallerDep
+from api.deps import CallerDep
 from api.presets import style_presets
 from latentq.contract import SAMPLERS
 from latentq.keys import queue_name
@@ -45,6 +45,6 @@ def list_models(caller: CallerDep) -> dict[str, Any]:
 
 
 @router.get("/styles")
-def list_styles(_key: ApiKeyDep) -> dict[str, Any]:
+def list_styles(_caller: CallerDep) -> dict[str, Any]:
     """List the style presets a request may name, with their prompt templates."""
     return {"data": [{"name": name, **preset} for name, preset in sorted(style_presets().items())]}

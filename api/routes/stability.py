@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from api.body_parsing import json_body_openapi, parse_body, validation_error
-from api.deps import Caller, check_api_key, get_services, key_owner, presented_key
+from api.deps import Caller, authenticate, get_services, method_scope, presented_key
 from api.error_envelope import stability_error
 from api.stability_bodies import (
     ImageToImageBody,
@@ -73,8 +73,8 @@ class StabilityRoute(APIRoute):
 
 async def get_stability_caller(request: Request) -> Caller:
     """Return the caller, from ``Authorization: Bearer <key>`` or a bare ``Authorization: <key>``."""
-    services = await get_services(request)
-    return Caller(key_owner(check_api_key(presented_key(request.headers), services)), services)
+    principal = await authenticate(request, presented_key(request.headers))
+    return Caller(principal.require(method_scope(request.method)), await get_services(request))
 
 
 StabilityCallerDep = Annotated[Caller, Depends(get_stability_caller)]
@@ -230,16 +230,17 @@ def list_engines(caller: StabilityCallerDep) -> list[dict[str, str]]:
 
 @router.get("/user/account")
 def user_account(caller: StabilityCallerDep) -> dict[str, Any]:
-    """Describe the caller's key as a Stability account (one per key; no personal data kept)."""
-    user_id = f"user-{caller.owner}"
+    """Describe the caller's account as a Stability account (no personal data is kept)."""
+    account = caller.services.tenants.account(caller.owner)
     return {
-        "id": user_id,
-        "email": f"{user_id}@latentq.invalid",
+        "id": account["id"],
+        "email": f"{account['id']}@latentq.invalid",
         "organizations": [{"id": "org-latentq", "name": "latentq", "role": "MEMBER", "is_default": True}],
     }
 
 
 @router.get("/user/balance")
-def user_balance(_caller: StabilityCallerDep) -> dict[str, float]:
-    """Report the caller's credits: unlimited (a fixed large number) until credits exist."""
-    return {"credits": UNLIMITED_CREDITS}
+def user_balance(caller: StabilityCallerDep) -> dict[str, float]:
+    """Report the caller's credits (a fixed large number for an unlimited account)."""
+    credits = caller.services.tenants.account(caller.owner)["credits"]
+    return {"credits": UNLIMITED_CREDITS if credits is None else credits}

@@ -6,6 +6,7 @@ Shapes follow Stability's OpenAPI description of v1 (``shared/reference/stabilit
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import uuid
 
@@ -164,7 +165,8 @@ def test_engines_list_is_the_registry(stability):
 def test_account_and_balance_in_stabilitys_shape(stability):
     account = stability.get("/v1/user/account").json()
     assert {"id", "email", "organizations"} <= set(account)
-    assert "@" in account["email"] and account["id"].startswith("user-")
+    assert "@" in account["email"] and account["id"].startswith("bootstrap-")
+    assert hashlib.sha256(b"test-key-1").hexdigest()[:8] not in account["id"]  # nothing of the key
     [org] = account["organizations"]
     assert set(org) == {"id", "name", "role", "is_default"} and org["is_default"] is True
     other = httpx.get(str(stability.base_url) + "/v1/user/account", headers={"Authorization": "test-key-2"})

@@ -50,3 +50,13 @@ def test_api_refuses_to_start_without_keys():
 
     with pytest.raises(RuntimeError, match="LATENTQ_API_KEYS"):
         create_app(ApiSettings(api_keys=()))
+
+
+def test_production_refuses_short_bootstrap_keys_and_takes_long_ones_or_none():
+    from api.app import create_app
+
+    with pytest.raises(RuntimeError, match="shorter than 32") as refused:
+        create_app(ApiSettings(env="production", api_keys=("changeme", "x" * 40)))
+    assert "changeme" not in str(refused.value)  # the key itself is never in a message
+    create_app(ApiSettings(env="production", api_keys=("x" * 40,)))
+    create_app(ApiSettings(env="production", api_keys=()))  # managed keys only

@@ -1,0 +1,168 @@
+"""Accounts and managed API keys, against two real API processes and real Redis: keys made by
+``latentq-admin`` and the admin API work at once, a revoked key is refused everywhere within a
+second, scopes hold, an account's keys share its jobs and no other account sees them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis import Redis
+
+from api.keyring import CACHE_S
+from latentq.keys import AUDIT_STREAM
+from tests.conftest import API_KEY, api_processes, service_env
+
+BOOTSTRAP = {"Authorization": f"Bearer {API_KEY}"}
+JOB = {"prompt": "a", "width": 64, "height": 64, "steps": 1}
+
+
+@pytest.fixture(scope="module")
+def apis(redis_server, s3_server, tmp_path_factory) -> Iterator[list[str]]:
+    env = service_env(redis_server, s3_server, api_keys=API_KEY)
+    with api_processes(env, Path(tmp_path_factory.mktemp("logs")), count=2) as urls:
+        yield urls
+
+
+def admin(redis_server, *argv: str, json_out: bool = True) -> subprocess.CompletedProcess:
+    """Run ``latentq-admin`` (the installed console script) against the test Redis."""
+    command = [str(Path(sys.executable).parent / "latentq-admin"), *(["--json"] if json_out else []), *argv]
+    env = {"LATENTQ_REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+
+
+def everything_stored(redis: Redis) -> Iterator[bytes]:
+    """Every key name and value under latentq's prefix, as bytes."""
+    for key in redis.scan_iter("latentq:*"):
+        kind = redis.type(key)
+        yield key
+        if kind == b"hash":
+            yield from (item for pair in redis.hgetall(key).items() for item in pair)
+        elif kind == b"stream":
+            yield from (item for _, entry in redis.xrange(key) for pair in entry.items() for item in pair)
+        elif kind == b"string":
+            yield redis.get(key) or b""
+        elif kind in (b"set", b"zset"):
+            yield from (redis.smembers(key) if kind == b"set" else redis.zrange(key, 0, -1))
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def new_account(apis: list[str], **extra) -> str:
+    name = f"acct-{uuid.uuid4().hex[:8]}"
+    created = httpx.post(f"{apis[0]}/v1/admin/accounts", json={"name": name, **extra}, headers=BOOTSTRAP)
+    assert created.status_code == 201, created.text
+    return name
+
+
+def new_key(apis: list[str], account: str, scopes: list[str], **extra) -> str:
+    body = {"account": account, "scopes": scopes, **extra}
+    created = httpx.post(f"{apis[0]}/v1/admin/keys", json=body, headers=BOOTSTRAP)
+    assert created.status_code == 201, created.text
+    return created.json()["secret"]
+
+
+def test_a_key_made_by_the_admin_command_works_and_its_revocation_holds_within_a_second(apis, redis_server):
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    account = json.loads(admin(redis_server, "accounts", "create", name).stdout)
+    argv = ["keys", "create", "--account", name, "--scopes", "generate,read", "--name", "ci"]
+    made = admin(redis_server, *argv, json_out=False)
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().splitlines()[-1]  # the secret, alone on the last line
+    assert secret.startswith("lq_") and len(secret) >= 3 + 43
+    for url in apis:  # both processes know the key (and cache it)
+        assert httpx.get(f"{url}/v1/jobs", headers=bearer(secret)).status_code == 200
+    [key] = json.loads(admin(redis_server, "keys", "list", "--account", name).stdout)
+    assert key["account"] == account["id"] and key["scopes"] == ["generate", "read"] and "secret" not in key
+    assert key["last_used_at"] is not None
+    revoked = admin(redis_server, "keys", "revoke", key["id"])
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked_at"] is not None
+    time.sleep(CACHE_S + 0.05)
+    for url in apis:
+        refused = httpx.get(f"{url}/v1/jobs", headers=bearer(secret))
+        assert refused.status_code == 401 and refused.json()["error"]["name"] == "unauthorized"
+        assert httpx.post(f"{url}/v1/generate", json=JOB, headers=bearer(secret)).status_code == 401
+    # The secret is nowhere in Redis; the audit trail names who did what.
+    redis = Redis.from_url(redis_server.url)
+    assert not any(secret.encode() in stored for stored in everything_stored(redis))
+    actions = [(e[b"action"], e[b"target"]) for _, e in redis.xrange(AUDIT_STREAM)]
+    assert (b"keys.revoke", key["id"].encode()) in actions
+    assert admin(redis_server, "keys", "revoke", "key_nope").returncode == 2  # a clear refusal, no trace
+
+
+def test_scopes_hold_on_every_kind_of_route(apis):
+    account = new_account(apis)
+    reader = bearer(new_key(apis, account, ["read"]))
+    maker = bearer(new_key(apis, account, ["generate"]))
+    denied = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=reader)
+    assert denied.status_code == 403 and denied.json()["error"]["name"] == "permission_denied"
+    assert "generate" in denied.json()["error"]["message"]
+    job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=maker).json()["id"]
+    assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=reader).status_code == 200
+    assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=maker).status_code == 403
+    assert httpx.post(f"{apis[0]}/v1/jobs/{job_id}/cancel", headers=reader).status_code == 403
+    for path in ("/v1/admin/accounts", "/v1/admin/keys", "/v1/admin/audit"):
+        assert httpx.get(f"{apis[0]}{path}", headers=reader).status_code == 403
+    assert httpx.post(f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 5}, headers=maker
+                      ).status_code == 403  # fmt: skip
+
+
+def test_an_accounts_keys_share_its_jobs_and_no_other_account_sees_them(apis):
+    first, second = new_account(apis), new_account(apis)
+    one, two = (bearer(new_key(apis, first, ["generate", "read"])) for _ in range(2))
+    stranger = bearer(new_key(apis, second, ["generate", "read"]))
+    job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=one).json()["id"]
+    assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=two).status_code == 200
+    assert [job["id"] for job in httpx.get(f"{apis[1]}/v1/jobs", headers=two).json()["data"]] == [job_id]
+    routes = [("GET", f"/v1/jobs/{job_id}"), ("GET", f"/v1/jobs/{job_id}/events"),
+              ("GET", f"/v1/jobs/{job_id}/preview"), ("POST", f"/v1/jobs/{job_id}/cancel")]  # fmt: skip
+    for method, path in routes:
+        answer = httpx.request(method, f"{apis[0]}{path}", headers=stranger)
+        assert answer.status_code == 404 and answer.json()["error"]["name"] == "not_found", path
+    assert httpx.get(f"{apis[0]}/v1/jobs", headers=stranger).json()["data"] == []
+
+
+def test_an_expired_key_is_refused(apis):
+    secret = new_key(apis, new_account(apis), ["read"], expires_in_s=0.5)
+    assert httpx.get(f"{apis[0]}/v1/jobs", headers=bearer(secret)).status_code == 200
+    time.sleep(0.5 + CACHE_S + 0.05)
+    assert httpx.get(f"{apis[0]}/v1/jobs", headers=bearer(secret)).status_code == 401
+
+
+def test_the_admin_api_names_what_is_wrong(apis):
+    account = new_account(apis)
+    bad = httpx.post(
+        f"{apis[0]}/v1/admin/keys", json={"account": account, "scopes": ["root"]}, headers=BOOTSTRAP
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "scopes"
+    unknown = httpx.post(f"{apis[0]}/v1/admin/keys", json={"account": "nobody-x", "scopes": ["read"]},
+                         headers=BOOTSTRAP)  # fmt: skip
+    assert unknown.status_code == 404 and unknown.json()["error"]["name"] == "not_found"
+    again = httpx.post(f"{apis[0]}/v1/admin/accounts", json={"name": account}, headers=BOOTSTRAP)
+    assert again.status_code == 400 and again.json()["error"]["field"] == "name"
+    extra = httpx.post(f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 1, "x": 1},
+                       headers=BOOTSTRAP)  # fmt: skip
+    assert extra.status_code == 400 and extra.json()["error"]["name"] == "unknown_field"
+    assert httpx.delete(f"{apis[0]}/v1/admin/keys/key_nope", headers=BOOTSTRAP).status_code == 404
+
+
+def test_credits_granted_show_in_the_account_its_ledger_and_stabilitys_balance(apis):
+    account = new_account(apis)
+    key = bearer(new_key(apis, account, ["read"]))
+    granted = httpx.post(f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 12.5},
+                         headers=BOOTSTRAP)  # fmt: skip
+    assert granted.status_code == 200 and granted.json()["credits"] == 12.5
+    mine = httpx.get(f"{apis[1]}/v1/account", headers=key).json()
+    assert mine["name"] == account and mine["credits"] == 12.5 and mine["key"]["scopes"] == ["read"]
+    [entry] = httpx.get(f"{apis[1]}/v1/account/ledger", headers=key).json()["entries"]
+    assert (entry["amount"], entry["balance"], entry["reason"]) == (12.5, 12.5, "grant")
+    assert httpx.get(f"{apis[1]}/v1/user/balance", headers=key).json() == {"credits": 12.5}
