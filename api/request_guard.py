@@ -1,9 +1,11 @@
 """What every request passes through before routing.
 
-``RequestGuard``, in front of every request that carries a body: the API key is checked before a
-byte of the body is read, and the body is counted while it streams in, so neither an anonymous
-client nor a keyed one can make the process hold more than ``MAX_BODY_BYTES`` of it (a
-``Content-Length`` over the limit is refused at once; a chunked body is cut off as it passes it).
+``RequestGuard``, in front of every request under ``/v1/`` that carries a body or a key: the API
+key is checked before a byte of the body is read, and counted against its rate limit
+(``api.rate_limit``: a 429 ``rate_limited`` over it, and ``RateLimit-*`` headers on every answer).
+The body is counted while it streams in, so neither an anonymous client nor a keyed one can make
+the process hold more than ``MAX_BODY_BYTES`` of it (a ``Content-Length`` over the limit is
+refused at once; a chunked body is cut off as it passes it).
 
 ``SecurityHeaders``: every answer says ``nosniff``, ``no-referrer`` and, unless it says otherwise,
 ``no-store`` (answers carry presigned URLs and webhook secrets: no cache keeps them).
@@ -19,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import presented_key
 from api.error_envelope import error_response_for
+from api.rate_limit import Verdict, rate_policy
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import LatentqError
 
@@ -34,31 +37,53 @@ def _too_large() -> LatentqError:
 
 
 class RequestGuard:
-    """Refuses a request with a body under ``/v1/`` without a valid API key (401) or with a body
-    over ``MAX_BODY_BYTES`` (413), before the app reads the body."""
+    """Refuses a request with a body under ``/v1/`` without a valid API key (401), one over its
+    key's rate (429) or with a body over ``MAX_BODY_BYTES`` (413), before the app reads the body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in BODILESS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        bodied = scope["method"] not in BODILESS
+        verdict: Verdict | None = None
+
+        async def send_with_rate(message: Message) -> None:
+            if verdict is not None and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *verdict.headers()]}
+            await send(message)
+
         try:
-            if scope["path"].startswith("/v1/"):
+            if scope["path"].startswith("/v1/") and (bodied or "authorization" in headers):
                 # In any form a route takes (Stability's take a bare key); the route checks its own.
                 token = presented_key(headers)
-                principal = await scope["app"].state.services.keyring.authenticate(token)
+                services = scope["app"].state.services
+                principal = await services.keyring.authenticate(token)
                 scope.setdefault("state", {})["principal"] = (token, principal)  # for the route
+                policy = rate_policy(principal, services.settings)
+                if policy is not None:
+                    verdict = await services.limiter.check(principal.key_id, *policy)
+                    if not verdict.admitted:
+                        raise LatentqError(
+                            "rate_limited",
+                            f"This API key may make {policy[0]} requests per {policy[1]:g} s; "
+                            f"retry in {verdict.retry_after_s:.1f} s.",
+                            retry_after_s=verdict.retry_after_s,
+                        )
             length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            if bodied and length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise _too_large()
         except RedisError:  # the key could not be looked up
             await error_response_for(scope["path"], LatentqError("service_unavailable"))(scope, receive, send)
             return
         except LatentqError as error:
-            await error_response_for(scope["path"], error)(scope, receive, send)
+            await error_response_for(scope["path"], error)(scope, receive, send_with_rate)
+            return
+        if not bodied:
+            await self.app(scope, receive, send_with_rate)
             return
         received = 0
 
@@ -71,7 +96,7 @@ class RequestGuard:
                     raise _too_large()  # raised where the route reads the body: a named 413
             return message
 
-        await self.app(scope, counted, send)
+        await self.app(scope, counted, send_with_rate)
 
 
 #: Headers every answer carries; ``Cache-Control`` only where the route set none.

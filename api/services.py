@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 from api.keyring import Keyring
+from api.rate_limit import RateLimiter
 from api.stream_slots import StreamSlots
 from latentq.accounts import Accounts
 from latentq.models import ModelRegistry
@@ -58,6 +59,8 @@ class Services:
     tenants: Accounts
     #: Who a presented API key belongs to (``api.keyring``).
     keyring: Keyring
+    #: Each key's request rate (``api.rate_limit``).
+    limiter: RateLimiter
 
     @classmethod
     def create(cls, settings: ApiSettings) -> Services:
@@ -87,5 +90,5 @@ class Services:
             settings, get_registry(settings), redis, async_redis, wait_redis,
             StreamSlots(settings.max_streams, settings.max_streams_per_account), records,
             ImageStore(settings), WebhookAccounts(redis), tenants,
-            Keyring(async_redis, tenants, settings.api_keys),
+            Keyring(async_redis, tenants, settings.api_keys), RateLimiter(async_redis),
         )  # fmt: skip

@@ -55,6 +55,9 @@ LEDGER_LENGTH = 100_000
 MILLI = 1000
 #: A last-used time is written at most this often per key and API process, seconds.
 LAST_USED_EVERY_S = 60.0
+#: An account's own limits, each replacing the service's default (``latentq.settings``), and
+#: their kind: requests per period for each of its keys, queued + running jobs at once.
+LIMITS: dict[str, type] = {"rate_limit": int, "rate_period_s": float, "max_jobs": int}
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
@@ -178,6 +181,28 @@ class Accounts:
             pipeline.hgetall(account_key(account_id.decode()))
         return [self.describe_account(_text(fields)) for fields in pipeline.execute() if fields]
 
+    def set_limits(self, account: str, actor: str, **limits: float | None) -> dict[str, Any]:
+        """Set some of ``account``'s own limits (``LIMITS``; None: leave as is, 0: back to the
+        service's default); return the account. API processes apply them within a second."""
+        account_id = self.account_id(account)
+        unknown = sorted(set(limits) - set(LIMITS))
+        if unknown:
+            raise LatentqError.for_field("unknown_field", unknown[0], f"Unknown limit '{unknown[0]}'.")
+        given = {name: value for name, value in limits.items() if value is not None}
+        for name, value in given.items():
+            if value < 0 or (LIMITS[name] is int and value != int(value)):
+                raise LatentqError.for_field("invalid_request", name, f"{name} must be a whole number >= 0")
+        key = account_key(account_id)
+        pipeline = self.redis.pipeline()
+        for name, value in given.items():
+            if value:
+                pipeline.hset(key, name, str(LIMITS[name](value)))
+            else:
+                pipeline.hdel(key, name)
+        pipeline.execute()
+        self.audit(actor, "accounts.limits", account_id, **given)
+        return self.account(account_id)
+
     @staticmethod
     def describe_account(fields: dict[str, str]) -> dict[str, Any]:
         """Return an account as the admin API and command show it."""
@@ -189,6 +214,8 @@ class Accounts:
             "created_at": float(fields["created_at"]),
             "unlimited": unlimited,
             "credits": None if unlimited else int(fields.get("balance", "0")) / MILLI,
+            # The account's own limits; null: the service's default.
+            "limits": {name: kind(fields[name]) if name in fields else None for name, kind in LIMITS.items()},
         }
 
     # Keys -------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from ``.run/admin.env``. Every change is audited, with the actor ``admin-cli:<us
 
     latentq-admin accounts create NAME [--unlimited]
     latentq-admin accounts list
+    latentq-admin accounts limits NAME [--rate-limit N] [--rate-period-s S] [--max-jobs N]
     latentq-admin keys create --account NAME --scopes generate,read [--name N] [--expires-in-s S]
     latentq-admin keys list [--account NAME]
     latentq-admin keys revoke KEY_ID
@@ -57,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--unlimited", action="store_true", help="the account spends no credits")
     accounts.add_parser("list")
+    limits = accounts.add_parser("limits", help="set an account's own limits (0: the default)")
+    limits.add_argument("name")
+    limits.add_argument("--rate-limit", type=int, default=None, help="requests per period, per key")
+    limits.add_argument("--rate-period-s", type=float, default=None)
+    limits.add_argument("--max-jobs", type=int, default=None, help="queued + running jobs at once")
     keys = groups.add_parser("keys").add_subparsers(dest="action", required=True)
     make = keys.add_parser("create")
     make.add_argument("--account", required=True)
@@ -85,6 +91,10 @@ def run(args: argparse.Namespace, accounts: Accounts, actor: str) -> tuple[Any, 
     if command == ("accounts", "list"):
         found = accounts.list_accounts()
         return found, "\n".join(_account_line(account) for account in found)
+    if command == ("accounts", "limits"):
+        account = accounts.set_limits(args.name, actor, rate_limit=args.rate_limit,
+                                      rate_period_s=args.rate_period_s, max_jobs=args.max_jobs)  # fmt: skip
+        return account, _account_line(account)
     if command == ("keys", "create"):
         key, secret = accounts.create_key(args.account, args.scopes, actor, args.name, args.expires_in_s)
         return {**key, "secret": secret}, f"{_key_line(key)}\n{secret}"
@@ -105,7 +115,8 @@ def run(args: argparse.Namespace, accounts: Accounts, actor: str) -> tuple[Any, 
 
 def _account_line(account: dict[str, Any]) -> str:
     credits = "unlimited" if account["unlimited"] else f"{account['credits']:g} credits"
-    return f"{account['id']}\t{account['name']}\t{credits}"
+    limits = " ".join(f"{name}={value:g}" for name, value in account["limits"].items() if value is not None)
+    return f"{account['id']}\t{account['name']}\t{credits}\t{limits}".rstrip()
 
 
 def _key_line(key: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ Routes render these as ``{"error": {"name", "message", ...}}``; job records carr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,13 +98,26 @@ RETRY_AFTER_S = {
 }
 
 
+def retry_after(error: LatentqError) -> str | None:
+    """The ``Retry-After`` value (whole seconds) ``error`` is answered with, if any."""
+    if error.retry_after_s is not None:
+        return str(max(1, math.ceil(error.retry_after_s)))
+    seconds = RETRY_AFTER_S.get(error.name)
+    return None if seconds is None else str(seconds)
+
+
 class LatentqError(Exception):
     """A failure with a name from the error table, an optional specific message and details."""
 
-    def __init__(self, name: str, message: str | None = None, **details: Any) -> None:
+    def __init__(
+        self, name: str, message: str | None = None, retry_after_s: float | None = None, **details: Any
+    ) -> None:
         if name not in ERRORS:
             raise ValueError(f"unknown error name {name!r}")
         self.name = name
+        #: Seconds the client should wait before trying again (``Retry-After``), when known better
+        #: than the table's ``RETRY_AFTER_S``.
+        self.retry_after_s = retry_after_s
         self.message = message or ERRORS[name].message
         self.details = details
         super().__init__(f"{name}: {self.message}")

@@ -126,3 +126,8 @@ def ledger_key(account_id: str) -> str:
 
 #: Every administrative action, appended (a Stream: actor, action, target, detail).
 AUDIT_STREAM = f"{PREFIX}:audit"
+
+
+def rate_key(key_id: str) -> str:
+    """Return the Redis key of an API key's rate limit state (its GCRA theoretical arrival time)."""
+    return f"{PREFIX}:rate:{key_id}"

@@ -78,6 +78,16 @@ class ApiSettings(CommonSettings):
     #: Required in development; in production optional (keys made with ``latentq-admin``), and
     #: each at least 32 characters.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Requests a managed key may make per ``rate_limit_period_s`` (a burst of that many, then
+    #: one every period / limit); an account's own ``rate_limit`` replaces it. Bootstrap keys
+    #: are not limited.
+    rate_limit: int = Field(150, ge=1)
+    rate_limit_period_s: float = Field(10.0, gt=0)
+    #: Queued and running jobs an account may have at once (``too_many_jobs`` beyond); an
+    #: account's own ``max_jobs`` replaces it.
+    max_jobs_per_account: int = Field(50, ge=1)
+    #: Queued jobs a model's queue may hold (``queue_full`` beyond: back-pressure for everyone).
+    max_queue_depth: int = Field(10_000, ge=1)
     #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
     job_timeout_s: int = Field(600, ge=1)
 

@@ -100,6 +100,25 @@ def get_account(account: str, caller: AdminDep) -> dict[str, Any]:
     return caller.services.tenants.account(account)
 
 
+class LimitsRequest(BaseModel):
+    """Body of ``PATCH /v1/admin/accounts/{account}``: the account's own limits (absent: unchanged,
+    0: back to the service's default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    rate_limit: int | None = Field(None, ge=0, le=1_000_000, description="Requests per period, per key.")
+    rate_period_s: float | None = Field(None, ge=0, le=86400, description="The rate limit's period, seconds.")
+    max_jobs: int | None = Field(None, ge=0, le=1_000_000, description="Queued + running jobs at once.")
+
+
+@router.patch("/admin/accounts/{account}", responses=_ERRORS, openapi_extra=json_body_openapi(LimitsRequest))
+def set_limits(
+    account: str, body: Annotated[LimitsRequest, _body(LimitsRequest)], caller: AdminDep
+) -> dict[str, Any]:
+    """Set an account's own limits; every API process applies them within a second."""
+    return caller.services.tenants.set_limits(account, caller.principal.key_id, **body.model_dump())
+
+
 @router.get("/admin/accounts/{account}/ledger", responses=_ERRORS)
 def account_ledger(
     account: str, caller: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100

@@ -4,6 +4,7 @@ second, scopes hold, an account's keys share its jobs and no other account sees 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -166,3 +167,39 @@ def test_credits_granted_show_in_the_account_its_ledger_and_stabilitys_balance(a
     [entry] = httpx.get(f"{apis[1]}/v1/account/ledger", headers=key).json()["entries"]
     assert (entry["amount"], entry["balance"], entry["reason"]) == (12.5, 12.5, "grant")
     assert httpx.get(f"{apis[1]}/v1/user/balance", headers=key).json() == {"credits": 12.5}
+
+
+def test_a_keys_rate_limit_holds_across_two_api_processes(apis):
+    account = new_account(apis)
+    # 150 requests, then one more per 1000 s / 150 = 6.7 s: a burst of 300 in a second or two
+    # admits 150 (151 if it straddles an emission), however it is spread over the processes.
+    limits = {"rate_limit": 150, "rate_period_s": 1000}
+    limited = httpx.patch(f"{apis[0]}/v1/admin/accounts/{account}", json=limits, headers=BOOTSTRAP)
+    assert limited.status_code == 200 and limited.json()["limits"]["rate_limit"] == 150
+    key = bearer(new_key(apis, account, ["read"]))
+    time.sleep(CACHE_S + 0.05)  # the account's limits as every process caches them
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
+            calls = [client.get(f"{apis[index % 2]}/v1/account", headers=key) for index in range(300)]
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(burst())
+    admitted = [answer for answer in answers if answer.status_code == 200]
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(admitted) + len(refused) == 300 and 150 <= len(admitted) <= 151
+    assert {answer.url.port for answer in admitted} == {httpx.URL(url).port for url in apis}
+    sample = refused[0]
+    assert sample.json()["error"]["name"] == "rate_limited" and int(sample.headers["retry-after"]) >= 1
+    assert sample.headers["ratelimit-remaining"] == "0" and sample.headers["ratelimit-limit"] == "150"
+    assert all(answer.headers["ratelimit-limit"] == "150" for answer in admitted)
+    assert min(int(answer.headers["ratelimit-remaining"]) for answer in admitted) == 0
+    # Stability's routes answer the same refusal in their own shape.
+    body = {"text_prompts": [{"text": "a"}], "width": 64, "height": 64}
+    stability = httpx.post(f"{apis[1]}/v1/generation/tiny-sd/text-to-image", json=body, headers=key)
+    assert stability.status_code == 429 and stability.json()["name"] == "rate_limited"
+
+
+def test_bootstrap_keys_are_not_rate_limited(apis):
+    answer = httpx.get(f"{apis[0]}/v1/account", headers=BOOTSTRAP)
+    assert answer.status_code == 200 and "ratelimit-limit" not in answer.headers
