@@ -80,3 +80,11 @@ def rate_policy(principal: Principal, settings: ApiSettings) -> tuple[int, float
     limit = principal.limits.get("rate_limit") or settings.rate_limit
     period = principal.limits.get("rate_period_s") or settings.rate_limit_period_s
     return int(limit), float(period)
+
+
+def job_cap(principal: Principal, settings: ApiSettings) -> int | None:
+    """Return how many jobs ``principal``'s account may have queued and running at once: its own
+    ``max_jobs``, else the settings'; None for a bootstrap key (not capped)."""
+    if principal.bootstrap:
+        return None
+    return int(principal.limits.get("max_jobs") or settings.max_jobs_per_account)

@@ -8,6 +8,7 @@ API key has no default webhook (else it takes the default, at the cost of two mo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,7 +24,7 @@ from api.webhook_targets import default_webhook, webhook_target
 from latentq.command_batch import CommandBatch
 from latentq.contract import GENERATE_FUNCTION, GenerateRequest, JobSpec, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.keys import owner_webhook_key, queue_name
+from latentq.keys import account_active_key, drained_key, owner_webhook_key, queue_name, rq_queue_key
 from latentq.records import JobRecord
 from latentq.rq_writer import queue_job
 from latentq.storage import ImageStore
@@ -63,10 +64,12 @@ async def submit_job(
     idempotency: IdempotencyClaim | None = None,
     wait_s: float = 0.0,
     slot_held: bool = False,
+    max_jobs: int | None = None,
 ) -> Submitted:
-    """Queue ``draft`` for API key ``owner``, once per idempotency key, and wait up to ``wait_s``
-    seconds for it to end (0: no wait) in a wait slot (``slot_held``: the caller holds one for
-    it; else one is taken, and without one the answer does not wait)."""
+    """Queue ``draft`` for account ``owner``, once per idempotency key, while the account has
+    fewer than ``max_jobs`` queued and running (None: no cap), and wait up to ``wait_s`` seconds
+    for it to end (0: no wait) in a wait slot (``slot_held``: the caller holds one for it; else one
+    is taken, and without one the answer does not wait)."""
     spec = draft.spec
     if idempotency is not None:
         record = await run_in_threadpool(claim_or_original, services, owner, idempotency, draft)
@@ -76,7 +79,7 @@ async def submit_job(
         if draft.uploads:
             await run_in_threadpool(store_inputs, services.store, draft.uploads)
         claimed = claim_name(owner, idempotency.key) if idempotency is not None else None
-        spec, created_at = await enqueue_draft(services, owner, draft, claimed)
+        spec, created_at = await enqueue_draft(services, owner, draft, claimed, max_jobs)
     except BaseException:
         if idempotency is not None:
             await run_in_threadpool(release, services.redis, owner, idempotency.key, spec.job_id)
@@ -123,12 +126,14 @@ def store_inputs(store: ImageStore, uploads: dict[str, Image]) -> None:
 
 
 async def enqueue_draft(
-    services: Services, owner: str, draft: JobDraft, claimed: str | None = None
+    services: Services, owner: str, draft: JobDraft, claimed: str | None = None, max_jobs: int | None = None
 ) -> tuple[JobSpec, str]:
     """Queue ``draft``'s job, with its key's default webhook if it takes one, and (with ``claimed``,
     the Redis key of its idempotency claim) only while the claim still names it; return the spec
     queued and its record's created_at."""
-    created_at = await enqueue_job(draft.spec, services, owner, draft.takes_default_webhook, claimed)
+    created_at = await enqueue_job(
+        draft.spec, services, owner, draft.takes_default_webhook, claimed, max_jobs
+    )
     if created_at is not None:
         return draft.spec, created_at
     spec = draft.spec
@@ -136,7 +141,7 @@ async def enqueue_draft(
         default = await default_webhook(services.async_redis, owner)
         allowed = services.settings.webhook_allowed_hosts
         spec = spec.model_copy(update={"webhook": webhook_target(None, None, default, allowed)})
-        created_at = await enqueue_job(spec, services, owner, claimed=claimed)
+        created_at = await enqueue_job(spec, services, owner, claimed=claimed, max_jobs=max_jobs)
     if created_at is None:  # this request was so slow that a retry took its key over
         raise LatentqError("service_unavailable", "This request's Idempotency-Key went to a retry; retry.")
     return spec, created_at
@@ -148,28 +153,70 @@ async def enqueue_job(
     owner: str = "",
     unless_default_webhook: bool = False,
     claimed: str | None = None,
+    max_jobs: int | None = None,
 ) -> str | None:
     """Queue ``spec`` on its model's queue with its job record; return the record's created_at.
 
     One round trip on the asyncio client, with no thread, and one reply (``CommandBatch``): the
-    RQ job (as RQ writes it, ``latentq.rq_writer``), our record and, for a job with a webhook, the
-    owner's signing secret exist together or not at all. With ``unless_default_webhook``, nothing
-    is queued and None returned if ``owner`` has a default webhook (which the job must take); with
-    ``claimed``, likewise unless that idempotency claim names the job."""
+    RQ job (as RQ writes it, ``latentq.rq_writer``), our record, its place among ``owner``'s active
+    jobs and, for a job with a webhook, the owner's signing secret exist together or not at all.
+    Refused with ``queue_full`` when the model's queue holds ``max_queue_depth`` jobs, and with
+    ``too_many_jobs`` when ``owner`` has ``max_jobs`` queued and running. With
+    ``unless_default_webhook``, nothing is queued and None returned if ``owner`` has a default
+    webhook (which the job must take); with ``claimed``, likewise unless that idempotency claim
+    names the job."""
     settings = services.settings
     retention_s = spec.retention_s or settings.job_retention_s
     batch = CommandBatch()
+    queue = queue_name(spec.model)
+    batch.require_shorter(rq_queue_key(queue), settings.max_queue_depth)
+    active = account_active_key(owner)
+    if max_jobs is not None:
+        batch.require_fewer(active, max_jobs)
     arguments = {"spec": spec.model_dump(mode="json")}
     queue_job(
-        batch.pipeline, queue_name(spec.model), GENERATE_FUNCTION, arguments, job_id=spec.job_id,
+        batch.pipeline, queue, GENERATE_FUNCTION, arguments, job_id=spec.job_id,
         timeout=settings.job_timeout_s, result_ttl=retention_s, failure_ttl=retention_s,
         description=f"generate {spec.job_id}",
     )  # fmt: skip
     created_at = services.records.create(spec, batch.pipeline, owner)
+    if owner:
+        now = time.time()
+        batch.pipeline.zremrangebyscore(active, "-inf", now)  # lapsed without ending: drop
+        batch.pipeline.zadd(active, {spec.job_id: now + retention_s})
+        batch.pipeline.expire(active, settings.max_job_retention_s)
     if spec.webhook is not None:  # its deliveries are signed with the owner's secret
         ensure_secret(batch.pipeline, owner)
     if unless_default_webhook:
         batch.require_absent(owner_webhook_key(owner), "url")
     if claimed is not None:
         batch.require_containing(claimed, spec.job_id)
-    return created_at if await batch.run_async(services.async_redis) else None
+    if await batch.run_async(services.async_redis):
+        return created_at
+    if batch.failed == 1:
+        wait_s = await drain_wait_s(services, spec.model)
+        raise LatentqError(
+            "queue_full",
+            f"The queue of model '{spec.model}' holds {settings.max_queue_depth} jobs, as many as it "
+            f"may; retry in {wait_s:.0f} s.",
+            retry_after_s=wait_s,
+        )
+    if max_jobs is not None and batch.failed == 2:
+        raise LatentqError(
+            "too_many_jobs",
+            f"This account has {max_jobs} jobs queued or running, as many as it may; "
+            "submit more as they end.",
+            retry_after_s=5,
+        )
+    return None
+
+
+async def drain_wait_s(services: Services, model: str) -> float:
+    """Seconds until ``model``'s queue has room again, at the rate jobs ended over the last 30 s
+    (1 to 60; 30 when none ended)."""
+    bucket = int(time.time()) // 10
+    counts = await services.async_redis.mget([drained_key(model, bucket - back) for back in range(3)])
+    ended = sum(int(count or 0) for count in counts)
+    if not ended:
+        return 30.0
+    return min(60.0, max(1.0, 30.0 / ended))

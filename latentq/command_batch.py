@@ -15,7 +15,13 @@ Conditions (all must hold, else nothing runs and ``run`` returns False):
 - ``require_absent(key, field)``: the hash field does not exist;
 - ``require_containing(key, text)``: the string key exists and contains ``text``;
 - ``require_due(key, member)``: the sorted-set member exists with a score (Unix seconds) at or
-  before the server's clock (an expired lease).
+  before the server's clock (an expired lease);
+- ``require_fewer(key, limit)``: the sorted set has fewer than ``limit`` members scored after the
+  server's clock (an account's active jobs, each scored by when its record lapses);
+- ``require_shorter(key, limit)``: the list is shorter than ``limit`` (a queue's depth).
+
+``failed`` then says which condition failed. Besides Redis commands, a batch may carry
+``job_ended``, which the script carries out from the job's record as it stands.
 
 The script names its keys in ARGV, not KEYS: fine on one Redis, which is what latentq (and RQ,
 whose transactions span keys in different hash slots) runs on.
@@ -31,33 +37,54 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from latentq.keys import PREFIX
+
 _REPLAY = """
 local conditions = tonumber(ARGV[1])
 local i = 2
-for _ = 1, conditions do
+for c = 1, conditions do
   local kind, key, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
   if kind == 'in' then
     local value = redis.call('hget', key, a)
-    if not value or not string.find(' ' .. b .. ' ', ' ' .. value .. ' ', 1, true) then return 0 end
+    if not value or not string.find(' ' .. b .. ' ', ' ' .. value .. ' ', 1, true) then return -c end
   elseif kind == 'has' then
     local value = redis.call('get', key)
-    if not value or not string.find(value, a, 1, true) then return 0 end
+    if not value or not string.find(value, a, 1, true) then return -c end
   elseif kind == 'absent' then
-    if redis.call('hexists', key, a) == 1 then return 0 end
+    if redis.call('hexists', key, a) == 1 then return -c end
   elseif kind == 'due' then
     local score = redis.call('zscore', key, a)
     local now = redis.call('time')
-    if not score or tonumber(score) > tonumber(now[1]) + tonumber(now[2]) / 1e6 then return 0 end
+    if not score or tonumber(score) > tonumber(now[1]) + tonumber(now[2]) / 1e6 then return -c end
+  elseif kind == 'fewer' then
+    local now = redis.call('time')
+    if redis.call('zcount', key, now[1], '+inf') >= tonumber(a) then return -c end
+  elseif kind == 'shorter' then
+    if redis.call('llen', key) >= tonumber(a) then return -c end
   end
 end
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + count))
+  if ARGV[i + 1] == 'LQ_ENDED' then
+    -- A job ended: it leaves its account's active jobs, and counts in its model's drain rate.
+    local record, job_id, prefix = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local owner, model = unpack(redis.call('hmget', record, 'owner', 'model'))
+    if owner and owner ~= '' then redis.call('zrem', prefix .. 'account:' .. owner .. ':active', job_id) end
+    if model then
+      local bucket = prefix .. 'drained:' .. model .. ':' .. math.floor(tonumber(redis.call('time')[1]) / 10)
+      redis.call('incr', bucket)
+      redis.call('expire', bucket, 60)
+    end
+  else
+    redis.call(unpack(ARGV, i + 1, i + count))
+  end
   i = i + count + 1
 end
 return 1
 """
+#: The pseudo-command ``job_ended`` records (the script carries it out).
+ENDED = "LQ_ENDED"
 _REPLAY_SHA = hashlib.sha1(_REPLAY.encode()).hexdigest()
 
 #: Records commands only: a client that never connects.
@@ -71,6 +98,8 @@ class CommandBatch:
     def __init__(self) -> None:
         self.pipeline: Pipeline = _RECORDER.pipeline(transaction=False)
         self._conditions: list[str] = []
+        #: After a run that did not run: which condition failed (1-based, in the order added).
+        self.failed: int | None = None
 
     def require_in(self, key: str, field: str, values: list[str] | tuple[str, ...]) -> CommandBatch:
         """Run only if hash ``key``'s ``field`` holds one of ``values`` (none contains a space)."""
@@ -92,6 +121,29 @@ class CommandBatch:
         self._conditions += ["due", key, member, ""]
         return self
 
+    def require_fewer(self, key: str, limit: int) -> CommandBatch:
+        """Run only if sorted set ``key`` has fewer than ``limit`` members scored (Unix seconds: when
+        they lapse) after the server's time."""
+        self._conditions += ["fewer", key, str(limit), ""]
+        return self
+
+    def require_shorter(self, key: str, limit: int) -> CommandBatch:
+        """Run only if list ``key`` is shorter than ``limit``."""
+        self._conditions += ["shorter", key, str(limit), ""]
+        return self
+
+    def job_ended(self, record_key: str, job_id: str) -> CommandBatch:
+        """Record, among the commands, that job ``job_id`` (record ``record_key``) ended: it leaves
+        its account's active jobs (``latentq.keys.account_active_key``) and counts in its model's
+        drain rate (``drained_key``); both read from the record when the commands run."""
+        self.pipeline.execute_command(ENDED, record_key, job_id, f"{PREFIX}:")
+        return self
+
+    @property
+    def conditions(self) -> int:
+        """How many conditions the batch has (``failed`` is one of 1..conditions)."""
+        return len(self._conditions) // 4
+
     def _arguments(self) -> list[Any]:
         flat: list[Any] = [len(self._conditions) // 4, *self._conditions]
         for args, _options in self.pipeline.command_stack:
@@ -108,7 +160,11 @@ class CommandBatch:
         except NoScriptError:  # first use on this server (or after SCRIPT FLUSH)
             redis.script_load(_REPLAY)
             ran = redis.evalsha(_REPLAY_SHA, 0, *args)
-        return bool(ran)
+        return self._outcome(ran)
+
+    def _outcome(self, ran: int) -> bool:
+        self.failed = None if ran == 1 else -int(ran)
+        return ran == 1
 
     async def run_async(self, redis: AsyncRedis) -> bool:
         """``run`` on the asyncio client (no thread)."""
@@ -119,4 +175,4 @@ class CommandBatch:
         except NoScriptError:
             await redis.script_load(_REPLAY)
             ran = await redis.evalsha(_REPLAY_SHA, 0, *args)
-        return bool(ran)
+        return self._outcome(ran)

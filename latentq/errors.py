@@ -69,6 +69,7 @@ _ROWS = [
     ErrorSpec(409, "idempotency_conflict", "This Idempotency-Key was used with a different request."),
     ErrorSpec(400, "invalid_idempotency_key", "The Idempotency-Key header is not valid."),
     ErrorSpec(429, "rate_limited", "Too many requests; retry later."),
+    ErrorSpec(429, "too_many_jobs", "This account has as many jobs queued or running as it may."),
     ErrorSpec(
         429,
         "too_many_streams",

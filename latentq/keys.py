@@ -1,5 +1,6 @@
 """The Redis key layout and object-key layout: every name latentq stores under is built here."""
 
+from rq import Queue
 from rq.job import Job
 
 #: Prefix of every Redis key and RQ queue latentq owns (RQ adds its own ``rq:`` prefix).
@@ -131,3 +132,20 @@ AUDIT_STREAM = f"{PREFIX}:audit"
 def rate_key(key_id: str) -> str:
     """Return the Redis key of an API key's rate limit state (its GCRA theoretical arrival time)."""
     return f"{PREFIX}:rate:{key_id}"
+
+
+def account_active_key(account_id: str) -> str:
+    """Return the Redis key of an account's queued and running jobs (a sorted set: job id -> when
+    its record lapses, so a job that never ended stops counting then)."""
+    return f"{PREFIX}:account:{account_id}:active"
+
+
+def drained_key(model_id: str, bucket: int) -> str:
+    """Return the Redis key counting the jobs of ``model_id`` that ended in 10 s ``bucket``
+    (Unix seconds // 10): the queue's drain rate, for ``queue_full``'s ``Retry-After``."""
+    return f"{PREFIX}:drained:{model_id}:{bucket}"
+
+
+def rq_queue_key(queue: str) -> str:
+    """Return the Redis key of RQ queue ``queue``'s list of waiting job ids."""
+    return Queue.redis_queue_namespace_prefix + queue

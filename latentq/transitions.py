@@ -73,6 +73,8 @@ def record_change(
         batch.pipeline.hset(job_key(job_id), mapping=dict[Any, Any](fields))
     append_event(batch.pipeline, job_id, event, **(data or {}))
     batch.pipeline.expire(job_events_key(job_id), retention_s, nx=True)
+    if event in TERMINAL_EVENTS:
+        batch.job_ended(job_key(job_id), job_id)
     return batch
 
 

@@ -17,6 +17,7 @@ from api.body_parsing import json_body_openapi, parse_body
 from api.deps import Caller, CallerDep
 from api.idempotency import idempotency_claim
 from api.job_lookup import find_record
+from api.rate_limit import job_cap
 from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
@@ -95,7 +96,8 @@ async def submit_and_answer(
     claim = idempotency_claim(request.headers.get("idempotency-key"), request.url.path, body)
     wait_s = prefer_wait(request.headers.get("prefer"))
     draft = await draft_job(services, caller.owner, body)
-    submitted = await submit_job(services, caller.owner, draft, claim, wait_s)
+    cap = job_cap(caller.principal, services.settings)
+    submitted = await submit_job(services, caller.owner, draft, claim, wait_s, max_jobs=cap)
     if submitted.original is not None:
         response.status_code = 200
         response.headers["Location"] = f"/v1/jobs/{submitted.original.id}"

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from api.body_parsing import json_body_openapi, parse_body, validation_error
 from api.deps import Caller, authenticate, get_services, method_scope, presented_key
 from api.error_envelope import stability_error
+from api.rate_limit import job_cap
 from api.stability_bodies import (
     ImageToImageBody,
     MaskingBody,
@@ -102,7 +103,10 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
     draft = await draft_job(services, caller.owner, ours, webhooks=False)
     with services.slots.holding(caller.owner):  # the answer is the image: no slot to wait in, no job
         timeout_s = services.settings.sync_timeout_s
-        submitted = await submit_job(services, caller.owner, draft, wait_s=timeout_s, slot_held=True)
+        cap = job_cap(caller.principal, services.settings)
+        submitted = await submit_job(
+            services, caller.owner, draft, wait_s=timeout_s, slot_held=True, max_jobs=cap
+        )
     stored = finished_images(submitted.awaited, draft.spec.job_id, services.settings.sync_timeout_s)
     images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
     if png:

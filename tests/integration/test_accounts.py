@@ -203,3 +203,43 @@ def test_a_keys_rate_limit_holds_across_two_api_processes(apis):
 def test_bootstrap_keys_are_not_rate_limited(apis):
     answer = httpx.get(f"{apis[0]}/v1/account", headers=BOOTSTRAP)
     assert answer.status_code == 200 and "ratelimit-limit" not in answer.headers
+
+
+def test_an_accounts_job_cap_holds_under_concurrent_submits_and_frees_as_jobs_end(apis):
+    account = new_account(apis)
+    assert httpx.patch(f"{apis[0]}/v1/admin/accounts/{account}", json={"max_jobs": 10},
+                       headers=BOOTSTRAP).status_code == 200  # fmt: skip
+    key = bearer(new_key(apis, account, ["generate", "read"]))
+    time.sleep(CACHE_S + 0.05)
+
+    async def submits() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            calls = [
+                client.post(f"{apis[index % 2]}/v1/generate", json=JOB, headers=key) for index in range(50)
+            ]
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(submits())
+    accepted = [answer for answer in answers if answer.status_code == 202]
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(accepted) == 10 and len(refused) == 40
+    assert refused[0].json()["error"]["name"] == "too_many_jobs" and "retry-after" in refused[0].headers
+    # Bad input costs nothing: it is refused for what it is, not for the cap.
+    assert httpx.post(f"{apis[0]}/v1/generate", json={**JOB, "steps": 0}, headers=key).status_code == 400
+    canceled = httpx.post(f"{apis[0]}/v1/jobs/{accepted[0].json()['id']}/cancel", headers=key)
+    assert canceled.json()["status"] == "canceled"
+    assert httpx.post(f"{apis[1]}/v1/generate", json=JOB, headers=key).status_code == 202  # room again
+    assert httpx.post(f"{apis[1]}/v1/generate", json=JOB, headers=key).status_code == 429
+
+
+def test_a_full_queue_refuses_every_account_with_a_retry_time(redis_server, s3_server, tmp_path):
+    from latentq.keys import queue_name, rq_queue_key
+
+    redis = Redis.from_url(redis_server.url)
+    depth = redis.llen(rq_queue_key(queue_name("tiny-sd")))  # what earlier tests left queued
+    env = service_env(redis_server, s3_server, api_keys=API_KEY, max_queue_depth=str(depth + 1))
+    with api_processes(env, tmp_path) as [url]:
+        assert httpx.post(f"{url}/v1/generate", json=JOB, headers=BOOTSTRAP).status_code == 202
+        full = httpx.post(f"{url}/v1/generate", json=JOB, headers=BOOTSTRAP)
+        assert full.status_code == 503 and full.json()["error"]["name"] == "queue_full"
+        assert 1 <= int(full.headers["retry-after"]) <= 60

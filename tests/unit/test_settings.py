@@ -60,3 +60,11 @@ def test_production_refuses_short_bootstrap_keys_and_takes_long_ones_or_none():
     assert "changeme" not in str(refused.value)  # the key itself is never in a message
     create_app(ApiSettings(env="production", api_keys=("x" * 40,)))
     create_app(ApiSettings(env="production", api_keys=()))  # managed keys only
+
+
+def test_the_rq_queue_key_we_guard_is_rqs_own():
+    from rq import Queue
+
+    from latentq.keys import queue_name, rq_queue_key
+
+    assert rq_queue_key(queue_name("m")) == Queue(queue_name("m"), connection=object()).key  # type: ignore[arg-type]
