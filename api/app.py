@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
@@ -113,5 +114,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _on_unexpected_error)
     app.openapi = lambda: describe(app)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard)  # the key and the body's size, before the body is read
+    if settings.cors_origins:  # outside the guard: a preflight carries no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=600,
+        )
     app.add_middleware(SecurityHeaders)
     return app

@@ -65,7 +65,7 @@ class RateLimiter:
     async def check(self, key_id: str, limit: int, period_s: float) -> Verdict:
         """Count a request of ``key_id`` against ``limit`` per ``period_s``; return the verdict."""
         period_us = round(period_s * 1_000_000)
-        interval_us = period_us // limit  # rounded down: ``limit`` fit in a burst exactly
+        interval_us = max(1, period_us // limit)  # rounded down: ``limit`` fit in a burst exactly
         result: Any = await self._script(keys=[rate_key(key_id)], args=[period_us, interval_us])
         admitted, wait_us, used_us = (int(value) for value in result)
         remaining = int((period_us - used_us) // interval_us) if admitted else 0

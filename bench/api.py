@@ -5,6 +5,10 @@ A private Redis, the API under uvicorn with 1 and then 2 processes on loopback, 
 a fixed time. Reports accepted jobs/s and latency percentiles. Every accepted job is a real RQ job
 with its record, queued for a worker that never comes.
 
+Each process count is measured with a bootstrap key (checked in process, no limits) and then with
+a managed key (looked up through the keyring's cache, counted by the rate limiter and the job cap,
+both set high enough never to refuse), side by side: the cost of accounts on the submit path.
+
     .venv/bin/python -m bench.api [--seconds 15] [--connections 32] [--json bench/results/api.json]
 """
 
@@ -23,6 +27,7 @@ from redis import Redis
 from rq import Queue
 
 from bench import KEY, running_api, service_env, write_result
+from latentq.accounts import Accounts
 from latentq.keys import queue_name
 from latentq_dev.devstack import RedisServer
 
@@ -47,11 +52,22 @@ def parse_wrk(output: str) -> dict[str, float]:
     return result
 
 
-def measure(redis_url: str, processes: int, seconds: int, connections: int, folder: Path) -> dict[str, float]:
+def managed_key(redis_url: str) -> str:
+    """Make an account whose limits never refuse during the run, and a key of it; return the key."""
+    accounts = Accounts(Redis.from_url(redis_url))
+    accounts.create_account("bench", "bench", unlimited=True)
+    accounts.set_limits("bench", "bench", rate_limit=10**9, rate_period_s=1.0, max_jobs=10**9)
+    return accounts.create_key("bench", "generate,read", "bench")[1]
+
+
+def measure(
+    redis_url: str, processes: int, seconds: int, connections: int, folder: Path, key: str = KEY
+) -> dict[str, float]:
     """Run the API with ``processes`` uvicorn workers under wrk; return wrk's figures."""
     script = folder / "post.lua"
-    script.write_text(SCRIPT.format(body=json.dumps(BODY), key=KEY))
-    with running_api(service_env(redis_url), folder / f"api-{processes}.log", processes) as port:
+    script.write_text(SCRIPT.format(body=json.dumps(BODY), key=key))
+    env = service_env(redis_url, LATENTQ_MAX_QUEUE_DEPTH=str(10**9))
+    with running_api(env, folder / f"api-{processes}.log", processes) as port:
         url = f"http://127.0.0.1:{port}/v1/generate"
         subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], check=True, capture_output=True)
         output = subprocess.run(
@@ -76,11 +92,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as temp:
         redis = RedisServer(Path(temp) / "redis").start()
         try:
+            keys = {"bootstrap": KEY, "managed": managed_key(redis.url)}
             for processes in (1, 2):
-                row = measure(redis.url, processes, args.seconds, args.connections, Path(temp))
-                queued = Queue(queue_name("tiny-sd"), connection=Redis.from_url(redis.url)).count
-                print(f"{processes} API process(es): {row} ({queued} jobs queued so far)")
-                rows.append(row)
+                for kind, key in keys.items():
+                    row = {"key": kind, **measure(redis.url, processes, args.seconds, args.connections,
+                                                  Path(temp), key)}  # fmt: skip
+                    queued = Queue(queue_name("tiny-sd"), connection=Redis.from_url(redis.url)).count
+                    print(f"{processes} API process(es), {kind} key: {row} ({queued} jobs queued so far)")
+                    rows.append(row)
         finally:
             redis.stop()
     write_result(args.json, {"benchmark": "api", "job": BODY, "connections": args.connections, "rows": rows})

@@ -192,6 +192,8 @@ class Accounts:
         for name, value in given.items():
             if value < 0 or (LIMITS[name] is int and value != int(value)):
                 raise LatentqError.for_field("invalid_request", name, f"{name} must be a whole number >= 0")
+            if name == "rate_period_s" and 0 < value < 0.01:
+                raise LatentqError.for_field("invalid_request", name, "rate_period_s must be 0 or >= 0.01")
         key = account_key(account_id)
         pipeline = self.redis.pipeline()
         for name, value in given.items():

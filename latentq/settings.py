@@ -88,6 +88,9 @@ class ApiSettings(CommonSettings):
     max_jobs_per_account: int = Field(50, ge=1)
     #: Queued jobs a model's queue may hold (``queue_full`` beyond: back-pressure for everyone).
     max_queue_depth: int = Field(10_000, ge=1)
+    #: Origins browsers may call the API from (CORS; comma-separated, ``*`` for any). Empty: CORS
+    #: is off, and browsers refuse cross-origin calls.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     #: Longest a job may run on a worker before it fails with ``timeout``, seconds.
     job_timeout_s: int = Field(600, ge=1)
 
@@ -102,7 +105,7 @@ class ApiSettings(CommonSettings):
     #: Longest the Stability-compatible routes wait for their job before answering 504, seconds.
     sync_timeout_s: float = Field(300.0, gt=0)
 
-    _split_keys = field_validator("api_keys", mode="before")(split_commas)
+    _split_keys = field_validator("api_keys", "cors_origins", mode="before")(split_commas)
 
 
 class WorkerSettings(CommonSettings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -201,11 +202,20 @@ class S3Server:
             "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         ]  # fmt: skip
-        self.process = Process.start("s3", argv, self.directory / "weed.log")
+        self.process = Process.start("s3", argv, self.directory / "weed.log", self._environment())
         wait_until(
             lambda: self._probe(bucket), timeout_s, f"SeaweedFS S3 on port {self.s3_port}", self.process
         )
         return self
+
+    def _environment(self) -> dict[str, str]:
+        """SeaweedFS's environment: JWT keys (random, this run's) so that its filer and volume
+        servers, which listen beside S3, take no read or write that S3 (holding the keys) did not
+        sign: the only way to the objects is S3, with credentials."""
+        env = dict(os.environ)
+        for name in ("SIGNING", "SIGNING_READ", "FILER_SIGNING", "FILER_SIGNING_READ"):
+            env[f"WEED_JWT_{name}_KEY"] = secrets.token_urlsafe(32)
+        return env
 
     def _identities(self) -> dict:
         credentials = [{"accessKey": self.access_key, "secretKey": self.secret_key}]
@@ -232,6 +242,9 @@ class S3Server:
         client = self.client()
         if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
             client.create_bucket(Bucket=bucket)
+            # SeaweedFS answers any Origin by default: allow none (presigned URLs need no CORS).
+            rule = {"AllowedOrigins": ["http://cors-off.invalid"], "AllowedMethods": ["GET"]}
+            client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
         client.put_object(Bucket=bucket, Key=".probe", Body=b"ok")
         client.delete_object(Bucket=bucket, Key=".probe")
         return True

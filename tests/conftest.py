@@ -185,14 +185,18 @@ def serve(settings: ApiSettings) -> Iterator[str]:
 
 
 @contextmanager
-def api_processes(env: dict[str, str], log_dir: Path, count: int = 1) -> Iterator[list[str]]:
-    """Run ``count`` real API processes (uvicorn) with ``env``; yield their base URLs."""
+def api_processes(
+    env: dict[str, str], log_dir: Path, count: int = 1, verbose: bool = False
+) -> Iterator[list[str]]:
+    """Run ``count`` real API processes (uvicorn) with ``env``; yield their base URLs. ``verbose``:
+    they log at INFO, with an access log."""
     processes, urls = [], []
+    quiet = ["--no-access-log", "--log-level", "warning"]
     try:
         for index in range(count):
             port = free_port()
             argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
-                    "--no-access-log", "--log-level", "warning"]  # fmt: skip
+                    *([] if verbose else quiet)]  # fmt: skip
             process = Process.start(f"api-{index}", argv, log_dir / f"api-{index}.log", env)
             processes.append(process)
             url = f"http://127.0.0.1:{port}"

@@ -25,11 +25,21 @@ BOOTSTRAP = {"Authorization": f"Bearer {API_KEY}"}
 JOB = {"prompt": "a", "width": 64, "height": 64, "steps": 1}
 
 
+#: Every secret the tests of this module make or use: none may appear in the API's logs.
+SECRETS: list[str] = [API_KEY]
+
+
 @pytest.fixture(scope="module")
 def apis(redis_server, s3_server, tmp_path_factory) -> Iterator[list[str]]:
     env = service_env(redis_server, s3_server, api_keys=API_KEY)
-    with api_processes(env, Path(tmp_path_factory.mktemp("logs")), count=2) as urls:
+    logs = Path(tmp_path_factory.mktemp("logs"))
+    with api_processes(env, logs, count=2, verbose=True) as urls:
         yield urls
+    # Once the module's tests ran (keys made, used, refused, revoked): no secret in any log line.
+    text = "\n".join(path.read_text(errors="replace") for path in logs.glob("*.log"))
+    assert "GET /v1/" in text  # the access log was on
+    leaked = [secret[:6] for secret in [*SECRETS, s3_server.secret_key] if secret in text]
+    assert leaked == [], f"secrets in the API's logs: {leaked}"
 
 
 def admin(redis_server, *argv: str, json_out: bool = True) -> subprocess.CompletedProcess:
@@ -69,7 +79,8 @@ def new_key(apis: list[str], account: str, scopes: list[str], **extra) -> str:
     body = {"account": account, "scopes": scopes, **extra}
     created = httpx.post(f"{apis[0]}/v1/admin/keys", json=body, headers=BOOTSTRAP)
     assert created.status_code == 201, created.text
-    return created.json()["secret"]
+    SECRETS.append(created.json()["secret"])
+    return SECRETS[-1]
 
 
 def test_a_key_made_by_the_admin_command_works_and_its_revocation_holds_within_a_second(apis, redis_server):
@@ -79,6 +90,7 @@ def test_a_key_made_by_the_admin_command_works_and_its_revocation_holds_within_a
     made = admin(redis_server, *argv, json_out=False)
     assert made.returncode == 0, made.stderr
     secret = made.stdout.strip().splitlines()[-1]  # the secret, alone on the last line
+    SECRETS.append(secret)
     assert secret.startswith("lq_") and len(secret) >= 3 + 43
     for url in apis:  # both processes know the key (and cache it)
         assert httpx.get(f"{url}/v1/jobs", headers=bearer(secret)).status_code == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import api_settings, serve
+from tests.conftest import BUCKET, api_settings, serve
 
 
 def test_every_answer_carries_the_security_headers(client):
@@ -47,3 +47,43 @@ def test_readyz_names_no_internal_host(redis_server, s3_server):
 
 def test_the_s3_identities_file_is_its_owners_only(s3_server):
     assert (s3_server.directory / "s3.json").stat().st_mode & 0o077 == 0
+
+
+def preflight(url: str, origin: str) -> httpx.Response:
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    return httpx.options(f"{url}/v1/generate", headers=headers)
+
+
+def test_the_s3_servers_filer_takes_nothing_s3_did_not_sign_and_s3_allows_no_origin(s3_server):
+    client = s3_server.client()
+    client.put_object(Bucket=BUCKET, Key="hardening/0.png", Body=b"a tenant's image")
+    filer = f"http://127.0.0.1:{s3_server.filer_port}/buckets/{BUCKET}"
+    for method, path in (("GET", "/"), ("GET", "/hardening/0.png"), ("PUT", "/planted.png"),
+                         ("DELETE", "/hardening/0.png")):  # fmt: skip
+        answer = httpx.request(method, filer + path, content=b"x" if method == "PUT" else None)
+        assert answer.status_code == 401, (method, path, answer.status_code)
+    assert client.get_object(Bucket=BUCKET, Key="hardening/0.png")["Body"].read() == b"a tenant's image"
+    origin = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+    preflight = httpx.options(f"{s3_server.endpoint_url}/{BUCKET}/hardening/0.png", headers=origin)
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_is_off_unless_origins_are_allowed_and_then_only_for_them(client, redis_server, s3_server):
+    assert "access-control-allow-origin" not in preflight(str(client.base_url), "https://app.example").headers
+    settings = api_settings(redis_server, s3_server, cors_origins=("https://app.example",))
+    with serve(settings) as url:
+        allowed = preflight(url, "https://app.example")
+        assert (
+            allowed.status_code == 200
+            and allowed.headers["access-control-allow-origin"] == "https://app.example"
+        )
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-origin" not in preflight(url, "https://evil.example").headers
+        # An answer to the allowed origin (an error too) is readable by its page, with its limits.
+        refused = httpx.get(f"{url}/v1/jobs", headers={"Origin": "https://app.example"})
+        assert (
+            refused.status_code == 401
+            and refused.headers["access-control-allow-origin"] == "https://app.example"
+        )
+        assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
