@@ -13,12 +13,17 @@ the full burst is available again) follow the IETF RateLimit header fields draft
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from redis.asyncio import Redis as AsyncRedis
 
-from latentq.accounts import Principal
+if TYPE_CHECKING:
+    from api.services import Services
+
+from latentq.accounts import MILLI, Principal
+from latentq.contract import JobSpec
 from latentq.keys import rate_key
+from latentq.models import ModelRegistry, job_cost
 from latentq.settings import ApiSettings
 
 # KEYS[1]: the key's TAT; ARGV: period and emission interval, microseconds. Returns admitted (0/1),
@@ -88,3 +93,27 @@ def job_cap(principal: Principal, settings: ApiSettings) -> int | None:
     if principal.bootstrap:
         return None
     return int(principal.limits.get("max_jobs") or settings.max_jobs_per_account)
+
+
+def spec_cost(spec: JobSpec, registry: ModelRegistry) -> float:
+    """Credits ``spec``'s job costs (``latentq.models.job_cost``)."""
+    model = registry.get(spec.model)
+    assert model is not None  # validated
+    return job_cost(model, spec.width, spec.height, spec.steps, spec.samples, spec.task)
+
+
+class Admission(NamedTuple):
+    """What a job is admitted on (``submit_job``'s ``max_jobs`` and ``cost``)."""
+
+    max_jobs: int | None
+    #: Thousandths of a credit; None: free.
+    cost: int | None
+
+
+def admission(principal: Principal, services: Services, spec: JobSpec) -> Admission:
+    """The terms ``submit_job`` admits ``spec``'s job for ``principal`` on: ``max_jobs``
+    (``job_cap``) and ``cost`` in thousandths of a credit (None: an unlimited account's, or a
+    bootstrap key's, job is free)."""
+    unlimited = principal.bootstrap or principal.limits.get("unlimited") == "1"
+    cost = None if unlimited else round(spec_cost(spec, services.registry) * MILLI)
+    return Admission(job_cap(principal, services.settings), cost)

@@ -21,10 +21,19 @@ from api.services import Services
 from api.uploads import png_bytes
 from api.waiting import wait_for_job
 from api.webhook_targets import default_webhook, webhook_target
+from latentq.accounts import MILLI
 from latentq.command_batch import CommandBatch
 from latentq.contract import GENERATE_FUNCTION, GenerateRequest, JobSpec, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.keys import account_active_key, drained_key, owner_webhook_key, queue_name, rq_queue_key
+from latentq.keys import (
+    account_active_key,
+    account_key,
+    drained_key,
+    job_key,
+    owner_webhook_key,
+    queue_name,
+    rq_queue_key,
+)
 from latentq.records import JobRecord
 from latentq.rq_writer import queue_job
 from latentq.storage import ImageStore
@@ -65,9 +74,11 @@ async def submit_job(
     wait_s: float = 0.0,
     slot_held: bool = False,
     max_jobs: int | None = None,
+    cost: int | None = None,
 ) -> Submitted:
     """Queue ``draft`` for account ``owner``, once per idempotency key, while the account has
-    fewer than ``max_jobs`` queued and running (None: no cap), and wait up to ``wait_s`` seconds
+    fewer than ``max_jobs`` queued and running (None: no cap) and credits for ``cost`` thousandths
+    (None: free), and wait up to ``wait_s`` seconds
     for it to end (0: no wait) in a wait slot (``slot_held``: the caller holds one for it; else one
     is taken, and without one the answer does not wait)."""
     spec = draft.spec
@@ -79,7 +90,7 @@ async def submit_job(
         if draft.uploads:
             await run_in_threadpool(store_inputs, services.store, draft.uploads)
         claimed = claim_name(owner, idempotency.key) if idempotency is not None else None
-        spec, created_at = await enqueue_draft(services, owner, draft, claimed, max_jobs)
+        spec, created_at = await enqueue_draft(services, owner, draft, claimed, max_jobs, cost)
     except BaseException:
         if idempotency is not None:
             await run_in_threadpool(release, services.redis, owner, idempotency.key, spec.job_id)
@@ -126,13 +137,18 @@ def store_inputs(store: ImageStore, uploads: dict[str, Image]) -> None:
 
 
 async def enqueue_draft(
-    services: Services, owner: str, draft: JobDraft, claimed: str | None = None, max_jobs: int | None = None
+    services: Services,
+    owner: str,
+    draft: JobDraft,
+    claimed: str | None = None,
+    max_jobs: int | None = None,
+    cost: int | None = None,
 ) -> tuple[JobSpec, str]:
     """Queue ``draft``'s job, with its key's default webhook if it takes one, and (with ``claimed``,
     the Redis key of its idempotency claim) only while the claim still names it; return the spec
     queued and its record's created_at."""
     created_at = await enqueue_job(
-        draft.spec, services, owner, draft.takes_default_webhook, claimed, max_jobs
+        draft.spec, services, owner, draft.takes_default_webhook, claimed, max_jobs=max_jobs, cost=cost
     )
     if created_at is not None:
         return draft.spec, created_at
@@ -141,7 +157,7 @@ async def enqueue_draft(
         default = await default_webhook(services.async_redis, owner)
         allowed = services.settings.webhook_allowed_hosts
         spec = spec.model_copy(update={"webhook": webhook_target(None, None, default, allowed)})
-        created_at = await enqueue_job(spec, services, owner, claimed=claimed, max_jobs=max_jobs)
+        created_at = await enqueue_job(spec, services, owner, claimed=claimed, max_jobs=max_jobs, cost=cost)
     if created_at is None:  # this request was so slow that a retry took its key over
         raise LatentqError("service_unavailable", "This request's Idempotency-Key went to a retry; retry.")
     return spec, created_at
@@ -154,25 +170,32 @@ async def enqueue_job(
     unless_default_webhook: bool = False,
     claimed: str | None = None,
     max_jobs: int | None = None,
+    cost: int | None = None,
 ) -> str | None:
     """Queue ``spec`` on its model's queue with its job record; return the record's created_at.
 
     One round trip on the asyncio client, with no thread, and one reply (``CommandBatch``): the
     RQ job (as RQ writes it, ``latentq.rq_writer``), our record, its place among ``owner``'s active
-    jobs and, for a job with a webhook, the owner's signing secret exist together or not at all.
-    Refused with ``queue_full`` when the model's queue holds ``max_queue_depth`` jobs, and with
-    ``too_many_jobs`` when ``owner`` has ``max_jobs`` queued and running. With
-    ``unless_default_webhook``, nothing is queued and None returned if ``owner`` has a default
-    webhook (which the job must take); with ``claimed``, likewise unless that idempotency claim
-    names the job."""
+    jobs, its charge of ``cost`` thousandths of a credit (None: free) and, for a job with a
+    webhook, the owner's signing secret exist together or not at all. Refused with ``queue_full``
+    when the model's queue holds ``max_queue_depth`` jobs, ``too_many_jobs`` when ``owner`` has
+    ``max_jobs`` queued and running, ``insufficient_balance`` when its credits do not cover
+    ``cost``. With ``unless_default_webhook``, nothing is queued and None returned if ``owner`` has
+    a default webhook (which the job must take); with ``claimed``, likewise unless that
+    idempotency claim names the job."""
     settings = services.settings
     retention_s = spec.retention_s or settings.job_retention_s
     batch = CommandBatch()
+    checks = ["queue_full"]  # the name of each condition's refusal, in order
     queue = queue_name(spec.model)
     batch.require_shorter(rq_queue_key(queue), settings.max_queue_depth)
     active = account_active_key(owner)
     if max_jobs is not None:
         batch.require_fewer(active, max_jobs)
+        checks.append("too_many_jobs")
+    if cost is not None:
+        batch.require_covering(account_key(owner), "balance", cost)
+        checks.append("insufficient_balance")
     arguments = {"spec": spec.model_dump(mode="json")}
     queue_job(
         batch.pipeline, queue, GENERATE_FUNCTION, arguments, job_id=spec.job_id,
@@ -185,6 +208,9 @@ async def enqueue_job(
         batch.pipeline.zremrangebyscore(active, "-inf", now)  # lapsed without ending: drop
         batch.pipeline.zadd(active, {spec.job_id: now + retention_s})
         batch.pipeline.expire(active, settings.max_job_retention_s)
+    if cost:
+        batch.pipeline.hset(job_key(spec.job_id), "cost", cost)  # what an end other than success refunds
+        batch.charge(owner, cost, spec.job_id)
     if spec.webhook is not None:  # its deliveries are signed with the owner's secret
         ensure_secret(batch.pipeline, owner)
     if unless_default_webhook:
@@ -193,7 +219,8 @@ async def enqueue_job(
         batch.require_containing(claimed, spec.job_id)
     if await batch.run_async(services.async_redis):
         return created_at
-    if batch.failed == 1:
+    refusal = checks[batch.failed - 1] if batch.failed and batch.failed <= len(checks) else None
+    if refusal == "queue_full":
         wait_s = await drain_wait_s(services, spec.model)
         raise LatentqError(
             "queue_full",
@@ -201,12 +228,20 @@ async def enqueue_job(
             f"may; retry in {wait_s:.0f} s.",
             retry_after_s=wait_s,
         )
-    if max_jobs is not None and batch.failed == 2:
+    if refusal == "too_many_jobs":
         raise LatentqError(
             "too_many_jobs",
             f"This account has {max_jobs} jobs queued or running, as many as it may; "
             "submit more as they end.",
             retry_after_s=5,
+        )
+    if refusal == "insufficient_balance" and cost is not None:
+        balance = int(await services.async_redis.hget(account_key(owner), "balance") or 0)
+        raise LatentqError(
+            "insufficient_balance",
+            f"This job costs {cost / MILLI:g} credits; the account has {balance / MILLI:g}.",
+            cost=cost / MILLI,
+            credits=balance / MILLI,
         )
     return None
 

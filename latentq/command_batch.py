@@ -20,8 +20,11 @@ Conditions (all must hold, else nothing runs and ``run`` returns False):
   server's clock (an account's active jobs, each scored by when its record lapses);
 - ``require_shorter(key, limit)``: the list is shorter than ``limit`` (a queue's depth).
 
-``failed`` then says which condition failed. Besides Redis commands, a batch may carry
-``job_ended``, which the script carries out from the job's record as it stands.
+- ``require_covering(key, field, amount)``: the hash's integer field is at least ``amount`` (an
+  account's balance covers a job).
+
+``failed`` then says which condition failed. Besides Redis commands, a batch may carry ``charge``
+and ``job_ended``, which the script carries out reading what they need as it stands.
 
 The script names its keys in ARGV, not KEYS: fine on one Redis, which is what latentq (and RQ,
 whose transactions span keys in different hash slots) runs on.
@@ -62,15 +65,36 @@ for c = 1, conditions do
     if redis.call('zcount', key, now[1], '+inf') >= tonumber(a) then return -c end
   elseif kind == 'shorter' then
     if redis.call('llen', key) >= tonumber(a) then return -c end
+  elseif kind == 'covers' then
+    if tonumber(redis.call('hget', key, a) or '0') < tonumber(b) then return -c end
   end
+end
+local function ledger(prefix, owner, milli, reason, job_id)
+  local balance = redis.call('hincrby', prefix .. 'account:' .. owner, 'balance', milli)
+  redis.call('xadd', prefix .. 'account:' .. owner .. ':ledger', 'MAXLEN', '~', '100000', '*',
+    'amount', string.format('%.3f', milli / 1000), 'balance', string.format('%.3f', balance / 1000),
+    'reason', reason, 'job', job_id)
 end
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
-  if ARGV[i + 1] == 'LQ_ENDED' then
-    -- A job ended: it leaves its account's active jobs, and counts in its model's drain rate.
+  if ARGV[i + 1] == 'LQ_CHARGE' then
+    ledger(ARGV[i + 2], ARGV[i + 3], -tonumber(ARGV[i + 4]), 'charge', ARGV[i + 5])
+  elseif ARGV[i + 1] == 'LQ_ENDED' then
+    -- A job ended: it leaves its account's active jobs, and counts in its model's drain rate. One
+    -- that did not succeed gives its credits back (canceled while sampling: the steps not run).
     local record, job_id, prefix = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    local owner, model = unpack(redis.call('hmget', record, 'owner', 'model'))
+    local owner, model, status, cost, step, total = unpack(
+      redis.call('hmget', record, 'owner', 'model', 'status', 'cost', 'step', 'total_steps'))
     if owner and owner ~= '' then redis.call('zrem', prefix .. 'account:' .. owner .. ':active', job_id) end
+    cost = tonumber(cost or '0')
+    if cost > 0 and owner and owner ~= '' and status ~= 'succeeded' then
+      local refund = cost
+      total = tonumber(total or '0')
+      if status == 'canceled' and total > 0 then
+        refund = math.floor(cost * (1 - tonumber(step or '0') / total) + 0.5)
+      end
+      if refund > 0 then ledger(prefix, owner, refund, 'refund', job_id) end
+    end
     if model then
       local bucket = prefix .. 'drained:' .. model .. ':' .. math.floor(tonumber(redis.call('time')[1]) / 10)
       redis.call('incr', bucket)
@@ -85,6 +109,8 @@ return 1
 """
 #: The pseudo-command ``job_ended`` records (the script carries it out).
 ENDED = "LQ_ENDED"
+#: The pseudo-command ``charge`` records.
+CHARGE = "LQ_CHARGE"
 _REPLAY_SHA = hashlib.sha1(_REPLAY.encode()).hexdigest()
 
 #: Records commands only: a client that never connects.
@@ -134,9 +160,22 @@ class CommandBatch:
 
     def job_ended(self, record_key: str, job_id: str) -> CommandBatch:
         """Record, among the commands, that job ``job_id`` (record ``record_key``) ended: it leaves
-        its account's active jobs (``latentq.keys.account_active_key``) and counts in its model's
-        drain rate (``drained_key``); both read from the record when the commands run."""
+        its account's active jobs (``latentq.keys.account_active_key``), counts in its model's
+        drain rate (``drained_key``) and, unless it succeeded, refunds its ``cost`` (canceled: the
+        share of steps it did not run) with a ledger entry; all read from the record as it is
+        when the commands run."""
         self.pipeline.execute_command(ENDED, record_key, job_id, f"{PREFIX}:")
+        return self
+
+    def require_covering(self, key: str, field: str, amount: int) -> CommandBatch:
+        """Run only if hash ``key``'s integer ``field`` (missing: 0) is at least ``amount``."""
+        self._conditions += ["covers", key, field, str(amount)]
+        return self
+
+    def charge(self, account_id: str, milli: int, job_id: str) -> CommandBatch:
+        """Record, among the commands, taking ``milli`` thousandths of a credit from the account's
+        balance for ``job_id``, with its ledger entry (the balance after it, as the script finds it)."""
+        self.pipeline.execute_command(CHARGE, f"{PREFIX}:", account_id, milli, job_id)
         return self
 
     @property

@@ -62,6 +62,7 @@ _ROWS = [
     ErrorSpec(400, "invalid_mime_type", "An uploaded image is not PNG, JPEG or WebP."),
     ErrorSpec(400, "invalid_image_dimensions", "The images' sizes do not fit together or the model."),
     ErrorSpec(401, "unauthorized", "A valid API key is required: send 'Authorization: Bearer <key>'."),
+    ErrorSpec(402, "insufficient_balance", "The account's credits do not cover this job."),
     ErrorSpec(403, "permission_denied", "This API key may not do that."),
     ErrorSpec(404, "not_found", "No such resource."),
     ErrorSpec(405, "method_not_allowed", "This method is not allowed here."),

@@ -113,6 +113,8 @@ class ModelSpec(BaseModel):
     tasks: tuple[JobKind, ...] = ()
     limits: ModelLimits
     defaults: ModelDefaults
+    #: Credits one 512x512 image of 30 steps costs (``cost``: scaled by pixels, steps and samples).
+    cost: float = Field(1.0, ge=0, le=1_000_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -201,3 +203,20 @@ def build_registry(file: Path, extra: tuple[ModelSpec, ...], default: str | None
     merged = {model.id: model for model in read_registry_file(file)}
     merged.update({model.id: model for model in extra})
     return ModelRegistry(list(merged.values()), default)
+
+
+#: Each kind of job's share of the cost rule (``job_cost``): an upscale samples few steps at low
+#: resolution and decodes one large image.
+TASK_COST_FACTORS: dict[str, float] = {
+    "text-to-image": 1.0,
+    "image-to-image": 1.0,
+    "masking": 1.0,
+    "upscale": 0.5,
+}
+
+
+def job_cost(model: ModelSpec, width: int, height: int, steps: int, samples: int, task: str) -> float:
+    """Credits a job costs: the model's ``cost`` x pixels / 262,144 x steps / 30 x samples x the
+    task's factor, rounded to a thousandth, at least 0.001 unless the model is free."""
+    cost = model.cost * (width * height / 262_144) * (steps / 30) * samples * TASK_COST_FACTORS[task]
+    return 0.0 if model.cost == 0 else max(0.001, round(cost, 3))

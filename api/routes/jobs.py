@@ -7,6 +7,7 @@ from contextlib import suppress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -17,7 +18,7 @@ from api.body_parsing import json_body_openapi, parse_body
 from api.deps import Caller, CallerDep
 from api.idempotency import idempotency_claim
 from api.job_lookup import find_record
-from api.rate_limit import job_cap
+from api.rate_limit import admission, spec_cost
 from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
@@ -36,7 +37,11 @@ _SUBMIT_RESPONSES: dict[int | str, dict] = {
     **_ERROR_RESPONSES,
     200: {"description": "The original job (repeated Idempotency-Key), or the finished job (Prefer: wait)"},
     400: {"description": "Invalid request: the error names the field"},
+    402: {"description": "The account's credits do not cover the job"},
+    403: {"description": "The key lacks the generate scope"},
     409: {"description": "The Idempotency-Key was used with a different request"},
+    429: {"description": "Over the key's rate, or the account's jobs at once"},
+    503: {"description": "The model's queue is full, or Redis is unreachable"},
 }
 _CANCEL_RESPONSES: dict[int | str, dict] = {**_ERROR_RESPONSES, 409: {"description": "The job already ended"}}
 
@@ -63,6 +68,28 @@ async def submit_generate(
     (200 with the original job for a repeated ``Idempotency-Key``, or with the finished job when it
     ends within ``Prefer: wait=N`` seconds)."""
     return await submit_and_answer(caller, request, response, body)
+
+
+class Quote(BaseModel):
+    """What a job would cost."""
+
+    model: str = Field(description="The model the job would run on.")
+    cost: float = Field(description="Credits the job costs (an unlimited account is not charged).")
+    credits: float | None = Field(description="The account's credits now; null: unlimited.")
+
+
+@router.post(
+    "/quote",
+    responses={400: _SUBMIT_RESPONSES[400], 401: _ERROR_RESPONSES[401], 403: _SUBMIT_RESPONSES[403]},
+    openapi_extra=json_body_openapi(GenerateRequest),
+)
+async def quote(body: GenerateBody, caller: CallerDep) -> Quote:
+    """Validate a ``POST /v1/generate`` body and answer what the job would cost; nothing is queued."""
+    services = caller.services
+    draft = await draft_job(services, caller.owner, body, webhooks=False)
+    account = await run_in_threadpool(services.tenants.account, caller.owner)
+    cost = spec_cost(draft.spec, services.registry)
+    return Quote(model=draft.spec.model, cost=cost, credits=account["credits"])
 
 
 async def read_upscale_request(request: Request) -> UpscaleRequest:
@@ -96,8 +123,10 @@ async def submit_and_answer(
     claim = idempotency_claim(request.headers.get("idempotency-key"), request.url.path, body)
     wait_s = prefer_wait(request.headers.get("prefer"))
     draft = await draft_job(services, caller.owner, body)
-    cap = job_cap(caller.principal, services.settings)
-    submitted = await submit_job(services, caller.owner, draft, claim, wait_s, max_jobs=cap)
+    terms = admission(caller.principal, services, draft.spec)
+    submitted = await submit_job(
+        services, caller.owner, draft, claim, wait_s, max_jobs=terms.max_jobs, cost=terms.cost
+    )
     if submitted.original is not None:
         response.status_code = 200
         response.headers["Location"] = f"/v1/jobs/{submitted.original.id}"

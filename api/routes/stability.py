@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from api.body_parsing import json_body_openapi, parse_body, validation_error
 from api.deps import Caller, authenticate, get_services, method_scope, presented_key
 from api.error_envelope import stability_error
-from api.rate_limit import job_cap
+from api.rate_limit import admission
 from api.stability_bodies import (
     ImageToImageBody,
     MaskingBody,
@@ -103,10 +103,11 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
     draft = await draft_job(services, caller.owner, ours, webhooks=False)
     with services.slots.holding(caller.owner):  # the answer is the image: no slot to wait in, no job
         timeout_s = services.settings.sync_timeout_s
-        cap = job_cap(caller.principal, services.settings)
+        terms = admission(caller.principal, services, draft.spec)
         submitted = await submit_job(
-            services, caller.owner, draft, wait_s=timeout_s, slot_held=True, max_jobs=cap
-        )
+            services, caller.owner, draft, wait_s=timeout_s, slot_held=True, max_jobs=terms.max_jobs,
+            cost=terms.cost,
+        )  # fmt: skip
     stored = finished_images(submitted.awaited, draft.spec.job_id, services.settings.sync_timeout_s)
     images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
     if png:

@@ -68,9 +68,10 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-def new_account(apis: list[str], **extra) -> str:
+def new_account(apis: list[str], unlimited: bool = True) -> str:
     name = f"acct-{uuid.uuid4().hex[:8]}"
-    created = httpx.post(f"{apis[0]}/v1/admin/accounts", json={"name": name, **extra}, headers=BOOTSTRAP)
+    body = {"name": name, "unlimited": unlimited}
+    created = httpx.post(f"{apis[0]}/v1/admin/accounts", json=body, headers=BOOTSTRAP)
     assert created.status_code == 201, created.text
     return name
 
@@ -169,7 +170,7 @@ def test_the_admin_api_names_what_is_wrong(apis):
 
 
 def test_credits_granted_show_in_the_account_its_ledger_and_stabilitys_balance(apis):
-    account = new_account(apis)
+    account = new_account(apis, unlimited=False)
     key = bearer(new_key(apis, account, ["read"]))
     granted = httpx.post(f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 12.5},
                          headers=BOOTSTRAP)  # fmt: skip
@@ -255,3 +256,41 @@ def test_a_full_queue_refuses_every_account_with_a_retry_time(redis_server, s3_s
         full = httpx.post(f"{url}/v1/generate", json=JOB, headers=BOOTSTRAP)
         assert full.status_code == 503 and full.json()["error"]["name"] == "queue_full"
         assert 1 <= int(full.headers["retry-after"]) <= 60
+
+
+def test_credits_are_reserved_atomically_and_refunded_when_a_job_is_canceled(apis):
+    account = new_account(apis, unlimited=False)
+    key = bearer(new_key(apis, account, ["generate", "read"]))
+    quoted = httpx.post(f"{apis[0]}/v1/quote", json=JOB, headers=key)
+    assert quoted.status_code == 200 and quoted.json()["credits"] == 0
+    cost = quoted.json()["cost"]  # 64x64, 1 step: 1 x 4096/262144 x 1/30 = 0.001 (the floor)
+    assert cost == 0.001
+    bigger = {**JOB, "width": 256, "height": 256, "steps": 30, "samples": 4}
+    big = httpx.post(f"{apis[0]}/v1/quote", json=bigger, headers=key).json()
+    assert big["cost"] == 1.0  # the rule: 1 credit per 512x512 image of 30 steps, by pixels and samples
+    assert httpx.post(f"{apis[0]}/v1/quote", json={**JOB, "steps": 0}, headers=key).status_code == 400
+    httpx.post(
+        f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 10 * cost}, headers=BOOTSTRAP
+    )
+
+    async def submits() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            calls = [
+                client.post(f"{apis[index % 2]}/v1/generate", json=JOB, headers=key) for index in range(50)
+            ]
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(submits())
+    accepted = [answer for answer in answers if answer.status_code == 202]
+    refused = [answer for answer in answers if answer.status_code == 402]
+    assert len(accepted) == 10 and len(refused) == 40  # exactly what the balance covers
+    error = refused[0].json()["error"]
+    assert error["name"] == "insufficient_balance" and (error["cost"], error["credits"]) == (cost, 0)
+    assert httpx.get(f"{apis[1]}/v1/account", headers=key).json()["credits"] == 0
+    job_id = accepted[0].json()["id"]
+    assert httpx.post(f"{apis[1]}/v1/jobs/{job_id}/cancel", headers=key).json()["status"] == "canceled"
+    assert httpx.get(f"{apis[0]}/v1/account", headers=key).json()["credits"] == cost  # refunded whole
+    entries = httpx.get(f"{apis[0]}/v1/account/ledger", headers=key).json()["entries"]
+    reasons = [entry["reason"] for entry in entries]
+    assert reasons.count("charge") == 10 and reasons.count("grant") == 1
+    assert entries[0]["reason"] == "refund" and entries[0]["job"] == job_id and entries[0]["balance"] == cost

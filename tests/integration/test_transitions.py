@@ -241,3 +241,25 @@ def test_a_lost_run_cannot_write_once_its_job_runs_again(records):
     assert records.mark_failed(spec, JobError(name="timeout", message="x"), run="first") is False
     assert records.redis.hget(job_key(spec.job_id), "step") in (None, b"0")
     assert records.mark_succeeded(spec, [], {}, run="second") is True
+
+
+def test_a_job_canceled_while_sampling_refunds_the_steps_it_did_not_run(records):
+    from latentq.accounts import Accounts
+
+    accounts = Accounts(records.redis)
+    account = accounts.create_account(f"refund-{uuid.uuid4().hex[:8]}", "test")["id"]
+    accounts.grant(account, 10, "test")
+    spec, failed = make_spec(webhook=False), make_spec(webhook=False)
+    for job, cost in ((spec, 4000), (failed, 2000)):  # thousandths: 4 and 2 credits, already charged
+        with records.redis.pipeline() as pipeline:
+            records.create(job, pipeline, account)
+            pipeline.hset(job_key(job.job_id), "cost", cost)
+            pipeline.hincrby(f"latentq:account:{account}", "balance", -cost)
+            pipeline.execute()
+    assert records.mark_running(spec) and records.mark_running(failed)
+    records.progress(spec.job_id, 3, 4, publish=True)  # three of four steps run: one quarter back
+    assert records.mark_canceled(spec)
+    assert records.mark_failed(failed, JobError(name="generation_failed", message="x"))  # all back
+    assert accounts.account(account)["credits"] == 10 - 4 - 2 + 1 + 2
+    refunds = [(e["job"], e["amount"]) for e in accounts.ledger(account) if e["reason"] == "refund"]
+    assert sorted(refunds) == sorted([(spec.job_id, 1.0), (failed.job_id, 2.0)])
