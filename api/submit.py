@@ -25,6 +25,7 @@ from latentq.accounts import MILLI
 from latentq.command_batch import CommandBatch
 from latentq.contract import GENERATE_FUNCTION, GenerateRequest, JobSpec, UpscaleRequest
 from latentq.errors import LatentqError
+from latentq.fair_share import fair_prefix, pending_key
 from latentq.keys import (
     account_active_key,
     account_key,
@@ -188,7 +189,8 @@ async def enqueue_job(
     batch = CommandBatch()
     checks = ["queue_full"]  # the name of each condition's refusal, in order
     queue = queue_name(spec.model)
-    batch.require_shorter(rq_queue_key(queue), settings.max_queue_depth)
+    fair = settings.fair_queue_depth > 0 and bool(owner)
+    batch.require_shorter(rq_queue_key(queue), settings.max_queue_depth, pending_key(queue) if fair else "")
     active = account_active_key(owner)
     if max_jobs is not None:
         batch.require_fewer(active, max_jobs)
@@ -200,8 +202,10 @@ async def enqueue_job(
     queue_job(
         batch.pipeline, queue, GENERATE_FUNCTION, arguments, job_id=spec.job_id,
         timeout=settings.job_timeout_s, result_ttl=retention_s, failure_ttl=retention_s,
-        description=f"generate {spec.job_id}",
+        description=f"generate {spec.job_id}", push=not fair,
     )  # fmt: skip
+    if fair:  # it waits its account's turn (moved on to RQ's queue at once while that is short)
+        batch.hold(fair_prefix(queue), rq_queue_key(queue), owner, spec.job_id, settings.fair_queue_depth)
     created_at = services.records.create(spec, batch.pipeline, owner)
     if owner:
         now = time.time()

@@ -64,7 +64,8 @@ for c = 1, conditions do
     local now = redis.call('time')
     if redis.call('zcount', key, now[1], '+inf') >= tonumber(a) then return -c end
   elseif kind == 'shorter' then
-    if redis.call('llen', key) >= tonumber(a) then return -c end
+    local held = b ~= '' and tonumber(redis.call('get', b) or '0') or 0
+    if redis.call('llen', key) + held >= tonumber(a) then return -c end
   elseif kind == 'covers' then
     if tonumber(redis.call('hget', key, a) or '0') < tonumber(b) then return -c end
   end
@@ -75,9 +76,35 @@ local function ledger(prefix, owner, milli, reason, job_id)
     'amount', string.format('%.3f', milli / 1000), 'balance', string.format('%.3f', balance / 1000),
     'reason', reason, 'job', job_id)
 end
+-- Fair share (latentq.fair_share): RQ's queue holds at most `depth` jobs, taken round robin from
+-- the lists of the accounts with jobs waiting (`fair` .. account; `fair` .. 'rotation' lists the
+-- accounts, `fair` .. 'pending' counts their jobs).
+local function refill(fair, queue, depth)
+  local rotation = fair .. 'rotation'
+  while redis.call('llen', queue) < depth do
+    local account = redis.call('lmove', rotation, rotation, 'LEFT', 'RIGHT')
+    if not account then break end
+    local job_id = redis.call('lpop', fair .. account)
+    if job_id then
+      redis.call('rpush', queue, job_id)
+      redis.call('decr', fair .. 'pending')
+    end
+    if redis.call('llen', fair .. account) == 0 then redis.call('lrem', rotation, 0, account) end
+  end
+end
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
-  if ARGV[i + 1] == 'LQ_CHARGE' then
+  if ARGV[i + 1] == 'LQ_HOLD' then
+    local fair, account = ARGV[i + 2], ARGV[i + 4]
+    redis.call('rpush', fair .. account, ARGV[i + 5])
+    redis.call('incr', fair .. 'pending')
+    if not redis.call('lpos', fair .. 'rotation', account) then
+      redis.call('rpush', fair .. 'rotation', account)
+    end
+    refill(fair, ARGV[i + 3], tonumber(ARGV[i + 6]))
+  elseif ARGV[i + 1] == 'LQ_REFILL' then
+    refill(ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]))
+  elseif ARGV[i + 1] == 'LQ_CHARGE' then
     ledger(ARGV[i + 2], ARGV[i + 3], -tonumber(ARGV[i + 4]), 'charge', ARGV[i + 5])
   elseif ARGV[i + 1] == 'LQ_ENDED' then
     -- A job ended: it leaves its account's active jobs, and counts in its model's drain rate. One
@@ -111,6 +138,8 @@ return 1
 ENDED = "LQ_ENDED"
 #: The pseudo-command ``charge`` records.
 CHARGE = "LQ_CHARGE"
+#: The pseudo-commands of fair share (``hold``, ``refill``).
+HOLD, REFILL = "LQ_HOLD", "LQ_REFILL"
 _REPLAY_SHA = hashlib.sha1(_REPLAY.encode()).hexdigest()
 
 #: Records commands only: a client that never connects.
@@ -153,9 +182,22 @@ class CommandBatch:
         self._conditions += ["fewer", key, str(limit), ""]
         return self
 
-    def require_shorter(self, key: str, limit: int) -> CommandBatch:
-        """Run only if list ``key`` is shorter than ``limit``."""
-        self._conditions += ["shorter", key, str(limit), ""]
+    def require_shorter(self, key: str, limit: int, plus: str = "") -> CommandBatch:
+        """Run only if list ``key`` is shorter than ``limit`` (counting the integer at key ``plus``
+        too, when given: the jobs a queue holds back for fair share)."""
+        self._conditions += ["shorter", key, str(limit), plus]
+        return self
+
+    def hold(self, fair: str, queue_key: str, account: str, job_id: str, depth: int) -> CommandBatch:
+        """Record, among the commands, adding ``job_id`` to ``account``'s waiting jobs of a queue
+        (``latentq.fair_share``), then topping the queue up to ``depth``."""
+        self.pipeline.execute_command(HOLD, fair, queue_key, account, job_id, depth)
+        return self
+
+    def refill(self, fair: str, queue_key: str, depth: int) -> CommandBatch:
+        """Record, among the commands, topping RQ queue ``queue_key`` up to ``depth`` jobs, round
+        robin across the accounts with jobs waiting."""
+        self.pipeline.execute_command(REFILL, fair, queue_key, depth)
         return self
 
     def job_ended(self, record_key: str, job_id: str) -> CommandBatch:

@@ -43,9 +43,11 @@ def queue_job(
     failure_ttl: int,
     description: str,
     job_id: str | None = None,
+    push: bool = True,
 ) -> str:
     """Queue on ``pipeline`` the RQ job calling ``func(**kwargs)`` (a dotted path, JSON arguments,
-    RQ's ``JSONSerializer``) on RQ queue ``queue``; return its id."""
+    RQ's ``JSONSerializer``) on RQ queue ``queue``; return its id. Without ``push`` the job is
+    written but not put on the queue's list (``latentq.fair_share`` puts it there in its turn)."""
     job_id = job_id or str(uuid.uuid4())
     stamp = utcformat(now())
     mapping: dict[Any, Any] = dict.fromkeys(_EMPTY_FIELDS, "")
@@ -57,5 +59,6 @@ def queue_job(
     queue_key = Queue.redis_queue_namespace_prefix + queue
     pipeline.sadd(Queue.redis_queues_keys, queue_key)
     pipeline.hset(Job.redis_job_namespace_prefix + job_id, mapping=mapping)
-    pipeline.rpush(queue_key, job_id)
+    if push:
+        pipeline.rpush(queue_key, job_id)
     return job_id

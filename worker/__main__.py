@@ -94,6 +94,7 @@ def build_worker(settings: WorkerSettings, redis: Redis, warm: WarmState) -> War
     )  # fmt: skip
     worker.heartbeat_interval_s = settings.heartbeat_interval_s
     worker.max_batch = settings.max_batch
+    worker.fair_queue_depth = settings.fair_queue_depth
     worker.batch_wait_s = settings.batch_wait_ms / 1000
     worker.drain_timeout_s = settings.drain_timeout_s
     worker.job_monitoring_interval = max(1, int(settings.heartbeat_interval_s))

@@ -18,6 +18,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from latentq.contract import JobSpec
+from latentq.fair_share import refill
 from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
 from latentq.periodic import Periodic
@@ -56,6 +57,8 @@ class WarmWorker(SimpleWorker):
     max_batch: int = 1
     #: Seconds to wait for more jobs when a round is not full (0: take what is queued).
     batch_wait_s: float = 0.0
+    #: Most jobs each RQ queue holds, topped up round robin across accounts (0: fair share off).
+    fair_queue_depth: int = 16
     #: Seconds a warm shutdown (SIGTERM) may take to finish the current round and its uploads.
     drain_timeout_s: float = 60.0
     #: Recovers a job this worker gives up (``latentq.reaper.Reaper.recover``); set at start-up.
@@ -80,7 +83,9 @@ class WarmWorker(SimpleWorker):
         self.leases.take([job.id])  # from RQ's intermediate queue: now it is recoverable as ours
         self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on waits for the round (warm shutdown)
         self._limit_job_threads(self.max_batch)
+        self._refill(queue)  # the accounts' next turns, so the round can fill (latentq.fair_share)
         jobs = [job, *self._take_more(queue, job)]
+        self._refill(queue)  # and the next round finds its jobs queued
         self._last_round_size = len(jobs)
         round_ = SamplingRound()
         try:
@@ -106,6 +111,11 @@ class WarmWorker(SimpleWorker):
                 self.give_up(f"the accelerator failed ({error}); exiting for a restart")
             self._log_round(round_)
         self.set_state(WorkerStatus.IDLE)
+
+    def _refill(self, queue: Queue) -> None:
+        """Top ``queue`` up from the accounts' waiting jobs (fair share); a miss waits for the next."""
+        with suppress(RedisError):
+            refill(self.connection, queue.name, self.fair_queue_depth)
 
     def _requeue(self, queue: Queue, jobs: list[Job]) -> None:
         """Put ``jobs`` back at the front of ``queue``, in their order, and drop their leases. (If

@@ -23,6 +23,7 @@ from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
 from latentq.errors import LatentqError
+from latentq.fair_share import position, withdraw
 from latentq.keys import image_object_keys, queue_name
 from latentq.storage import STORAGE_ERRORS
 from latentq.views import JobPublic, job_public, public_request, webhook_public
@@ -180,8 +181,7 @@ def get_job(job_id: str, caller: CallerDep) -> JobPublic:
     record = find_record(job_id, services.records, caller.owner)
     job = job_public(record, services.store)
     if record.status is JobStatus.QUEUED:
-        queue = Queue(queue_name(record.model), connection=services.redis, serializer=JSONSerializer)
-        job.queue_position = queue.get_job_position(job_id)
+        job.queue_position = position(services.redis, queue_name(record.model), record.owner, job_id)
     return job
 
 
@@ -195,7 +195,10 @@ def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
     record = find_record(job_id, services.records, caller.owner)
     if not record.status.is_terminal and services.records.cancel(record.spec):
         queue = Queue(queue_name(record.model), connection=services.redis, serializer=JSONSerializer)
-        if services.redis.lrem(queue.key, 1, job_id):  # it was still queued: RQ shows it canceled too
+        waiting = services.redis.lrem(queue.key, 1, job_id) or withdraw(
+            services.redis, queue.name, record.owner, job_id
+        )
+        if waiting:  # it was still queued (in RQ's queue or its account's turn): RQ shows it canceled too
             with suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(job_id, connection=services.redis, serializer=JSONSerializer).cancel()
             if record.attempt > 1:  # queued again after a lost run, which may have stored images

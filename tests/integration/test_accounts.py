@@ -246,10 +246,12 @@ def test_an_accounts_job_cap_holds_under_concurrent_submits_and_frees_as_jobs_en
 
 
 def test_a_full_queue_refuses_every_account_with_a_retry_time(redis_server, s3_server, tmp_path):
+    from latentq.fair_share import pending_key
     from latentq.keys import queue_name, rq_queue_key
 
     redis = Redis.from_url(redis_server.url)
-    depth = redis.llen(rq_queue_key(queue_name("tiny-sd")))  # what earlier tests left queued
+    queue = queue_name("tiny-sd")
+    depth = redis.llen(rq_queue_key(queue)) + int(redis.get(pending_key(queue)) or 0)  # earlier tests
     env = service_env(redis_server, s3_server, api_keys=API_KEY, max_queue_depth=str(depth + 1))
     with api_processes(env, tmp_path) as [url]:
         assert httpx.post(f"{url}/v1/generate", json=JOB, headers=BOOTSTRAP).status_code == 202
