@@ -23,7 +23,8 @@ def error_response(error: LatentqError) -> JSONResponse:
 
 def stability_error(error: LatentqError) -> JSONResponse:
     """Render ``error`` in Stability's shape, with our status."""
-    body = {"id": uuid.uuid4().hex, "name": stability_name(error.name), "message": error.message}
+    body = {"id": uuid.uuid4().hex, "name": stability_name(error.name), "message": error.message,
+            "status": error.status}  # fmt: skip
     seconds = retry_after(error)
     retry = {"Retry-After": seconds} if seconds is not None else None
     return JSONResponse(body, status_code=error.status, headers=retry)

@@ -35,8 +35,13 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 STABILITY_ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["id", "name", "message"],
-    "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "message": {"type": "string"}},
+    "required": ["id", "name", "message", "status"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "message": {"type": "string"},
+        "status": {"type": "integer"},
+    },
 }
 _HEADERS = {
     "idempotency": {
@@ -62,7 +67,11 @@ _ROUTE_HEADERS = {
 _STANDARD = {
     "400": "A field breaks its rule, or the body is malformed (a named error)",
     "401": "Missing or invalid API key",
+    "403": "The API key lacks the scope this route needs",
+    "404": "No such job, engine, account or key",
     "413": "The request body is over its limit",
+    "429": "Over the key's request rate (Retry-After says when to retry)",
+    "503": "A backing service is unreachable, or the queue is full (Retry-After)",
 }
 
 
@@ -96,7 +105,10 @@ def _fix(path: str, method: str, operation: dict[str, Any], error_schema: str) -
     if not path.startswith("/v1/"):
         return  # /healthz and /readyz: no key, and their own answers
     operation["security"] = [{"bearer": []}]
-    responses.setdefault("401", {"description": _STANDARD["401"]})
+    for status in ("401", "403", "429", "503"):  # any keyed route: its key, scope, rate, Redis
+        responses.setdefault(status, {"description": _STANDARD[status]})
+    if "{" in path:  # an id in the path: it may name nothing (or another account's)
+        responses.setdefault("404", {"description": _STANDARD["404"]})
     if "requestBody" in operation:
         responses.setdefault("413", {"description": _STANDARD["413"]})
     for status, response in responses.items():

@@ -88,4 +88,4 @@ def test_stability_route_answers_in_its_shape(fuzz_api, body):
     # 504: a valid job outlived the (tiny) wait; it stays queued.
     assert response.status_code in (400, 504), response.text
     error = response.json()
-    assert set(error) == {"id", "name", "message"} and error["message"]
+    assert set(error) == {"id", "name", "message", "status"} and error["message"]

@@ -34,7 +34,7 @@ def assert_error(response: httpx.Response, status: int, name: str, fragment: str
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"id", "name", "message"}
+    assert set(body) == {"id", "name", "message", "status"} and body["status"] == status
     uuid.UUID(body["id"])
     assert body["name"] == name
     assert fragment in body["message"]
