@@ -296,3 +296,51 @@ def test_credits_are_reserved_atomically_and_refunded_when_a_job_is_canceled(api
     reasons = [entry["reason"] for entry in entries]
     assert reasons.count("charge") == 10 and reasons.count("grant") == 1
     assert entries[0]["reason"] == "refund" and entries[0]["job"] == job_id and entries[0]["balance"] == cost
+
+
+def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, redis_server):
+    victim_account, other_account = new_account(apis), new_account(apis)
+    victim = bearer(new_key(apis, victim_account, ["generate", "read"]))
+    stranger = bearer(new_key(apis, other_account, ["generate", "read"]))
+    revoked_secret = new_key(apis, other_account, ["generate", "read"])
+    listed = json.loads(admin(redis_server, "keys", "list", "--account", other_account).stdout)
+    [revoked_id] = [key["id"] for key in listed if key["prefix"] == revoked_secret[:7]]
+    admin(redis_server, "keys", "revoke", revoked_id)
+    reader = bearer(new_key(apis, other_account, ["read"]))
+    maker = bearer(new_key(apis, other_account, ["generate"]))
+    job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=victim).json()["id"]
+    hook = {"webhook_url": "https://receiver.example/hooks"}
+    assert httpx.put(f"{apis[0]}/v1/webhook", json=hook, headers=victim).status_code == 200
+    victim_secret = httpx.get(f"{apis[0]}/v1/webhook", headers=victim).json()["secret"]
+    time.sleep(CACHE_S + 0.05)
+    job_routes = [("GET", f"/v1/jobs/{job_id}"), ("GET", f"/v1/jobs/{job_id}/events"),
+                  ("GET", f"/v1/jobs/{job_id}/preview"), ("POST", f"/v1/jobs/{job_id}/cancel"),
+                  ("DELETE", f"/v1/jobs/{job_id}")]  # fmt: skip
+    own_routes = [("GET", "/v1/jobs"), ("GET", "/v1/webhook"), ("GET", "/v1/account"),
+                  ("GET", "/v1/account/ledger"), ("GET", "/v1/user/account"),
+                  ("GET", "/v1/user/balance")]  # fmt: skip
+    admin_routes = [("GET", "/v1/admin/accounts"), ("GET", f"/v1/admin/accounts/{victim_account}"),
+                    ("GET", "/v1/admin/keys"), ("GET", "/v1/admin/audit"),
+                    ("DELETE", f"/v1/admin/keys/{revoked_id}")]  # fmt: skip
+    successes = []
+    for method, path in job_routes + own_routes + admin_routes:
+        for who, headers in (("no key", {}), ("revoked key", bearer(revoked_secret)),
+                             ("wrong key", bearer("lq_" + "x" * 43))):  # fmt: skip
+            if httpx.request(method, f"{apis[1]}{path}", headers=headers).status_code < 400:
+                successes.append((who, method, path))
+        wrong_scope = reader if method != "GET" else maker
+        if httpx.request(method, f"{apis[1]}{path}", headers=wrong_scope).status_code < 400:
+            successes.append(("wrong scope", method, path))
+    for method, path in job_routes:  # another account: as if the job did not exist
+        if httpx.request(method, f"{apis[1]}{path}", headers=stranger).status_code != 404:
+            successes.append(("other account", method, path))
+    for method, path in admin_routes:  # a tenant's full key is no operator
+        if httpx.request(method, f"{apis[1]}{path}", headers=stranger).status_code != 403:
+            successes.append(("other account", method, path))
+    assert successes == []
+    # An account's own resources answer the stranger with its own, never the victim's.
+    seen = httpx.get(f"{apis[1]}/v1/webhook", headers=stranger).json()
+    assert seen["webhook_url"] is None and seen["secret"] != victim_secret
+    assert httpx.get(f"{apis[1]}/v1/jobs", headers=stranger).json()["data"] == []
+    assert httpx.get(f"{apis[1]}/v1/account", headers=stranger).json()["name"] == other_account
+    assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=victim).json()["status"] == "queued"  # untouched

@@ -87,3 +87,10 @@ def test_cors_is_off_unless_origins_are_allowed_and_then_only_for_them(client, r
             and refused.headers["access-control-allow-origin"] == "https://app.example"
         )
         assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
+
+
+def test_a_deeply_nested_body_is_a_named_400(client):
+    body = '{"prompt": ' + "[" * 5000 + "]" * 5000 + "}"
+    answer = client.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error"]["name"] == "invalid_json"
+    assert "recursion" in answer.json()["error"]["message"]
