@@ -68,6 +68,17 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+def burst(apis: list[str], method: str, path: str, count: int, **request) -> list[httpx.Response]:
+    """Send ``count`` requests at once, alternating between the API processes; return the answers."""
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
+            calls = [client.request(method, f"{apis[index % 2]}{path}", **request) for index in range(count)]
+            return await asyncio.gather(*calls)
+
+    return asyncio.run(send())
+
+
 def new_account(apis: list[str], unlimited: bool = True) -> str:
     name = f"acct-{uuid.uuid4().hex[:8]}"
     body = {"name": name, "unlimited": unlimited}
@@ -192,12 +203,7 @@ def test_a_keys_rate_limit_holds_across_two_api_processes(apis):
     key = bearer(new_key(apis, account, ["read"]))
     time.sleep(CACHE_S + 0.05)  # the account's limits as every process caches them
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
-            calls = [client.get(f"{apis[index % 2]}/v1/account", headers=key) for index in range(300)]
-            return await asyncio.gather(*calls)
-
-    answers = asyncio.run(burst())
+    answers = burst(apis, "GET", "/v1/account", 300, headers=key)
     admitted = [answer for answer in answers if answer.status_code == 200]
     refused = [answer for answer in answers if answer.status_code == 429]
     assert len(admitted) + len(refused) == 300 and 150 <= len(admitted) <= 151
@@ -225,14 +231,7 @@ def test_an_accounts_job_cap_holds_under_concurrent_submits_and_frees_as_jobs_en
     key = bearer(new_key(apis, account, ["generate", "read"]))
     time.sleep(CACHE_S + 0.05)
 
-    async def submits() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=30) as client:
-            calls = [
-                client.post(f"{apis[index % 2]}/v1/generate", json=JOB, headers=key) for index in range(50)
-            ]
-            return await asyncio.gather(*calls)
-
-    answers = asyncio.run(submits())
+    answers = burst(apis, "POST", "/v1/generate", 50, json=JOB, headers=key)
     accepted = [answer for answer in answers if answer.status_code == 202]
     refused = [answer for answer in answers if answer.status_code == 429]
     assert len(accepted) == 10 and len(refused) == 40
@@ -275,14 +274,7 @@ def test_credits_are_reserved_atomically_and_refunded_when_a_job_is_canceled(api
         f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 10 * cost}, headers=BOOTSTRAP
     )
 
-    async def submits() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=30) as client:
-            calls = [
-                client.post(f"{apis[index % 2]}/v1/generate", json=JOB, headers=key) for index in range(50)
-            ]
-            return await asyncio.gather(*calls)
-
-    answers = asyncio.run(submits())
+    answers = burst(apis, "POST", "/v1/generate", 50, json=JOB, headers=key)
     accepted = [answer for answer in answers if answer.status_code == 202]
     refused = [answer for answer in answers if answer.status_code == 402]
     assert len(accepted) == 10 and len(refused) == 40  # exactly what the balance covers
