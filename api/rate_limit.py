@@ -1,7 +1,9 @@
 """Per-key request rate limits: GCRA (the generic cell rate algorithm) in one Redis script call, so
 every API process shares one count per key.
 
-A limit of ``L`` requests per ``P`` seconds lets a key send one request every ``P / L`` seconds on
+The script is one condition of ``latentq.command_batch`` (``require_rate``): a submit makes it in
+its own script call, every other request in a call of its own. A limit of ``L`` requests per
+``P`` seconds lets a key send one request every ``P / L`` seconds on
 average and ``L`` at once after ``P`` seconds of quiet: Redis keeps only the key's *theoretical
 arrival time* (TAT). A request is admitted if TAT - now <= P - P/L, and then moves TAT on by P/L.
 Times come from Redis' clock, so API processes with skewed clocks agree.
@@ -12,8 +14,9 @@ the full burst is available again) follow the IETF RateLimit header fields draft
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from redis.asyncio import Redis as AsyncRedis
 
@@ -21,26 +24,12 @@ if TYPE_CHECKING:
     from api.services import Services
 
 from latentq.accounts import MILLI, Principal
+from latentq.command_batch import CommandBatch
 from latentq.contract import JobSpec
+from latentq.errors import LatentqError
 from latentq.keys import rate_key
 from latentq.models import ModelRegistry, job_cost
 from latentq.settings import ApiSettings
-
-# KEYS[1]: the key's TAT; ARGV: period and emission interval, microseconds. Returns admitted (0/1),
-# microseconds until a request would be admitted, and until the TAT is reached (the reset).
-_GCRA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local period, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local after = tat + interval
-if after - now > period then
-    return {0, after - now - period, tat - now}
-end
-redis.call('SET', KEYS[1], string.format('%d', after), 'PX', math.ceil((after - now) / 1000))
-return {1, 0, after - now}
-"""
 
 
 @dataclass(frozen=True)
@@ -61,20 +50,65 @@ class Verdict:
         ]
 
 
+def _units(limit: int, period_s: float) -> tuple[int, int]:
+    """The period and emission interval of ``limit`` per ``period_s``, microseconds (the interval
+    rounded down, so that ``limit`` fit in a burst exactly)."""
+    period_us = round(period_s * 1_000_000)
+    return period_us, max(1, period_us // limit)
+
+
+@dataclass
+class RateCheck:
+    """One request's rate check against ``limit`` per ``period_s`` for key ``key_id``, made in a
+    ``CommandBatch``: its own (``RateLimiter``), or the submit's, to save a round trip."""
+
+    key_id: str
+    limit: int
+    period_s: float
+    #: Once made: the outcome.
+    verdict: Verdict | None = None
+
+    def add_to(self, batch: CommandBatch) -> None:
+        """Make ``batch``'s first condition this check."""
+        batch.require_rate(rate_key(self.key_id), *_units(self.limit, self.period_s))
+
+    def settle(self, batch: CommandBatch, admitted: bool) -> Verdict:
+        """Read the outcome from ``batch``, run."""
+        period_us, interval_us = _units(self.limit, self.period_s)
+        used_us = batch.rate_used_us
+        remaining = int((period_us - used_us) // interval_us) if admitted else 0
+        self.verdict = Verdict(
+            admitted, self.limit, max(0, remaining), used_us / 1e6, batch.rate_wait_us / 1e6
+        )
+        return self.verdict
+
+    def refusal(self) -> LatentqError:
+        """The ``rate_limited`` error of a refused check."""
+        assert self.verdict is not None
+        return LatentqError(
+            "rate_limited",
+            f"This API key may make {self.limit} requests per {self.period_s:g} s; "
+            f"retry in {self.verdict.retry_after_s:.1f} s.",
+            retry_after_s=self.verdict.retry_after_s,
+        )
+
+
+#: The check of a submit request, left by the request guard for the submit's own script call
+#: (``api.submit.enqueue_job``) to make; the guard makes it itself if the request ends before.
+DEFERRED: ContextVar[RateCheck | None] = ContextVar("latentq_deferred_rate_check", default=None)
+
+
 class RateLimiter:
-    """Admits or refuses one request of a key, on the shared Redis."""
+    """Admits or refuses one request of a key, on the shared Redis, in a call of its own."""
 
     def __init__(self, redis: AsyncRedis) -> None:
-        self._script = redis.register_script(_GCRA)
+        self.redis = redis
 
-    async def check(self, key_id: str, limit: int, period_s: float) -> Verdict:
-        """Count a request of ``key_id`` against ``limit`` per ``period_s``; return the verdict."""
-        period_us = round(period_s * 1_000_000)
-        interval_us = max(1, period_us // limit)  # rounded down: ``limit`` fit in a burst exactly
-        result: Any = await self._script(keys=[rate_key(key_id)], args=[period_us, interval_us])
-        admitted, wait_us, used_us = (int(value) for value in result)
-        remaining = int((period_us - used_us) // interval_us) if admitted else 0
-        return Verdict(bool(admitted), limit, max(0, remaining), used_us / 1e6, wait_us / 1e6)
+    async def check(self, rate: RateCheck) -> Verdict:
+        """Count the request of ``rate``; return (and keep in it) the verdict."""
+        batch = CommandBatch()
+        rate.add_to(batch)
+        return rate.settle(batch, await batch.run_async(self.redis))
 
 
 def rate_policy(principal: Principal, settings: ApiSettings) -> tuple[int, float] | None:

@@ -15,19 +15,23 @@ Pure ASGI middlewares: they see the request before routing, parsing or any depen
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import presented_key
 from api.error_envelope import error_response_for
-from api.rate_limit import Verdict, rate_policy
+from api.rate_limit import DEFERRED, RateCheck, rate_policy
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import LatentqError
 
 #: Largest request body accepted, bytes, JSON or multipart: room for two images of the upload
 #: limit (base64 in our JSON routes, raw in Stability's multipart ones) and the fields around them.
 MAX_BODY_BYTES = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1_000_000
+#: The routes that queue a job: their rate check is made in the submit's own script call.
+SUBMIT_PATHS = ("/v1/generate", "/v1/upscale", "/v1/generation/")
 #: Methods whose requests carry no body here: passed through untouched.
 BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -49,13 +53,18 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         bodied = scope["method"] not in BODILESS
-        verdict: Verdict | None = None
+        rate: RateCheck | None = None
 
         async def send_with_rate(message: Message) -> None:
-            if verdict is not None and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *verdict.headers()]}
+            if rate is not None and message["type"] == "http.response.start":
+                if rate.verdict is None:  # a submit that ended before its script call: counted now
+                    with suppress(RedisError):
+                        await scope["app"].state.services.limiter.check(rate)
+                if rate.verdict is not None:
+                    message = {**message, "headers": [*message.get("headers", []), *rate.verdict.headers()]}
             await send(message)
 
+        deferred = None
         try:
             if scope["path"].startswith("/v1/") and (bodied or "authorization" in headers):
                 # In any form a route takes (Stability's take a bare key); the route checks its own.
@@ -65,14 +74,11 @@ class RequestGuard:
                 scope.setdefault("state", {})["principal"] = (token, principal)  # for the route
                 policy = rate_policy(principal, services.settings)
                 if policy is not None:
-                    verdict = await services.limiter.check(principal.key_id, *policy)
-                    if not verdict.admitted:
-                        raise LatentqError(
-                            "rate_limited",
-                            f"This API key may make {policy[0]} requests per {policy[1]:g} s; "
-                            f"retry in {verdict.retry_after_s:.1f} s.",
-                            retry_after_s=verdict.retry_after_s,
-                        )
+                    rate = RateCheck(principal.key_id, *policy)
+                    if bodied and scope["path"].startswith(SUBMIT_PATHS):
+                        deferred = DEFERRED.set(rate)  # made in the submit's own script call
+                    elif not (await services.limiter.check(rate)).admitted:
+                        raise rate.refusal()
             length = headers.get("content-length", "")
             if bodied and length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise _too_large()
@@ -82,8 +88,15 @@ class RequestGuard:
         except LatentqError as error:
             await error_response_for(scope["path"], error)(scope, receive, send_with_rate)
             return
+        try:
+            await self._serve(scope, receive, send_with_rate, bodied)
+        finally:
+            if deferred is not None:
+                DEFERRED.reset(deferred)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, bodied: bool) -> None:
         if not bodied:
-            await self.app(scope, receive, send_with_rate)
+            await self.app(scope, receive, send)
             return
         received = 0
 
@@ -96,7 +109,7 @@ class RequestGuard:
                     raise _too_large()  # raised where the route reads the body: a named 413
             return message
 
-        await self.app(scope, counted, send_with_rate)
+        await self.app(scope, counted, send)
 
 
 #: Headers every answer carries; ``Cache-Control`` only where the route set none.

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.idempotency import IdempotencyClaim, claim, claim_name, original_record, release, take_over
 from api.job_specs import JobDraft, carries_images, validate_request
+from api.rate_limit import DEFERRED
 from api.services import Services
 from api.uploads import png_bytes
 from api.waiting import wait_for_job
@@ -89,6 +90,13 @@ async def submit_job(
             return Submitted(spec, original=record)
     try:
         if draft.uploads:
+            rate = DEFERRED.get()  # counted before any upload, not after
+            if (
+                rate is not None
+                and rate.verdict is None
+                and not (await services.limiter.check(rate)).admitted
+            ):
+                raise rate.refusal()
             await run_in_threadpool(store_inputs, services.store, draft.uploads)
         claimed = claim_name(owner, idempotency.key) if idempotency is not None else None
         spec, created_at = await enqueue_draft(services, owner, draft, claimed, max_jobs, cost)
@@ -187,7 +195,14 @@ async def enqueue_job(
     settings = services.settings
     retention_s = spec.retention_s or settings.job_retention_s
     batch = CommandBatch()
-    checks = ["queue_full"]  # the name of each condition's refusal, in order
+    checks = []  # the name of each condition's refusal, in order
+    rate = DEFERRED.get()  # the request's rate check, made here: one round trip for both
+    if rate is not None and rate.verdict is None:
+        rate.add_to(batch)
+        checks.append("rate_limited")
+    else:
+        rate = None
+    checks.append("queue_full")
     queue = queue_name(spec.model)
     fair = settings.fair_queue_depth > 0 and bool(owner)
     batch.require_shorter(rq_queue_key(queue), settings.max_queue_depth, pending_key(queue) if fair else "")
@@ -221,9 +236,14 @@ async def enqueue_job(
         batch.require_absent(owner_webhook_key(owner), "url")
     if claimed is not None:
         batch.require_containing(claimed, spec.job_id)
-    if await batch.run_async(services.async_redis):
-        return created_at
+    ran = await batch.run_async(services.async_redis)
     refusal = checks[batch.failed - 1] if batch.failed and batch.failed <= len(checks) else None
+    if rate is not None:
+        rate.settle(batch, admitted=refusal != "rate_limited")
+        if refusal == "rate_limited":
+            raise rate.refusal()
+    if ran:
+        return created_at
     if refusal == "queue_full":
         wait_s = await drain_wait_s(services, spec.model)
         raise LatentqError(

@@ -45,29 +45,42 @@ from latentq.keys import PREFIX
 _REPLAY = """
 local conditions = tonumber(ARGV[1])
 local i = 2
+local rate_used = 0
+-- The reply: 1, or minus the number of the condition that failed; then how the rate stands.
+local function refuse(c) return {-c, rate_used, 0} end
 for c = 1, conditions do
   local kind, key, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
   if kind == 'in' then
     local value = redis.call('hget', key, a)
-    if not value or not string.find(' ' .. b .. ' ', ' ' .. value .. ' ', 1, true) then return -c end
+    if not value or not string.find(' ' .. b .. ' ', ' ' .. value .. ' ', 1, true) then return refuse(c) end
   elseif kind == 'has' then
     local value = redis.call('get', key)
-    if not value or not string.find(value, a, 1, true) then return -c end
+    if not value or not string.find(value, a, 1, true) then return refuse(c) end
   elseif kind == 'absent' then
-    if redis.call('hexists', key, a) == 1 then return -c end
+    if redis.call('hexists', key, a) == 1 then return refuse(c) end
   elseif kind == 'due' then
     local score = redis.call('zscore', key, a)
     local now = redis.call('time')
-    if not score or tonumber(score) > tonumber(now[1]) + tonumber(now[2]) / 1e6 then return -c end
+    if not score or tonumber(score) > tonumber(now[1]) + tonumber(now[2]) / 1e6 then return refuse(c) end
   elseif kind == 'fewer' then
     local now = redis.call('time')
-    if redis.call('zcount', key, now[1], '+inf') >= tonumber(a) then return -c end
+    if redis.call('zcount', key, now[1], '+inf') >= tonumber(a) then return refuse(c) end
   elseif kind == 'shorter' then
     local held = b ~= '' and tonumber(redis.call('get', b) or '0') or 0
-    if redis.call('llen', key) + held >= tonumber(a) then return -c end
+    if redis.call('llen', key) + held >= tonumber(a) then return refuse(c) end
   elseif kind == 'covers' then
-    if tonumber(redis.call('hget', key, a) or '0') < tonumber(b) then return -c end
+    if tonumber(redis.call('hget', key, a) or '0') < tonumber(b) then return refuse(c) end
+  elseif kind == 'rate' then
+    -- GCRA (api.rate_limit): counts this request whatever the other conditions say.
+    local t = redis.call('time')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local period, interval = tonumber(a), tonumber(b)
+    local tat = math.max(tonumber(redis.call('get', key) or '0'), now)
+    local after = tat + interval
+    if after - now > period then return {-c, tat - now, after - now - period} end
+    redis.call('set', key, string.format('%d', after), 'PX', math.ceil((after - now) / 1000))
+    rate_used = after - now
   end
 end
 local function ledger(prefix, owner, milli, reason, job_id)
@@ -132,7 +145,7 @@ while i <= #ARGV do
   end
   i = i + count + 1
 end
-return 1
+return {1, rate_used, 0}
 """
 #: The pseudo-command ``job_ended`` records (the script carries it out).
 ENDED = "LQ_ENDED"
@@ -155,6 +168,9 @@ class CommandBatch:
         self._conditions: list[str] = []
         #: After a run that did not run: which condition failed (1-based, in the order added).
         self.failed: int | None = None
+        #: After a run with ``require_rate``: the rate used up (``Verdict``), and the wait before the
+        #: next request is admitted (refused), microseconds.
+        self.rate_used_us = self.rate_wait_us = 0
 
     def require_in(self, key: str, field: str, values: list[str] | tuple[str, ...]) -> CommandBatch:
         """Run only if hash ``key``'s ``field`` holds one of ``values`` (none contains a space)."""
@@ -220,6 +236,13 @@ class CommandBatch:
         self.pipeline.execute_command(CHARGE, f"{PREFIX}:", account_id, milli, job_id)
         return self
 
+    def require_rate(self, key: str, period_us: int, interval_us: int) -> CommandBatch:
+        """Run only if a request more is within the GCRA rate whose state is at ``key``
+        (``api.rate_limit``); the request is counted whether the batch runs or not. After the
+        run, ``rate_used_us`` and ``rate_wait_us`` say how the rate stands."""
+        self._conditions += ["rate", key, str(period_us), str(interval_us)]
+        return self
+
     @property
     def conditions(self) -> int:
         """How many conditions the batch has (``failed`` is one of 1..conditions)."""
@@ -243,8 +266,9 @@ class CommandBatch:
             ran = redis.evalsha(_REPLAY_SHA, 0, *args)
         return self._outcome(ran)
 
-    def _outcome(self, ran: int) -> bool:
-        self.failed = None if ran == 1 else -int(ran)
+    def _outcome(self, reply: list[int]) -> bool:
+        ran, self.rate_used_us, self.rate_wait_us = (int(value) for value in reply)
+        self.failed = None if ran == 1 else -ran
         return ran == 1
 
     async def run_async(self, redis: AsyncRedis) -> bool:

@@ -37,7 +37,7 @@ def apis(redis_server, s3_server, tmp_path_factory) -> Iterator[list[str]]:
         yield urls
     # Once the module's tests ran (keys made, used, refused, revoked): no secret in any log line.
     text = "\n".join(path.read_text(errors="replace") for path in logs.glob("*.log"))
-    assert "GET /v1/" in text  # the access log was on
+    assert 'HTTP/1.1" ' in text and "/v1/" in text  # the access log was on
     leaked = [secret[:6] for secret in [*SECRETS, s3_server.secret_key] if secret in text]
     assert leaked == [], f"secrets in the API's logs: {leaked}"
 
@@ -200,7 +200,7 @@ def test_a_keys_rate_limit_holds_across_two_api_processes(apis):
     limits = {"rate_limit": 150, "rate_period_s": 1000}
     limited = httpx.patch(f"{apis[0]}/v1/admin/accounts/{account}", json=limits, headers=BOOTSTRAP)
     assert limited.status_code == 200 and limited.json()["limits"]["rate_limit"] == 150
-    key = bearer(new_key(apis, account, ["read"]))
+    key = bearer(new_key(apis, account, ["generate", "read"]))
     time.sleep(CACHE_S + 0.05)  # the account's limits as every process caches them
 
     answers = burst(apis, "GET", "/v1/account", 300, headers=key)
@@ -214,9 +214,9 @@ def test_a_keys_rate_limit_holds_across_two_api_processes(apis):
     assert all(answer.headers["ratelimit-limit"] == "150" for answer in admitted)
     assert min(int(answer.headers["ratelimit-remaining"]) for answer in admitted) == 0
     # Stability's routes answer the same refusal in their own shape.
-    body = {"text_prompts": [{"text": "a"}], "width": 64, "height": 64}
+    body = {"text_prompts": [{"text": "a"}], "width": 128, "height": 128, "steps": 10}  # valid
     stability = httpx.post(f"{apis[1]}/v1/generation/tiny-sd/text-to-image", json=body, headers=key)
-    assert stability.status_code == 429 and stability.json()["name"] == "rate_limited"
+    assert stability.status_code == 429 and stability.json()["name"] == "rate_limited", stability.text
 
 
 def test_bootstrap_keys_are_not_rate_limited(apis):
@@ -336,3 +336,26 @@ def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, re
     assert httpx.get(f"{apis[1]}/v1/jobs", headers=stranger).json()["data"] == []
     assert httpx.get(f"{apis[1]}/v1/account", headers=stranger).json()["name"] == other_account
     assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=victim).json()["status"] == "queued"  # untouched
+
+
+def test_submits_count_against_the_rate_in_their_own_script_call_bad_input_too(apis):
+    account = new_account(apis)
+    limits = {"rate_limit": 20, "rate_period_s": 1000, "max_jobs": 1000}
+    assert (
+        httpx.patch(f"{apis[0]}/v1/admin/accounts/{account}", json=limits, headers=BOOTSTRAP).status_code
+        == 200
+    )
+    key = bearer(new_key(apis, account, ["generate", "read"]))
+    time.sleep(CACHE_S + 0.05)
+    bad = httpx.post(
+        f"{apis[0]}/v1/generate", json={**JOB, "steps": 0}, headers=key
+    )  # refused for what it is
+    assert bad.status_code == 400 and bad.headers["ratelimit-remaining"] == "19"  # ... and counted
+    answers = burst(apis, "POST", "/v1/generate", 40, json=JOB, headers=key)
+    accepted = [answer for answer in answers if answer.status_code == 202]
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(accepted) == 19 and len(refused) == 21
+    assert (
+        refused[0].json()["error"]["name"] == "rate_limited" and int(refused[0].headers["retry-after"]) >= 1
+    )
+    assert sorted(int(answer.headers["ratelimit-remaining"]) for answer in accepted) == list(range(19))
