@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
 from latentq.accounts import (
     LAST_USED_EVERY_S,
@@ -56,13 +57,14 @@ class Keyring:
         self.bootstrap_keys = bootstrap_keys
         self._lookup = redis.register_script(_LOOKUP)
         self._cache: dict[str, tuple[float, Principal]] = {}
-        self._bootstrap_written: set[str] = set()
+        #: Each bootstrap account's name (its key id outside: the account id is a digest of the key).
+        self._bootstrap_names: dict[str, str] = {}
 
     async def authenticate(self, token: str) -> Principal:
         """Return who ``token`` belongs to; raise ``unauthorized`` for an unknown, revoked or
         expired key."""
         if matches_bootstrap(token, self.bootstrap_keys):
-            return self._bootstrap(token)
+            return await self._bootstrap(token)
         digest = secret_digest(token)
         now = time.monotonic()
         cached = self._cache.get(digest)
@@ -79,9 +81,10 @@ class Keyring:
         self._cache[digest] = (now + CACHE_S, principal)
         return principal
 
-    def _bootstrap(self, token: str) -> Principal:
+    async def _bootstrap(self, token: str) -> Principal:
         account = bootstrap_account(token)
-        if account not in self._bootstrap_written:  # its account shows in the admin's listing
-            self.accounts.ensure_bootstrap_account(account)
-            self._bootstrap_written.add(account)
-        return Principal(account, f"bootstrap-{account[:8]}", frozenset(SCOPES), bootstrap=True)
+        name = self._bootstrap_names.get(account)
+        if name is None:  # first use in this process: its account shows in the admin's listing
+            name = await run_in_threadpool(self.accounts.ensure_bootstrap_account, account)
+            self._bootstrap_names[account] = name
+        return Principal(account, name, frozenset(SCOPES), bootstrap=True)

@@ -9,6 +9,7 @@ API key has no default webhook (else it takes the default, at the cost of two mo
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 
@@ -38,7 +39,7 @@ from latentq.keys import (
 )
 from latentq.records import JobRecord
 from latentq.rq_writer import queue_job
-from latentq.storage import ImageStore
+from latentq.storage import STORAGE_ERRORS, ImageStore
 from latentq.webhook_accounts import ensure_secret
 
 
@@ -100,9 +101,12 @@ async def submit_job(
             await run_in_threadpool(store_inputs, services.store, draft.uploads)
         claimed = claim_name(owner, idempotency.key) if idempotency is not None else None
         spec, created_at = await enqueue_draft(services, owner, draft, claimed, max_jobs, cost)
-    except BaseException:
+    except BaseException as error:
         if idempotency is not None:
             await run_in_threadpool(release, services.redis, owner, idempotency.key, spec.job_id)
+        if draft.uploads and isinstance(error, LatentqError):  # refused: its inputs are no job's
+            with suppress(*STORAGE_ERRORS):  # (S3 down: orphans, until the lifecycle rule)
+                await run_in_threadpool(services.store.delete, list(draft.uploads))
         raise
     if not wait_s:
         return Submitted(spec, created_at)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from latentq.errors import LatentqError
 from latentq.keys import (
@@ -58,6 +60,8 @@ LAST_USED_EVERY_S = 60.0
 #: An account's own limits, each replacing the service's default (``latentq.settings``), and
 #: their kind: requests per period for each of its keys, queued + running jobs at once.
 LIMITS: dict[str, type] = {"rate_limit": int, "rate_period_s": float, "max_jobs": int}
+#: What an account id looks like: a managed account's, or a bootstrap key's (16 hex digits).
+ACCOUNT_ID = re.compile(r"^(acct_)?[0-9a-f]{16}$")
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
@@ -150,19 +154,22 @@ class Accounts:
         self.audit(actor, "accounts.create", account_id, name=name, unlimited=unlimited)
         return self.describe_account(fields)
 
-    def ensure_bootstrap_account(self, account_id: str) -> None:
-        """Write the account of a bootstrap key on its first use (unlimited; named after its id)."""
-        if self.redis.exists(account_key(account_id)):
-            return
-        name = f"bootstrap-{secrets.token_hex(4)}"  # not from its id: that is a digest of the key
-        if self.redis.hsetnx(ACCOUNT_NAMES, name, account_id):
-            fields: dict[Any, Any] = {"id": account_id, "name": name, "created_at": str(_now()),
-                                      "balance": "0", "unlimited": "1", "bootstrap": "1"}  # fmt: skip
-            self.redis.hset(account_key(account_id), mapping=fields)
+    def ensure_bootstrap_account(self, account_id: str) -> str:
+        """Write the account of a bootstrap key on its first use (unlimited; named ``bootstrap-`` and
+        random hex, not from its id, a digest of the key); return its name."""
+        key = account_key(account_id)
+        name = f"bootstrap-{secrets.token_hex(4)}"
+        if self.redis.hsetnx(key, "name", name):  # the first process to get here names it
+            fields: dict[Any, Any] = {"id": account_id, "created_at": str(_now()), "balance": "0",
+                                      "unlimited": "1", "bootstrap": "1"}  # fmt: skip
+            self.redis.hset(key, mapping=fields)
+            self.redis.hset(ACCOUNT_NAMES, name, account_id)
+            return name
+        return str(self.redis.hget(key, "name").decode())  # type: ignore[union-attr]
 
     def account_id(self, name_or_id: str) -> str:
         """Return the id of the account named (or with id) ``name_or_id``; raise ``not_found``."""
-        if self.redis.exists(account_key(name_or_id)):
+        if ACCOUNT_ID.match(name_or_id) and self.redis.hexists(account_key(name_or_id), "id"):
             return name_or_id
         found: Any = self.redis.hget(ACCOUNT_NAMES, name_or_id)
         if found is None:
@@ -190,6 +197,8 @@ class Accounts:
             raise LatentqError.for_field("unknown_field", unknown[0], f"Unknown limit '{unknown[0]}'.")
         given = {name: value for name, value in limits.items() if value is not None}
         for name, value in given.items():
+            if not math.isfinite(value):
+                raise LatentqError.for_field("invalid_request", name, f"{name} must be a finite number")
             if value < 0 or (LIMITS[name] is int and value != int(value)):
                 raise LatentqError.for_field("invalid_request", name, f"{name} must be a whole number >= 0")
             if name == "rate_period_s" and 0 < value < 0.01:
@@ -300,10 +309,12 @@ class Accounts:
 
     def grant(self, account: str, amount: float, actor: str) -> dict[str, Any]:
         """Add ``amount`` credits (negative: take away) to ``account``; return the account."""
+        if not math.isfinite(amount):
+            raise LatentqError.for_field("invalid_request", "amount", "amount must be a finite number")
         account_id = self.account_id(account)
         milli = round(amount * MILLI)
         balance = self.redis.hincrby(account_key(account_id), "balance", milli)
-        self.ledger_entry(account_id, milli, int(balance), "grant", actor=actor)
+        self.ledger_entry(account_id, milli, int(balance), "grant")  # who granted: the audit trail
         self.audit(actor, "credits.grant", account_id, amount=amount)
         return self.account(account_id)
 
@@ -321,7 +332,12 @@ class Accounts:
         """Return up to ``count`` of the account's ledger entries, newest first (before entry id
         ``before`` when given)."""
         upper = f"({before}" if before else "+"
-        entries: Any = self.redis.xrevrange(ledger_key(self.account_id(account)), upper, "-", count=count)
+        try:
+            entries: Any = self.redis.xrevrange(ledger_key(self.account_id(account)), upper, "-", count=count)
+        except ResponseError:  # an id Redis cannot take (0-0, or past its range)
+            raise LatentqError.for_field(
+                "invalid_request", "before", "before is not a ledger entry id"
+            ) from None
         return [_ledger_view(entry_id.decode(), _text(fields)) for entry_id, fields in entries]
 
     # Audit ------------------------------------------------------------------------------------

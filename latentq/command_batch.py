@@ -45,7 +45,7 @@ from latentq.keys import PREFIX
 _REPLAY = """
 local conditions = tonumber(ARGV[1])
 local i = 2
-local rate_used = 0
+local rate_used, withdrawn = 0, 0
 -- The reply: 1, or minus the number of the condition that failed; then how the rate stands.
 local function refuse(c) return {-c, rate_used, 0} end
 for c = 1, conditions do
@@ -117,6 +117,10 @@ while i <= #ARGV do
     refill(fair, ARGV[i + 3], tonumber(ARGV[i + 6]))
   elseif ARGV[i + 1] == 'LQ_REFILL' then
     refill(ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]))
+  elseif ARGV[i + 1] == 'LQ_WITHDRAW' then
+    local fair = ARGV[i + 2]
+    withdrawn = redis.call('lrem', fair .. ARGV[i + 3], 1, ARGV[i + 4])
+    if withdrawn == 1 then redis.call('decr', fair .. 'pending') end
   elseif ARGV[i + 1] == 'LQ_CHARGE' then
     ledger(ARGV[i + 2], ARGV[i + 3], -tonumber(ARGV[i + 4]), 'charge', ARGV[i + 5])
   elseif ARGV[i + 1] == 'LQ_ENDED' then
@@ -145,14 +149,14 @@ while i <= #ARGV do
   end
   i = i + count + 1
 end
-return {1, rate_used, 0}
+return {1, rate_used, withdrawn}
 """
 #: The pseudo-command ``job_ended`` records (the script carries it out).
 ENDED = "LQ_ENDED"
 #: The pseudo-command ``charge`` records.
 CHARGE = "LQ_CHARGE"
-#: The pseudo-commands of fair share (``hold``, ``refill``).
-HOLD, REFILL = "LQ_HOLD", "LQ_REFILL"
+#: The pseudo-commands of fair share (``hold``, ``refill``, ``withdraw``).
+HOLD, REFILL, WITHDRAW = "LQ_HOLD", "LQ_REFILL", "LQ_WITHDRAW"
 _REPLAY_SHA = hashlib.sha1(_REPLAY.encode()).hexdigest()
 
 #: Records commands only: a client that never connects.
@@ -171,6 +175,8 @@ class CommandBatch:
         #: After a run with ``require_rate``: the rate used up (``Verdict``), and the wait before the
         #: next request is admitted (refused), microseconds.
         self.rate_used_us = self.rate_wait_us = 0
+        #: After a run with ``withdraw``: whether the job was waiting.
+        self.withdrawn = False
 
     def require_in(self, key: str, field: str, values: list[str] | tuple[str, ...]) -> CommandBatch:
         """Run only if hash ``key``'s ``field`` holds one of ``values`` (none contains a space)."""
@@ -208,6 +214,12 @@ class CommandBatch:
         """Record, among the commands, adding ``job_id`` to ``account``'s waiting jobs of a queue
         (``latentq.fair_share``), then topping the queue up to ``depth``."""
         self.pipeline.execute_command(HOLD, fair, queue_key, account, job_id, depth)
+        return self
+
+    def withdraw(self, fair: str, account: str, job_id: str) -> CommandBatch:
+        """Record, among the commands, taking ``job_id`` out of ``account``'s waiting jobs of a
+        queue; after the run, ``withdrawn`` says whether it was there."""
+        self.pipeline.execute_command(WITHDRAW, fair, account, job_id)
         return self
 
     def refill(self, fair: str, queue_key: str, depth: int) -> CommandBatch:
@@ -267,7 +279,10 @@ class CommandBatch:
         return self._outcome(ran)
 
     def _outcome(self, reply: list[int]) -> bool:
-        ran, self.rate_used_us, self.rate_wait_us = (int(value) for value in reply)
+        ran, self.rate_used_us, third = (int(value) for value in reply)
+        # The reply's last place: the rate's wait when it refused, or whether ``withdraw`` found
+        # its job (no batch has both).
+        self.rate_wait_us, self.withdrawn = third, third == 1
         self.failed = None if ran == 1 else -ran
         return ran == 1
 

@@ -17,8 +17,6 @@ list), ``latentq:fair:q:rotation`` (accounts with jobs waiting, in turn order) a
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis import Redis
 
 from latentq.command_batch import CommandBatch
@@ -42,13 +40,11 @@ def refill(redis: Redis, queue: str, depth: int) -> None:
 
 
 def withdraw(redis: Redis, queue: str, account: str, job_id: str) -> bool:
-    """Take ``job_id`` out of ``account``'s waiting list (it was canceled); return whether it was there."""
-    with redis.pipeline(transaction=True) as pipeline:
-        pipeline.lrem(fair_prefix(queue) + account, 1, job_id)
-        removed: Any = pipeline.execute()[0]
-    if removed:
-        redis.decr(pending_key(queue))
-    return bool(removed)
+    """Take ``job_id`` out of ``account``'s waiting list (it was canceled), in one script call;
+    return whether it was there."""
+    batch = CommandBatch().withdraw(fair_prefix(queue), account, job_id)
+    batch.run(redis)
+    return batch.withdrawn
 
 
 def position(redis: Redis, queue: str, account: str, job_id: str) -> int | None:

@@ -60,9 +60,12 @@ class Reaper:
         max_attempts: int,
         interval_s: float,
         delete_objects: Callable[[list[str]], None] | None = None,
+        each_pass: Callable[[], None] | None = None,
     ) -> None:
         self.records, self.leases = records, leases
         self.delete_objects = delete_objects
+        #: Also done every pass (a worker's: top its queues up from the accounts' waiting jobs).
+        self.each_pass = each_pass
         self.redis: Redis = records.redis
         self.max_attempts = max_attempts
         self._passes = Periodic(
@@ -97,6 +100,8 @@ class Reaper:
                 continue
             if outcome:
                 counts[outcome] += 1
+        if self.each_pass is not None:
+            self.each_pass()
         return counts
 
     def _unleased_intermediate(self) -> list[str]:

@@ -120,7 +120,12 @@ def main() -> int:
     clear_stale_registration(worker)
     # Before taking jobs: the jobs of workers lost meanwhile are recovered first.
     reaper = Reaper(
-        records, worker.leases, settings.max_attempts, max(1.0, settings.worker_lost_s / 6), store.delete
+        records,
+        worker.leases,
+        settings.max_attempts,
+        max(1.0, settings.worker_lost_s / 6),
+        store.delete,
+        worker.refill_queues,  # held jobs never wait on an idle worker's empty queue for long
     ).start()
     worker.recover = reaper.recover  # what a worker that gives its jobs up hands them to
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)

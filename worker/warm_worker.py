@@ -112,6 +112,11 @@ class WarmWorker(SimpleWorker):
             self._log_round(round_)
         self.set_state(WorkerStatus.IDLE)
 
+    def refill_queues(self) -> None:
+        """Top every queue of this worker up from the accounts' waiting jobs (the reaper's pass)."""
+        for queue in self.queues:
+            self._refill(queue)
+
     def _refill(self, queue: Queue) -> None:
         """Top ``queue`` up from the accounts' waiting jobs (fair share); a miss waits for the next."""
         with suppress(RedisError):

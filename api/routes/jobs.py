@@ -23,7 +23,7 @@ from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.fair_share import position, withdraw
+from latentq.fair_share import position, refill, withdraw
 from latentq.keys import image_object_keys, queue_name
 from latentq.storage import STORAGE_ERRORS
 from latentq.views import JobPublic, job_public, public_request, webhook_public
@@ -195,9 +195,10 @@ def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
     record = find_record(job_id, services.records, caller.owner)
     if not record.status.is_terminal and services.records.cancel(record.spec):
         queue = Queue(queue_name(record.model), connection=services.redis, serializer=JSONSerializer)
-        waiting = services.redis.lrem(queue.key, 1, job_id) or withdraw(
-            services.redis, queue.name, record.owner, job_id
-        )
+        in_queue = services.redis.lrem(queue.key, 1, job_id)
+        if in_queue:  # its place goes to the next account's turn
+            refill(services.redis, queue.name, services.settings.fair_queue_depth)
+        waiting = in_queue or withdraw(services.redis, queue.name, record.owner, job_id)
         if waiting:  # it was still queued (in RQ's queue or its account's turn): RQ shows it canceled too
             with suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(job_id, connection=services.redis, serializer=JSONSerializer).cancel()

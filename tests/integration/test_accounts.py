@@ -5,6 +5,7 @@ second, scopes hold, an account's keys share its jobs and no other account sees 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -359,3 +360,25 @@ def test_submits_count_against_the_rate_in_their_own_script_call_bad_input_too(a
         refused[0].json()["error"]["name"] == "rate_limited" and int(refused[0].headers["retry-after"]) >= 1
     )
     assert sorted(int(answer.headers["ratelimit-remaining"]) for answer in accepted) == list(range(19))
+
+
+def test_odd_input_to_the_account_routes_and_command_is_a_clear_refusal(apis, redis_server):
+    account = new_account(apis, unlimited=False)
+    key = bearer(new_key(apis, account, ["read"]))
+    for before in ("0-0", "99999999999999999999-0"):
+        answer = httpx.get(f"{apis[0]}/v1/account/ledger", params={"before": before}, headers=key)
+        assert answer.status_code == 400 and answer.json()["error"]["field"] == "before", answer.text
+    account_id = httpx.get(f"{apis[0]}/v1/account", headers=key).json()["id"]
+    for name in (f"{account_id}:ledger", f"{account_id}:keys"):  # keys under the account are no account
+        assert httpx.get(f"{apis[0]}/v1/admin/accounts/{name}", headers=BOOTSTRAP).status_code == 404
+    for argv in (
+        ["accounts", "limits", account, "--rate-period-s", "inf"],
+        ["credits", "grant", account, "nan"],
+    ):
+        refused = admin(redis_server, *argv)
+        assert refused.returncode == 2 and "finite" in refused.stderr and "Traceback" not in refused.stderr
+    mine = httpx.get(
+        f"{apis[0]}/v1/account", headers=BOOTSTRAP
+    ).json()  # a bootstrap key: nothing of its digest
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    assert digest[:8] not in mine["id"] and digest[:8] not in mine["key"]["id"]

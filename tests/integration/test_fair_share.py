@@ -53,3 +53,9 @@ def test_a_light_accounts_job_goes_ahead_of_a_heavy_backlog(redis_server, s3_ser
         redis.delete(rq_queue_key(queue))
         refill(redis, queue, 2)
         assert [job_id.decode() for job_id in redis.lrange(rq_queue_key(queue), 0, -1)] == heavy[4:6]
+        # A queued job canceled gives its place to the next turn at once (no worker needed).
+        assert httpx.post(f"{url}/v1/jobs/{heavy[4]}/cancel", headers=HEAVY).json()["status"] == "canceled"
+        assert [job_id.decode() for job_id in redis.lrange(rq_queue_key(queue), 0, -1)] == [
+            heavy[5],
+            heavy[6],
+        ]
