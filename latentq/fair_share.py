@@ -33,6 +33,15 @@ def pending_key(queue: str) -> str:
     return fair_prefix(queue) + "pending"
 
 
+def waiting(redis: Redis, queue: str) -> int:
+    """Return how many jobs wait for RQ queue ``queue``: in it, and held back for their turn."""
+    with redis.pipeline(transaction=False) as pipeline:
+        pipeline.llen(rq_queue_key(queue))
+        pipeline.get(pending_key(queue))
+        queued, held = pipeline.execute()
+    return int(queued) + int(held or 0)
+
+
 def refill(redis: Redis, queue: str, depth: int) -> None:
     """Top RQ queue ``queue`` up to ``depth`` jobs from the accounts' waiting lists."""
     if depth > 0:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from rq import Queue
 
 from api.request_guard import MAX_BODY_BYTES
+from latentq.fair_share import waiting
 from latentq.keys import queue_name
 from tests.conftest import API_KEY, api_settings, serve
 
@@ -15,8 +15,8 @@ VALID = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 
 @pytest.fixture
 def queue_length(redis):
-    queue = Queue(queue_name("tiny-sd"), connection=redis)
-    return lambda: queue.count
+    """How many jobs wait for tiny-sd: in RQ's queue, or held back for their account's turn."""
+    return lambda: waiting(redis, queue_name("tiny-sd"))
 
 
 @pytest.mark.parametrize(

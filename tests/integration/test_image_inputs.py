@@ -12,9 +12,9 @@ import zlib
 
 import pytest
 from PIL import Image
-from rq import Queue
 
 from api.uploads import MAX_IMAGE_BYTES
+from latentq.fair_share import waiting
 from latentq.keys import queue_name
 from tests.integration.test_image_jobs import INIT, MASK, b64, noise_image
 
@@ -53,12 +53,10 @@ BAD_FILES = {
 
 @pytest.fixture
 def nothing_queued(redis):
-    queues = [
-        Queue(queue_name(model), connection=redis) for model in ("tiny-sd", "lanczos", "tiny-x4-upscaler")
-    ]
-    before = [queue.count for queue in queues]
+    queues = [queue_name(model) for model in ("tiny-sd", "lanczos", "tiny-x4-upscaler")]
+    before = [waiting(redis, queue) for queue in queues]  # in RQ's queues or held for their turn
     yield
-    assert [queue.count for queue in queues] == before
+    assert [waiting(redis, queue) for queue in queues] == before
 
 
 def assert_error(response, name: str, field: str, fragment: str = "") -> None:

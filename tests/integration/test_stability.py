@@ -13,8 +13,8 @@ import uuid
 import httpx
 import pytest
 from PIL import Image
-from rq import Queue
 
+from latentq.fair_share import waiting
 from latentq.keys import queue_name
 from tests.conftest import API_KEY, api_settings, serve
 
@@ -106,11 +106,10 @@ def test_samples_give_one_artifact_each_with_consecutive_seeds(stability, worker
 def test_bad_input_gets_stabilitys_error_names_and_nothing_is_queued(
     stability, redis, change, headers, name, fragment
 ):
-    queue = Queue(queue_name("tiny-sd"), connection=redis)
-    before = queue.count
+    before = waiting(redis, queue_name("tiny-sd"))  # in RQ's queue or held for its turn
     body = {key: value for key, value in {**SMALL, **change}.items() if value is not None}
     assert_error(stability.post(URL, json=body, headers=headers), 400, name, fragment)
-    assert queue.count == before
+    assert waiting(redis, queue_name("tiny-sd")) == before
 
 
 def test_missing_text_prompts_and_malformed_json(stability):
