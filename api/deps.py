@@ -80,10 +80,15 @@ class Caller:
         return self.principal.account
 
 
+async def caller_with(request: Request, token: str, scope: str) -> Caller:
+    """Return the caller ``token`` says, authenticated, holding ``scope``."""
+    principal = await authenticate(request, token)
+    return Caller(principal.require(scope), await get_services(request))
+
+
 async def get_caller(request: Request) -> Caller:
     """Return the caller of this request, authenticated, with the scope its method needs."""
-    principal = await authenticate(request, bearer_token(request.headers))
-    return Caller(principal.require(method_scope(request.method)), await get_services(request))
+    return await caller_with(request, bearer_token(request.headers), method_scope(request.method))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -91,8 +96,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 async def get_admin(request: Request) -> Caller:
     """Return the caller of an admin route: its key must have the ``admin`` scope."""
-    principal = await authenticate(request, bearer_token(request.headers))
-    return Caller(principal.require("admin"), await get_services(request))
+    return await caller_with(request, bearer_token(request.headers), "admin")
 
 
 AdminDep = Annotated[Caller, Depends(get_admin)]

@@ -32,7 +32,6 @@ from latentq.keys import (
     account_active_key,
     account_key,
     drained_key,
-    job_key,
     owner_webhook_key,
     queue_name,
     rq_queue_key,
@@ -81,9 +80,9 @@ async def submit_job(
 ) -> Submitted:
     """Queue ``draft`` for account ``owner``, once per idempotency key, while the account has
     fewer than ``max_jobs`` queued and running (None: no cap) and credits for ``cost`` thousandths
-    (None: free), and wait up to ``wait_s`` seconds
-    for it to end (0: no wait) in a wait slot (``slot_held``: the caller holds one for it; else one
-    is taken, and without one the answer does not wait)."""
+    (None: free), and wait up to ``wait_s`` seconds for it to end (0: no wait) in a wait slot
+    (``slot_held``: the caller holds one for it; else one is taken, and without one the answer
+    does not wait)."""
     spec = draft.spec
     if idempotency is not None:
         record = await run_in_threadpool(claim_or_original, services, owner, idempotency, draft)
@@ -225,14 +224,13 @@ async def enqueue_job(
     )  # fmt: skip
     if fair:  # it waits its account's turn (moved on to RQ's queue at once while that is short)
         batch.hold(fair_prefix(queue), rq_queue_key(queue), owner, spec.job_id, settings.fair_queue_depth)
-    created_at = services.records.create(spec, batch.pipeline, owner)
-    if owner:
+    created_at = services.records.create(spec, batch.pipeline, owner, cost or 0)
+    if max_jobs is not None:  # a capped account counts its active jobs (an uncapped one need not)
         now = time.time()
         batch.pipeline.zremrangebyscore(active, "-inf", now)  # lapsed without ending: drop
         batch.pipeline.zadd(active, {spec.job_id: now + retention_s})
         batch.pipeline.expire(active, settings.max_job_retention_s)
     if cost:
-        batch.pipeline.hset(job_key(spec.job_id), "cost", cost)  # what an end other than success refunds
         batch.charge(owner, cost, spec.job_id)
     if spec.webhook is not None:  # its deliveries are signed with the owner's secret
         ensure_secret(batch.pipeline, owner)
@@ -248,30 +246,38 @@ async def enqueue_job(
             raise rate.refusal()
     if ran:
         return created_at
-    if refusal == "queue_full":
-        wait_s = await drain_wait_s(services, spec.model)
-        raise LatentqError(
+    if refusal is not None:
+        raise await _refusal(refusal, services, spec.model, owner, max_jobs, cost)
+    return None
+
+
+async def _refusal(
+    name: str, services: Services, model: str, owner: str, max_jobs: int | None, cost: int | None
+) -> LatentqError:
+    """The error a submit refused by its script's condition ``name`` answers with."""
+    if name == "queue_full":
+        wait_s = await drain_wait_s(services, model)
+        depth = services.settings.max_queue_depth
+        return LatentqError(
             "queue_full",
-            f"The queue of model '{spec.model}' holds {settings.max_queue_depth} jobs, as many as it "
-            f"may; retry in {wait_s:.0f} s.",
+            f"The queue of model '{model}' holds {depth} jobs, as many as it may; retry in {wait_s:.0f} s.",
             retry_after_s=wait_s,
         )
-    if refusal == "too_many_jobs":
-        raise LatentqError(
+    if name == "too_many_jobs":
+        return LatentqError(
             "too_many_jobs",
             f"This account has {max_jobs} jobs queued or running, as many as it may; "
             "submit more as they end.",
             retry_after_s=5,
         )
-    if refusal == "insufficient_balance" and cost is not None:
-        balance = int(await services.async_redis.hget(account_key(owner), "balance") or 0)
-        raise LatentqError(
-            "insufficient_balance",
-            f"This job costs {cost / MILLI:g} credits; the account has {balance / MILLI:g}.",
-            cost=cost / MILLI,
-            credits=balance / MILLI,
-        )
-    return None
+    assert name == "insufficient_balance" and cost is not None
+    balance = int(await services.async_redis.hget(account_key(owner), "balance") or 0)
+    return LatentqError(
+        "insufficient_balance",
+        f"This job costs {cost / MILLI:g} credits; the account has {balance / MILLI:g}.",
+        cost=cost / MILLI,
+        credits=balance / MILLI,
+    )
 
 
 async def drain_wait_s(services: Services, model: str) -> float:

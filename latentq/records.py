@@ -82,8 +82,9 @@ class JobRecords:
         self.retention_s = retention_s
         self.max_retention_s = max(retention_s, max_retention_s or retention_s)
 
-    def create(self, spec: JobSpec, pipeline: AnyPipeline, owner: str = "") -> str:
-        """Queue the write of a new ``queued`` record for ``spec``, submitted by API key ``owner``, on
+    def create(self, spec: JobSpec, pipeline: AnyPipeline, owner: str = "", cost: int = 0) -> str:
+        """Queue the write of a new ``queued`` record for ``spec``, submitted by account ``owner`` and
+        charged ``cost`` thousandths of a credit (what an end other than success refunds), on
         ``pipeline``, and its entry in the owner's job index; return its created_at."""
         key = job_key(spec.job_id)
         retention_s = spec.retention_s or self.retention_s
@@ -98,6 +99,8 @@ class JobRecords:
             "created_at": created_at,
             "attempt": 1,
         }
+        if cost:
+            mapping["cost"] = cost
         pipeline.hset(key, mapping=mapping)
         pipeline.expire(key, retention_s)
         if owner:

@@ -14,11 +14,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
+from api.admission import admission, spec_cost
 from api.body_parsing import json_body_openapi, parse_body
 from api.deps import Caller, CallerDep
 from api.idempotency import idempotency_claim
 from api.job_lookup import find_record
-from api.rate_limit import admission, spec_cost
 from api.submit import draft_job, submit_job
 from api.waiting import prefer_wait
 from latentq.contract import GenerateRequest, JobStatus, UpscaleRequest

@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from api.admission import admission
 from api.body_parsing import json_body_openapi, parse_body, validation_error
-from api.deps import Caller, authenticate, get_services, method_scope, presented_key
+from api.deps import Caller, caller_with, method_scope, presented_key
 from api.error_envelope import stability_error
-from api.rate_limit import admission
 from api.stability_bodies import (
     ImageToImageBody,
     MaskingBody,
@@ -74,8 +74,7 @@ class StabilityRoute(APIRoute):
 
 async def get_stability_caller(request: Request) -> Caller:
     """Return the caller, from ``Authorization: Bearer <key>`` or a bare ``Authorization: <key>``."""
-    principal = await authenticate(request, presented_key(request.headers))
-    return Caller(principal.require(method_scope(request.method)), await get_services(request))
+    return await caller_with(request, presented_key(request.headers), method_scope(request.method))
 
 
 StabilityCallerDep = Annotated[Caller, Depends(get_stability_caller)]
