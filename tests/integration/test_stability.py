@@ -109,7 +109,7 @@ def test_bad_input_gets_stabilitys_error_names_and_nothing_is_queued(
     before = waiting(redis, queue_name("tiny-sd"))  # in RQ's queue or held for its turn
     body = {key: value for key, value in {**SMALL, **change}.items() if value is not None}
     assert_error(stability.post(URL, json=body, headers=headers), 400, name, fragment)
-    assert waiting(redis, queue_name("tiny-sd")) == before
+    assert waiting(redis, queue_name("tiny-sd")) <= before  # none added (a worker may take others)
 
 
 def test_missing_text_prompts_and_malformed_json(stability):
