@@ -29,7 +29,7 @@ from latentq.contract import (
     WeightedPrompt,
 )
 from latentq.errors import LatentqError
-from latentq.keys import input_object_key
+from latentq.keys import input_object_key, job_folder
 from latentq.models import ModelRegistry, ModelSpec, size_problem
 from latentq.settings import ApiSettings
 
@@ -90,12 +90,13 @@ def request_prompts(request: GenerateRequest) -> list[WeightedPrompt]:
 
 
 def build_spec(
-    job_id: str, request: GenerateRequest, model: ModelSpec, inputs: Inputs, webhook: WebhookTarget | None
-) -> JobSpec:
+    job_id: str, folder: str, request: GenerateRequest, model: ModelSpec, inputs: Inputs,
+    webhook: WebhookTarget | None,
+) -> JobSpec:  # fmt: skip
     """Resolve ``request`` for ``model``: fill defaults, check sizes, apply the style, pick a seed.
 
     ``inputs`` are its decoded images (image-to-image, masking): they set the output size, and the
-    spec names the object keys they are stored under.
+    spec names the object keys they are stored under, in the job's S3 ``folder``.
     """
     defaults = model.defaults
     if inputs.size:
@@ -133,12 +134,13 @@ def build_spec(
         strength=inputs.strength,
         schedule_end=inputs.schedule_end,
         webhook=webhook,
-        **input_keys(job_id, inputs),
+        folder=folder,
+        **input_keys(folder, inputs),
     )
 
 
 def build_upscale_spec(
-    job_id: str, model: ModelSpec, size: tuple[int, int], output_format: OutputFormat,
+    job_id: str, folder: str, model: ModelSpec, size: tuple[int, int], output_format: OutputFormat,
     webhook: WebhookTarget | None,
 ) -> JobSpec:  # fmt: skip
     """Return the spec of an upscale to ``size`` on ``model``; its input image is stored as ``init``."""
@@ -147,13 +149,13 @@ def build_upscale_spec(
         job_id=job_id, model=model.id, prompts=[WeightedPrompt(text="", weight=1.0)],
         width=size[0], height=size[1], steps=defaults.steps, cfg_scale=defaults.cfg_scale, samples=1,
         seed=secrets.randbelow(MAX_SEED) + 1, sampler=defaults.sampler, output_format=output_format,
-        task="upscale", webhook=webhook, init_image_key=input_object_key(job_id, "init"),
+        task="upscale", webhook=webhook, folder=folder, init_image_key=input_object_key(folder, "init"),
     )  # fmt: skip
 
 
-def input_keys(job_id: str, inputs: Inputs) -> dict[str, str]:
+def input_keys(folder: str, inputs: Inputs) -> dict[str, str]:
     """Return the spec fields naming the object key of each of ``inputs`` (``init_image_key``, ...)."""
-    return {f"{name}_image_key": input_object_key(job_id, name) for name in inputs.images}
+    return {f"{name}_image_key": input_object_key(folder, name) for name in inputs.images}
 
 
 def check_retention(request: GenerateRequest, max_retention_s: int) -> None:
@@ -185,23 +187,27 @@ def validate_request(
     request: GenerateRequest | UpscaleRequest,
     registry: ModelRegistry,
     settings: ApiSettings,
+    account: str,
     default_webhook: WebhookTarget | None = None,
     webhooks: bool = True,
 ) -> JobDraft:
     """The pure validation step: return the draft of a generation (text-to-image, image-to-image,
-    masking) or upscale request, or raise the named error of the first rule it breaks."""
+    masking) or upscale request of ``account`` (its public id: the job's objects are stored under
+    it), or raise the named error of the first rule it breaks."""
     webhook, takes_default = request_webhook(request, settings, default_webhook, webhooks)
     job_id = str(uuid.uuid4())
+    folder = job_folder(account, job_id)
     if isinstance(request, UpscaleRequest):
-        spec, inputs = upscale_spec(job_id, request, registry, webhook)
+        spec, inputs = upscale_spec(job_id, folder, request, registry, webhook)
     else:
-        spec, inputs = generation_spec(job_id, request, registry, settings, webhook)
-    uploads = {input_object_key(job_id, name): image for name, image in inputs.images.items()}
+        spec, inputs = generation_spec(job_id, folder, request, registry, settings, webhook)
+    uploads = {input_object_key(folder, name): image for name, image in inputs.images.items()}
     return JobDraft(spec, uploads, takes_default)
 
 
 def generation_spec(
     job_id: str,
+    folder: str,
     request: GenerateRequest,
     registry: ModelRegistry,
     settings: ApiSettings,
@@ -213,11 +219,11 @@ def generation_spec(
     model = resolve_model(registry, request.model)
     check_kind(model, kind, registry)
     inputs = read_inputs(request, model, kind)
-    return build_spec(job_id, request, model, inputs, webhook), inputs
+    return build_spec(job_id, folder, request, model, inputs, webhook), inputs
 
 
 def upscale_spec(
-    job_id: str, request: UpscaleRequest, registry: ModelRegistry, webhook: WebhookTarget | None
+    job_id: str, folder: str, request: UpscaleRequest, registry: ModelRegistry, webhook: WebhookTarget | None
 ) -> tuple[JobSpec, Inputs]:
     """Return the spec of an upscale request and its decoded image."""
     if request.model is None:
@@ -230,7 +236,8 @@ def upscale_spec(
         check_kind(model, "upscale", registry)
     image = open_image(decode_base64(request.image, "image"), "image", model.limits.max_pixels).convert("RGB")
     size = upscale_size(image, request.width, request.height, model)
-    return build_upscale_spec(job_id, model, size, request.output_format, webhook), Inputs({"init": image})
+    spec = build_upscale_spec(job_id, folder, model, size, request.output_format, webhook)
+    return spec, Inputs({"init": image})
 
 
 def carries_images(request: GenerateRequest | UpscaleRequest) -> bool:

@@ -23,7 +23,7 @@ from api.services import Services
 from api.uploads import png_bytes
 from api.waiting import wait_for_job
 from api.webhook_targets import default_webhook, webhook_target
-from latentq.accounts import MILLI
+from latentq.accounts import MILLI, Principal
 from latentq.command_batch import CommandBatch
 from latentq.contract import GENERATE_FUNCTION, GenerateRequest, JobSpec, UpscaleRequest
 from latentq.errors import LatentqError
@@ -57,14 +57,16 @@ class Submitted:
 
 
 async def draft_job(
-    services: Services, owner: str, request: GenerateRequest | UpscaleRequest, webhooks: bool = True
+    services: Services, principal: Principal, request: GenerateRequest | UpscaleRequest, webhooks: bool = True
 ) -> JobDraft:
-    """Validate ``request`` (``api.job_specs``), off the event loop when it decodes images. Without
-    ``webhooks`` the job has none."""
+    """Validate ``principal``'s ``request`` (``api.job_specs``), off the event loop when it decodes
+    images. Without ``webhooks`` the job has none."""
     default = None
     if webhooks and request.webhook_url is None and request.webhook_events is not None:
-        default = await default_webhook(services.async_redis, owner)  # events for the default's URL
-    validate = partial(validate_request, request, services.registry, services.settings, default, webhooks)
+        default = await default_webhook(services.async_redis, principal.account)  # events for its URL
+    validate = partial(
+        validate_request, request, services.registry, services.settings, principal.handle, default, webhooks
+    )
     return await run_in_threadpool(validate) if carries_images(request) else validate()
 
 

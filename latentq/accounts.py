@@ -97,11 +97,18 @@ class Principal:
     """Who is calling: the account, the key (its id, never its secret) and what it may do."""
 
     account: str
+    #: The key's id; a bootstrap key's is its account's name.
     key_id: str
     scopes: frozenset[str]
     bootstrap: bool = False
     #: The account's settings as stored (limits, ``unlimited``); empty for a bootstrap key.
     limits: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def handle(self) -> str:
+        """The account's public id, as ``/v1/account`` shows it: a managed account's id, or a
+        bootstrap account's name (its id is a digest of its key, never shown)."""
+        return self.key_id if self.bootstrap else self.account
 
     def require(self, scope: str) -> Principal:
         """Return self if this key has ``scope``; raise ``permission_denied`` otherwise."""

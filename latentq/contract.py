@@ -241,6 +241,14 @@ class JobSpec(BaseModel):
     schedule_end: float = 0.0
     #: Where the job's events are POSTed (signed with its API key's secret), if anywhere.
     webhook: WebhookTarget | None = None
+    #: The S3 folder of the job's objects (``latentq.keys.job_folder``); "" in specs queued before
+    #: objects were kept per account, whose objects lie under the bare job id.
+    folder: str = ""
+
+    @property
+    def object_folder(self) -> str:
+        """The S3 folder the job's images and inputs are stored in."""
+        return self.folder or self.job_id
 
     def image_seeds(self) -> list[int]:
         """Return the seed of each image: image i uses seed + i, wrapping past MAX_SEED to 1."""

@@ -62,19 +62,25 @@ def queue_name(model_id: str) -> str:
     return f"{PREFIX}:{model_id}"
 
 
-def image_object_key(job_id: str, index: int, extension: str = "png") -> str:
-    """Return the S3 object key of image ``index`` (0-based) of a job; never built from user input."""
-    return f"{job_id}/{index}.{extension}"
+def job_folder(account: str, job_id: str) -> str:
+    """Return the S3 folder of a job's objects: ``{account}/{job_id}``, ``account`` being the
+    account's public id (``Principal.handle``, never a digest of a key); never built from user input."""
+    return f"{account}/{job_id}"
 
 
-def image_object_keys(job_id: str, samples: int, extension: str = "png") -> list[str]:
+def image_object_key(folder: str, index: int, extension: str = "png") -> str:
+    """Return the S3 object key of image ``index`` (0-based) of the job whose objects are in ``folder``."""
+    return f"{folder}/{index}.{extension}"
+
+
+def image_object_keys(folder: str, samples: int, extension: str = "png") -> list[str]:
     """Return the S3 object keys of all ``samples`` images of a job (those a run may have stored)."""
-    return [image_object_key(job_id, index, extension) for index in range(samples)]
+    return [image_object_key(folder, index, extension) for index in range(samples)]
 
 
-def input_object_key(job_id: str, name: str) -> str:
+def input_object_key(folder: str, name: str) -> str:
     """Return the S3 object key of a job's input image ``name`` (``init``, ``mask``), stored as PNG."""
-    return f"{job_id}/inputs/{name}.png"
+    return f"{folder}/inputs/{name}.png"
 
 
 def rq_job_key(job_id: str) -> str:

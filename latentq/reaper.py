@@ -218,7 +218,7 @@ class Reaper:
         shows none. (S3 down: they stay unseen orphans until the bucket's lifecycle rule.)"""
         if self.delete_objects is not None:
             with suppress(*STORAGE_ERRORS):
-                self.delete_objects(image_object_keys(spec.job_id, spec.samples, spec.output_format))
+                self.delete_objects(image_object_keys(spec.object_folder, spec.samples, spec.output_format))
 
 
 def clear_stale_registration(worker: BaseWorker) -> bool:

@@ -131,4 +131,4 @@ def webhook_public(
 
 def public_request(spec: JobSpec) -> dict:
     """The parameters a job runs with, as its public view shows them (its webhook has its own field)."""
-    return spec.model_dump(mode="json", exclude={"job_id", "model", "webhook"})
+    return spec.model_dump(mode="json", exclude={"job_id", "model", "webhook", "folder"})

@@ -220,6 +220,11 @@ def client(api_url: str) -> Iterator[httpx.Client]:
         yield c
 
 
+def object_folder(client: httpx.Client, job_id: str) -> str:
+    """Return the S3 folder of the objects of ``client``'s job ``job_id``: under its account's public id."""
+    return f"{client.get('/v1/account').raise_for_status().json()['id']}/{job_id}"
+
+
 def wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = 60) -> dict:
     """Poll ``GET /v1/jobs/{id}`` until the job is terminal; return it."""
     deadline = time.monotonic() + timeout_s

@@ -161,7 +161,7 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
             # A failed job shows no images: delete any an earlier, lost run stored (with S3 down,
             # as after a storage error, they stay unseen orphans until the bucket's lifecycle rule).
             with suppress(*STORAGE_ERRORS):
-                warm.store.delete(image_object_keys(spec.job_id, spec.samples, spec.output_format))
+                warm.store.delete(image_object_keys(spec.object_folder, spec.samples, spec.output_format))
         raise
     recorded = _patiently(
         lambda: warm.records.mark_succeeded(spec, stored, timings.ms, batch_size, run), spec, context.deadline
@@ -235,7 +235,7 @@ def store_images(
     stored = []
     content_type = CONTENT_TYPES[spec.output_format]
     for index, (image, seed) in enumerate(zip(images, spec.image_seeds(), strict=True)):
-        key = image_object_key(spec.job_id, index, spec.output_format)
+        key = image_object_key(spec.object_folder, index, spec.output_format)
         with timings.stage("encode_ms"):
             data = encode_image(image, spec, seed)
         with timings.stage("upload_ms"):

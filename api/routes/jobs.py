@@ -87,7 +87,7 @@ class Quote(BaseModel):
 async def quote(body: GenerateBody, caller: CallerDep) -> Quote:
     """Validate a ``POST /v1/generate`` body and answer what the job would cost; nothing is queued."""
     services = caller.services
-    draft = await draft_job(services, caller.owner, body, webhooks=False)
+    draft = await draft_job(services, caller.principal, body, webhooks=False)
     account = await run_in_threadpool(services.tenants.account, caller.owner)
     cost = spec_cost(draft.spec, services.registry)
     return Quote(model=draft.spec.model, cost=cost, credits=account["credits"])
@@ -123,7 +123,7 @@ async def submit_and_answer(
     services = caller.services
     claim = idempotency_claim(request.headers.get("idempotency-key"), request.url.path, body)
     wait_s = prefer_wait(request.headers.get("prefer"))
-    draft = await draft_job(services, caller.owner, body)
+    draft = await draft_job(services, caller.principal, body)
     terms = admission(caller.principal, services, draft.spec)
     submitted = await submit_job(
         services, caller.owner, draft, claim, wait_s, max_jobs=terms.max_jobs, cost=terms.cost
@@ -203,7 +203,9 @@ def cancel_job(job_id: str, caller: CallerDep) -> JobPublic:
             with suppress(NoSuchJobError, InvalidJobOperation):
                 Job.fetch(job_id, connection=services.redis, serializer=JSONSerializer).cancel()
             if record.attempt > 1:  # queued again after a lost run, which may have stored images
-                keys = image_object_keys(job_id, record.spec.samples, record.spec.output_format)
+                keys = image_object_keys(
+                    record.spec.object_folder, record.spec.samples, record.spec.output_format
+                )
                 with suppress(*STORAGE_ERRORS):  # S3 down: an orphan, never shown (lifecycle rule)
                     services.store.delete(keys)
         return job_public(find_record(job_id, services.records, caller.owner), services.store)

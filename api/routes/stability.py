@@ -99,7 +99,7 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
             "samples: Sample count may only be greater than 1 when the accept header is set to "
             "`application/json`",
         )  # fmt: skip
-    draft = await draft_job(services, caller.owner, ours, webhooks=False)
+    draft = await draft_job(services, caller.principal, ours, webhooks=False)
     with services.slots.holding(caller.owner):  # the answer is the image: no slot to wait in, no job
         timeout_s = services.settings.sync_timeout_s
         terms = admission(caller.principal, services, draft.spec)

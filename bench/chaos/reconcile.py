@@ -50,7 +50,7 @@ def reconcile(stack: Stack, outcome: Outcome, webhooks: dict[str, bool], faults:
     errors: collections.Counter = collections.Counter()
     problems: dict[str, list[str]] = collections.defaultdict(list)
     finished_at: dict[str, float] = {}
-    images: dict[str, set[str]] = {}
+    shown: set[str] = set()  # the object keys of the images succeeded jobs show
     delivered = stack.receiver.completed()
     queue = Queue(queue_name("tiny-sd"), connection=stack.redis)
     lists = [stack.redis.lrange(key, 0, -1) for key in (queue.key, queue.intermediate_queue_key)]
@@ -77,7 +77,8 @@ def reconcile(stack: Stack, outcome: Outcome, webhooks: dict[str, bool], faults:
             if job.get("finished_at"):
                 finished_at[job_id] = datetime.fromisoformat(job["finished_at"]).timestamp()
             if status == "succeeded":
-                images[job_id] = {image["url"].split("?")[0].rsplit("/", 1)[-1] for image in job["images"]}
+                # A presigned URL's path is /<bucket>/<object key>.
+                shown.update(httpx.URL(image["url"]).path.split("/", 2)[2] for image in job["images"])
             ended = [fields[b"event"].decode() for _, fields in stack.redis.xrange(job_events_key(job_id))]
             if sum(name in TERMINAL for name in ended) != 1:
                 problems["duplicated"].append(f"{job_id}: terminal events {ended}")
@@ -96,9 +97,8 @@ def reconcile(stack: Stack, outcome: Outcome, webhooks: dict[str, bool], faults:
     s3 = stack.s3.client()
     objects = [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
                for item in page.get("Contents", [])]  # fmt: skip
-    for key in objects:  # "<job id>/<index>.<ext>": an image no succeeded job shows is an orphan
-        job_id, _, name = key.partition("/")
-        if name and not name.startswith("inputs/") and name not in images.get(job_id, set()):
+    for key in objects:  # "<account>/<job id>/<index>.<ext>": one no succeeded job shows is an orphan
+        if "/inputs/" not in key and key not in shown:
             problems["orphans"].append(key)
     to_terminal = [finished_at[job_id] - kill["at"] for kill in faults.kills for job_id in kill["jobs"]
                    if job_id in finished_at and finished_at[job_id] >= kill["at"]]  # fmt: skip

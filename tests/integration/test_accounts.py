@@ -5,7 +5,9 @@ second, scopes hold, an account's keys share its jobs and no other account sees 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from redis import Redis
 
 from api.keyring import CACHE_S
 from latentq.keys import AUDIT_STREAM
-from tests.conftest import API_KEY, api_processes, service_env
+from tests.conftest import API_KEY, BUCKET, api_processes, service_env
 
 BOOTSTRAP = {"Authorization": f"Bearer {API_KEY}"}
 JOB = {"prompt": "a", "width": 64, "height": 64, "steps": 1}
@@ -382,3 +385,20 @@ def test_odd_input_to_the_account_routes_and_command_is_a_clear_refusal(apis, re
     ).json()  # a bootstrap key: nothing of its digest
     digest = hashlib.sha256(API_KEY.encode()).hexdigest()
     assert digest[:8] not in mine["id"] and digest[:8] not in mine["key"]["id"]
+
+
+def test_an_accounts_objects_lie_in_a_folder_named_by_its_public_id(apis, s3_server):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "green").save(png, format="PNG")
+    body = {"prompt": "a", "steps": 2, "init_image": base64.b64encode(png.getvalue()).decode()}
+    managed = bearer(new_key(apis, new_account(apis), ["generate", "read"]))
+    s3 = s3_server.client()
+    for key in (managed, BOOTSTRAP):
+        public_id = httpx.get(f"{apis[0]}/v1/account", headers=key).json()["id"]
+        job_id = httpx.post(f"{apis[0]}/v1/generate", json=body, headers=key).json()["id"]
+        stored = httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=key).json()["request"]["init_image_key"]
+        assert stored == f"{public_id}/{job_id}/inputs/init.png"
+        assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{public_id}/{job_id}/")["KeyCount"] == 1
+    # A bootstrap account's folder is its name, never a digest of its key.
+    assert public_id.startswith("bootstrap-")
+    assert hashlib.sha256(API_KEY.encode()).hexdigest()[:8] not in stored

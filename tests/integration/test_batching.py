@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from latentq.storage import ImageStore
-from tests.conftest import api_settings, wait_for_job
+from tests.conftest import api_settings, object_folder, wait_for_job
 
 #: A job long enough (about a second here) that jobs submitted after it queue up behind it.
 BLOCKER = {"prompt": "a storm", "width": 128, "height": 128, "steps": 100, "seed": 1}
@@ -77,7 +77,7 @@ def test_a_failing_and_a_canceled_job_leave_their_batch_mates_whole(client, work
     blocker, ids = queued_behind_blocker(client, [broken, long_one, *mates])
     # The broken job's input disappears from storage before a worker loads it: it alone fails.
     ImageStore(api_settings(redis_server, s3_server)).client.delete_object(
-        Bucket="latentq-test", Key=f"{ids[0]}/inputs/init.png"
+        Bucket="latentq-test", Key=f"{object_folder(client, ids[0])}/inputs/init.png"
     )
     deadline = time.monotonic() + 60
     while (job := client.get(f"/v1/jobs/{ids[1]}").json())["progress"] is None or job["progress"]["step"] < 5:

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.conftest import wait_for_job
+from tests.conftest import object_folder, wait_for_job
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "seed": 42}
 
@@ -79,7 +79,7 @@ def test_samples_use_consecutive_seeds_and_distinct_keys(client, worker):
     pixels = [np.asarray(download_image(image["url"])) for image in job["images"]]
     assert not np.array_equal(pixels[0], pixels[1])
     paths = {httpx.URL(image["url"]).path for image in job["images"]}
-    assert paths == {f"/latentq-test/{job['id']}/{n}.png" for n in range(3)}
+    assert paths == {f"/latentq-test/{object_folder(client, job['id'])}/{n}.png" for n in range(3)}
 
 
 def test_seed_zero_is_replaced_by_a_reported_random_seed(client, worker):

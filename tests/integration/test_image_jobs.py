@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import wait_for_job
+from tests.conftest import object_folder, wait_for_job
 from tests.integration.test_generate import download_image
 
 PROMPT = "a lighthouse at dusk"
@@ -69,7 +69,7 @@ def test_image_to_image_equals_diffusers_and_takes_the_init_size(client, worker,
     assert (job["images"][0]["width"], job["images"][0]["height"]) == (72, 64)
     assert job["request"]["task"] == "image-to-image" and job["request"]["strength"] == pytest.approx(0.6)
     # The input went to S3 beside the outputs under a server-made key, not through Redis.
-    assert job["request"]["init_image_key"] == f"{job['id']}/inputs/init.png"
+    assert job["request"]["init_image_key"] == f"{object_folder(client, job['id'])}/inputs/init.png"
     assert "init_image" not in job["request"]
     expected = sd[0](PROMPT, image=init, strength=0.6, num_inference_steps=10, guidance_scale=7.0,
                      generator=seeded(31)).images[0]  # fmt: skip

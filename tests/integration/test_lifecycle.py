@@ -11,7 +11,7 @@ import pytest
 from rq.job import Job
 
 from latentq.keys import job_key
-from tests.conftest import API_KEY, BUCKET, api_settings, serve, wait_for_job
+from tests.conftest import API_KEY, BUCKET, api_settings, object_folder, serve, wait_for_job
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 20, "seed": 8}
@@ -124,9 +124,10 @@ def test_canceling_a_job_queued_again_after_a_lost_run_deletes_what_that_run_sto
         job_id = client.post("/v1/generate", json=BODY).json()["id"]
         redis.hset(job_key(job_id), "attempt", 2)
         s3 = s3_server.client()
-        s3.put_object(Bucket=BUCKET, Key=f"{job_id}/0.png", Body=b"a lost run's image")
+        folder = object_folder(client, job_id)
+        s3.put_object(Bucket=BUCKET, Key=f"{folder}/0.png", Body=b"a lost run's image")
         assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{job_id}/").get("KeyCount", 0) == 0
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{folder}/").get("KeyCount", 0) == 0
 
 
 def test_two_hundred_event_streams_at_once(idle_api):

@@ -15,7 +15,7 @@ from PIL import Image
 from rq import Queue
 
 from latentq.keys import job_key, queue_name
-from tests.conftest import API_KEY, BUCKET, api_settings, serve
+from tests.conftest import API_KEY, BUCKET, api_settings, object_folder, serve
 from tests.integration.test_lifecycle import BODY, IDLE
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -62,7 +62,8 @@ def test_a_repeated_key_stores_no_input_image(idle_api, s3_server):
     first = post(idle_api, body, key)
     assert first.status_code == 202
     stored = input_objects(s3_server)
-    assert f"{first.json()['id']}/inputs/init.png" in stored
+    with httpx.Client(base_url=idle_api, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        assert f"{object_folder(client, first.json()['id'])}/inputs/init.png" in stored
     again = post(idle_api, body, key)
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     assert input_objects(s3_server) == stored  # the repeat uploaded nothing: no orphaned objects
