@@ -1,11 +1,14 @@
 """API key lookup on the request path: bootstrap keys from the settings, managed keys from Redis
 (``latentq.accounts``) through an in-process cache of at most ``CACHE_S`` seconds, so a revoked
 key is refused by every API process within that time while a key's requests cost no Redis call
-most of the time."""
+most of the time. Concurrent lookups of one key share one Redis call (the many streams and
+requests of a key that all find its cache entry expired at once)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
@@ -57,6 +60,7 @@ class Keyring:
         self.bootstrap_keys = bootstrap_keys
         self._lookup = redis.register_script(_LOOKUP)
         self._cache: dict[str, tuple[float, Principal]] = {}
+        self._pending: dict[str, asyncio.Future[Principal]] = {}
         #: Each bootstrap account's name (its key id outside: the account id is a digest of the key).
         self._bootstrap_names: dict[str, str] = {}
 
@@ -70,6 +74,19 @@ class Keyring:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = self._pending[digest] = asyncio.ensure_future(self._look_up(digest, now))
+            pending.add_done_callback(partial(self._done, digest))
+        return await asyncio.shield(pending)
+
+    def _done(self, digest: str, lookup: asyncio.Future[Principal]) -> None:
+        del self._pending[digest]
+        if not lookup.cancelled():
+            lookup.exception()  # seen, even when every request that waited for it has gone
+
+    async def _look_up(self, digest: str, now: float) -> Principal:
+        """Look the key up in Redis and cache it until ``CACHE_S`` after ``now``, when it was asked."""
         key, account = await self._lookup(keys=[api_key_key(digest)],
                                           args=[time.time(), LAST_USED_EVERY_S, account_key("")])  # fmt: skip
         principal = principal_of(_pairs(key), _pairs(account), time.time())

@@ -5,23 +5,27 @@ Events come from the job's Redis Stream (written with the job record): ``queued`
 ``failed`` or ``canceled``, whose data is the final job, after which the stream ends. Each event's
 ``id`` is its stream id: a client reconnecting with ``Last-Event-ID`` resumes after it, losing
 nothing; a client connecting late first receives everything so far. Streams block on Redis
-(``XREAD BLOCK``) without holding a thread.
+(``XREAD BLOCK``) without holding a thread. A stream whose API key stops being valid (revoked,
+expired) ends within a few seconds with an ``error`` event (``{"error": {"name": "unauthorized",
+...}}``), as the key's next request would be refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from api.deps import CallerDep
+from api.deps import CallerDep, bearer_token
 from api.job_lookup import find_record
 from api.waiting import RECHECK_S, job_ended
 from latentq.errors import LatentqError
@@ -64,9 +68,20 @@ async def job_events(
         raise LatentqError.for_field(
             "invalid_request", "Last-Event-ID", "Last-Event-ID must be the id of an event of this stream."
         )
+    token = bearer_token(request.headers)
+
+    async def key_valid() -> bool:
+        try:
+            await services.keyring.authenticate(token)  # cached for a second: cheap per stream
+        except LatentqError:
+            return False
+        except RedisError:
+            return True  # the stream's own reads meet the outage
+        return True
+
     services.slots.take(caller.owner)
     return SlotStreamingResponse(
-        event_stream(services.wait_redis, services.records, services.store, job_id, last),
+        event_stream(services.wait_redis, services.records, services.store, job_id, last, key_valid),
         on_close=lambda: services.slots.give_back(caller.owner),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -89,12 +104,22 @@ class SlotStreamingResponse(StreamingResponse):
 
 
 async def event_stream(
-    redis: AsyncRedis, records: JobRecords, store: ImageStore, job_id: str, last: str
+    redis: AsyncRedis,
+    records: JobRecords,
+    store: ImageStore,
+    job_id: str,
+    last: str,
+    key_valid: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[str]:
-    """Yield the job's events after stream id ``last``, ending with its terminal event."""
+    """Yield the job's events after stream id ``last``, ending with its terminal event, or with an
+    ``error`` event once ``key_valid`` says the caller's key is no longer valid."""
     key = job_events_key(job_id)
     while True:
         answer: Any = await redis.xread({key: last}, block=int(RECHECK_S * 1000), count=100)
+        if not await key_valid():
+            refused = LatentqError("unauthorized", "The API key is no longer valid (revoked or expired).")
+            yield sse(last, "error", json.dumps({"error": refused.to_dict()}))
+            return
         if not answer:
             # No event for a while: a worker that died leaves no terminal event, but its record
             # reads as failed (worker_lost) once RQ notices; end the stream with it.

@@ -402,3 +402,24 @@ def test_an_accounts_objects_lie_in_a_folder_named_by_its_public_id(apis, s3_ser
     # A bootstrap account's folder is its name, never a digest of its key.
     assert public_id.startswith("bootstrap-")
     assert hashlib.sha256(API_KEY.encode()).hexdigest()[:8] not in stored
+
+
+def test_an_open_event_stream_ends_once_its_key_is_revoked(apis):
+    account = new_account(apis)
+    body = {"account": account, "scopes": ["generate", "read"]}
+    created = httpx.post(f"{apis[0]}/v1/admin/keys", json=body, headers=BOOTSTRAP).json()
+    SECRETS.append(created["secret"])
+    key = bearer(created["secret"])
+    job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=key).json()["id"]  # no worker: it waits
+    with httpx.stream("GET", f"{apis[1]}/v1/jobs/{job_id}/events", headers=key, timeout=30) as stream:
+        lines = stream.iter_lines()
+        events = []
+        while "event: queued" not in events:  # the stream is open and has sent what there is
+            events.append(next(lines))
+        assert httpx.delete(f"{apis[0]}/v1/admin/keys/{created['id']}", headers=BOOTSTRAP).status_code == 200
+        revoked_at = time.monotonic()
+        events += [line for line in lines if line.startswith(("event:", "data:"))]  # until it ends
+    assert time.monotonic() - revoked_at < 10
+    assert events[-2] == "event: error"
+    assert json.loads(events[-1].removeprefix("data: "))["error"]["name"] == "unauthorized"
+    assert [event for event in events if event.startswith("event:")] == ["event: queued", "event: error"]
