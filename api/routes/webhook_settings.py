@@ -1,5 +1,7 @@
 """Each API key's webhook settings: ``GET``/``PUT``/``DELETE /v1/webhook`` (the default webhook and
-the signing secret), ``POST /v1/webhook/rotate-secret`` and ``DELETE /v1/webhook/disabled``."""
+the signing secret), ``POST /v1/webhook/rotate-secret`` and ``DELETE /v1/webhook/disabled``. All
+need the ``generate`` scope, reading too: the settings hold the secret that signs the account's
+webhooks, which a read-only key (a dashboard's, say) must not be able to forge with."""
 
 from __future__ import annotations
 
@@ -10,12 +12,25 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.body_parsing import json_body_openapi, parse_body
-from api.deps import CallerDep
+from api.deps import Caller, bearer_token, caller_with
 from api.webhook_targets import webhook_target
 from latentq.contract import MAX_WEBHOOK_URL_CHARS, WebhookEvent, WebhookFields
 from latentq.webhook_accounts import WebhookAccounts
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
+
+_RESPONSES: dict[int | str, dict] = {
+    401: {"description": "Missing or invalid API key"},
+    403: {"description": "The key lacks the generate scope"},
+}
+
+
+async def get_settings_caller(request: Request) -> Caller:
+    """Return the caller of a webhook settings route: its key must have the ``generate`` scope."""
+    return await caller_with(request, bearer_token(request.headers), "generate")
+
+
+SettingsCallerDep = Annotated[Caller, Depends(get_settings_caller)]
 
 
 class WebhookDefaultRequest(WebhookFields):
@@ -65,8 +80,8 @@ def settings_view(accounts: WebhookAccounts, owner: str) -> WebhookSettingsView:
     )
 
 
-@router.get("/webhook", responses={401: {"description": "Missing or invalid API key"}})
-def get_webhook(caller: CallerDep) -> WebhookSettingsView:
+@router.get("/webhook", responses=_RESPONSES)
+def get_webhook(caller: SettingsCallerDep) -> WebhookSettingsView:
     """Return this key's default webhook (if any), its signing secret and its disabled URLs."""
     return settings_view(caller.services.accounts, caller.owner)
 
@@ -78,14 +93,11 @@ async def read_default_request(request: Request) -> WebhookDefaultRequest:
 
 @router.put(
     "/webhook",
-    responses={
-        400: {"description": "Invalid or refused URL"},
-        401: {"description": "Missing or invalid API key"},
-    },
+    responses={400: {"description": "Invalid or refused URL"}, **_RESPONSES},
     openapi_extra=json_body_openapi(WebhookDefaultRequest),
 )
 def set_webhook(
-    body: Annotated[WebhookDefaultRequest, Depends(read_default_request)], caller: CallerDep
+    body: Annotated[WebhookDefaultRequest, Depends(read_default_request)], caller: SettingsCallerDep
 ) -> WebhookSettingsView:
     """Set the webhook of this key's jobs that name none (``webhook_events`` default ``[completed]``);
     jobs copy it when they are submitted."""
@@ -95,16 +107,16 @@ def set_webhook(
     return settings_view(caller.services.accounts, caller.owner)
 
 
-@router.delete("/webhook", responses={401: {"description": "Missing or invalid API key"}})
-def delete_webhook(caller: CallerDep) -> WebhookSettingsView:
+@router.delete("/webhook", responses=_RESPONSES)
+def delete_webhook(caller: SettingsCallerDep) -> WebhookSettingsView:
     """Remove this key's default webhook (jobs already submitted keep theirs); the secret stays."""
     accounts = caller.services.accounts
     accounts.set_default(caller.owner, None)
     return settings_view(accounts, caller.owner)
 
 
-@router.post("/webhook/rotate-secret", responses={401: {"description": "Missing or invalid API key"}})
-def rotate_secret(caller: CallerDep) -> WebhookSettingsView:
+@router.post("/webhook/rotate-secret", responses=_RESPONSES)
+def rotate_secret(caller: SettingsCallerDep) -> WebhookSettingsView:
     """Replace this key's signing secret. For 24 hours deliveries carry two signatures, the new
     secret's and the old one's, so receivers can switch without losing a webhook."""
     accounts = caller.services.accounts
@@ -112,8 +124,8 @@ def rotate_secret(caller: CallerDep) -> WebhookSettingsView:
     return settings_view(accounts, caller.owner)
 
 
-@router.delete("/webhook/disabled", responses={401: {"description": "Missing or invalid API key"}})
-def enable_urls(caller: CallerDep) -> WebhookSettingsView:
+@router.delete("/webhook/disabled", responses=_RESPONSES)
+def enable_urls(caller: SettingsCallerDep) -> WebhookSettingsView:
     """Send webhooks again to every URL that answered 410 Gone."""
     accounts = caller.services.accounts
     accounts.enable_all(caller.owner)

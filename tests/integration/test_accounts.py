@@ -139,6 +139,9 @@ def test_scopes_hold_on_every_kind_of_route(apis):
     assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=reader).status_code == 200
     assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=maker).status_code == 403
     assert httpx.post(f"{apis[0]}/v1/jobs/{job_id}/cancel", headers=reader).status_code == 403
+    # Webhook settings hold the secret that signs the account's webhooks: reading them is no read.
+    assert httpx.get(f"{apis[0]}/v1/webhook", headers=reader).status_code == 403
+    assert httpx.get(f"{apis[0]}/v1/webhook", headers=maker).json()["secret"].startswith("whsec_")
     for path in ("/v1/admin/accounts", "/v1/admin/keys", "/v1/admin/audit"):
         assert httpx.get(f"{apis[0]}{path}", headers=reader).status_code == 403
     assert httpx.post(f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 5}, headers=maker
@@ -324,7 +327,7 @@ def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, re
                              ("wrong key", bearer("lq_" + "x" * 43))):  # fmt: skip
             if httpx.request(method, f"{apis[1]}{path}", headers=headers).status_code < 400:
                 successes.append((who, method, path))
-        wrong_scope = reader if method != "GET" else maker
+        wrong_scope = maker if method == "GET" and path != "/v1/webhook" else reader  # its secret: generate
         if httpx.request(method, f"{apis[1]}{path}", headers=wrong_scope).status_code < 400:
             successes.append(("wrong scope", method, path))
     for method, path in job_routes:  # another account: as if the job did not exist
