@@ -225,7 +225,8 @@ class S3Server:
         config.touch(mode=0o600)  # it holds the secret key: its owner's only, from the first byte
         config.chmod(0o600)
         config.write_text(json.dumps(self._identities()))
-        for attempt in range(1, S3_START_TRIES + 1):
+        attempt = 1
+        while True:
             self.process = Process.start(
                 "s3", self._argv(binary, data, config), self.directory / "weed.log", self._environment()
             )
@@ -241,8 +242,8 @@ class S3Server:
                 self.process.stop()
                 if attempt == S3_START_TRIES:
                     raise
+                attempt += 1
                 self._choose_ports()
-        raise AssertionError("unreachable")
 
     def _argv(self, binary: str, data: Path, config: Path) -> list[str]:
         argv = [
