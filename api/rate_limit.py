@@ -14,6 +14,7 @@ the full burst is available again) follow the IETF RateLimit header fields draft
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -92,17 +93,48 @@ class RateCheck:
 DEFERRED: ContextVar[RateCheck | None] = ContextVar("latentq_deferred_rate_check", default=None)
 
 
+#: Keys remembered as over their rate per process beyond which lapsed entries are dropped.
+REFUSED_PRUNE_AT = 10_000
+
+
 class RateLimiter:
-    """Admits or refuses one request of a key, on the shared Redis, in a call of its own."""
+    """Admits or refuses one request of a key, on the shared Redis, in a call of its own.
+
+    It also remembers, in this process, until when each key it saw refused stays refused: a
+    refused request does not move the key's TAT, and other processes' requests only move it on, so
+    until ``retry_after`` has passed Redis would refuse it again. The request guard refuses such a
+    key's submits at once, before their body is read (their own check is made in the submit's
+    script, after the body is parsed)."""
 
     def __init__(self, redis: AsyncRedis) -> None:
         self.redis = redis
+        #: Per key refused here: (when it may retry, when its full burst is back), monotonic.
+        self._refused_until: dict[str, tuple[float, float]] = {}
 
     async def check(self, rate: RateCheck) -> Verdict:
         """Count the request of ``rate``; return (and keep in it) the verdict."""
         batch = CommandBatch()
         rate.add_to(batch)
         return rate.settle(batch, await batch.run_async(self.redis))
+
+    def remember(self, rate: RateCheck) -> None:
+        """Note the made check ``rate``: if it was refused, its key stays refused for its retry time."""
+        if rate.verdict is None or rate.verdict.admitted:
+            return
+        now = time.monotonic()
+        if len(self._refused_until) >= REFUSED_PRUNE_AT:
+            self._refused_until = {key: at for key, at in self._refused_until.items() if at[0] > now}
+        self._refused_until[rate.key_id] = (now + rate.verdict.retry_after_s, now + rate.verdict.reset_s)
+
+    def still_refused(self, rate: RateCheck) -> bool:
+        """Whether ``rate``'s key is known to be over its rate now; if so, ``rate`` holds that
+        refusal as its verdict (nothing is counted)."""
+        retry_at, reset_at = self._refused_until.get(rate.key_id, (0.0, 0.0))
+        now = time.monotonic()
+        if retry_at <= now:
+            return False
+        rate.verdict = Verdict(False, rate.limit, 0, reset_at - now, retry_at - now)
+        return True
 
 
 def rate_policy(principal: Principal, settings: ApiSettings) -> tuple[int, float] | None:

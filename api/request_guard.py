@@ -4,8 +4,11 @@
 key is checked before a byte of the body is read, and counted against its rate limit
 (``api.rate_limit``: a 429 ``rate_limited`` over it, and ``RateLimit-*`` headers on every answer).
 The body is counted while it streams in, so neither an anonymous client nor a keyed one can make
-the process hold more than ``MAX_BODY_BYTES`` of it (a ``Content-Length`` over the limit is
-refused at once; a chunked body is cut off as it passes it).
+the process hold more than its route's limit of it (``MAX_BODY_BYTES`` where images come,
+``MAX_JSON_BYTES`` elsewhere; a ``Content-Length`` over the limit is refused at once; a chunked
+body is cut off as it passes it). A request with a body needs its route's scope before any of it
+is read, and a submit of a key this process has seen refused is refused again, at once, until the
+key's retry time (its own check is made after the body, in the submit's script).
 
 ``SecurityHeaders``: every answer says ``nosniff``, ``no-referrer`` and, unless it says otherwise,
 ``no-store`` (answers carry presigned URLs and webhook secrets: no cache keeps them).
@@ -27,22 +30,37 @@ from api.rate_limit import DEFERRED, RateCheck, rate_policy
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import LatentqError
 
-#: Largest request body accepted, bytes, JSON or multipart: room for two images of the upload
-#: limit (base64 in our JSON routes, raw in Stability's multipart ones) and the fields around them.
+#: Largest body of a route that takes images, bytes, JSON or multipart: room for two images of the
+#: upload limit (base64 in our JSON routes, raw in Stability's multipart ones) and the fields around them.
 MAX_BODY_BYTES = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1_000_000
+#: Largest body of every other route (admin, webhook settings), bytes.
+MAX_JSON_BYTES = 1_000_000
+#: The routes that take images (``MAX_BODY_BYTES``).
+IMAGE_PATHS = ("/v1/generate", "/v1/quote", "/v1/upscale", "/v1/generation/")
 #: The routes that queue a job: their rate check is made in the submit's own script call.
 SUBMIT_PATHS = ("/v1/generate", "/v1/upscale", "/v1/generation/")
 #: Methods whose requests carry no body here: passed through untouched.
 BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-def _too_large() -> LatentqError:
-    return LatentqError("payload_too_large", f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+def body_limit(path: str) -> int:
+    """The largest body the route at ``path`` takes, bytes."""
+    return MAX_BODY_BYTES if path.startswith(IMAGE_PATHS) else MAX_JSON_BYTES
+
+
+def body_scope(path: str) -> str:
+    """The scope a request with a body to ``path`` needs: checked before its body is read."""
+    return "admin" if path.startswith("/v1/admin/") else "generate"
+
+
+def _too_large(limit: int) -> LatentqError:
+    return LatentqError("payload_too_large", f"The request body exceeds {limit} bytes.")
 
 
 class RequestGuard:
-    """Refuses a request with a body under ``/v1/`` without a valid API key (401), one over its
-    key's rate (429) or with a body over ``MAX_BODY_BYTES`` (413), before the app reads the body."""
+    """Refuses a request with a body under ``/v1/`` without a valid API key (401), with a key
+    lacking the scope its route needs (403), one over its key's rate (429) or with a body over its
+    route's limit (413), before the app reads the body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,6 +79,7 @@ class RequestGuard:
                     with suppress(RedisError):
                         await scope["app"].state.services.limiter.check(rate)
                 if rate.verdict is not None:
+                    scope["app"].state.services.limiter.remember(rate)
                     message = {**message, "headers": [*message.get("headers", []), *rate.verdict.headers()]}
             await send(message)
 
@@ -72,16 +91,20 @@ class RequestGuard:
                 services = scope["app"].state.services
                 principal = await services.keyring.authenticate(token)
                 scope.setdefault("state", {})["principal"] = (token, principal)  # for the route
+                if bodied:
+                    principal.require(body_scope(scope["path"]))
                 policy = rate_policy(principal, services.settings)
                 if policy is not None:
                     rate = RateCheck(principal.key_id, *policy)
                     if bodied and scope["path"].startswith(SUBMIT_PATHS):
+                        if services.limiter.still_refused(rate):
+                            raise rate.refusal()
                         deferred = DEFERRED.set(rate)  # made in the submit's own script call
                     elif not (await services.limiter.check(rate)).admitted:
                         raise rate.refusal()
             length = headers.get("content-length", "")
-            if bodied and length.isdigit() and int(length) > MAX_BODY_BYTES:
-                raise _too_large()
+            if bodied and length.isdigit() and int(length) > body_limit(scope["path"]):
+                raise _too_large(body_limit(scope["path"]))
         except RedisError:  # the key could not be looked up
             await error_response_for(scope["path"], LatentqError("service_unavailable"))(scope, receive, send)
             return
@@ -99,14 +122,15 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         received = 0
+        limit = body_limit(scope["path"])
 
         async def counted() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
-                    raise _too_large()  # raised where the route reads the body: a named 413
+                if received > limit:
+                    raise _too_large(limit)  # raised where the route reads the body: a named 413
             return message
 
         await self.app(scope, counted, send)

@@ -7,17 +7,20 @@ import select
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from api.request_guard import MAX_BODY_BYTES
+from api.keyring import CACHE_S
+from api.request_guard import MAX_BODY_BYTES, MAX_JSON_BYTES
 from latentq_dev.devstack import Process, free_port, wait_until
 from tests.conftest import API_KEY, service_env
 
 CHUNK = b"x" * (1 << 20)
+BOOTSTRAP = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,70 @@ def test_an_announced_length_over_the_limit_is_refused_at_once(api_process):
                 break
             answer += data
     assert answer.startswith(b"HTTP/1.1 413") and b"payload_too_large" in answer
+
+
+def managed_key(port: int, scopes: list[str], **limits: float) -> dict[str, str]:
+    """Make an account (with ``limits``) and a key of it with ``scopes``; return its header."""
+    base, name = f"http://127.0.0.1:{port}/v1/admin", f"guard-{uuid.uuid4().hex[:8]}"
+    assert httpx.post(
+        f"{base}/accounts", json={"name": name, "unlimited": True}, headers=BOOTSTRAP
+    ).is_success
+    if limits:
+        assert httpx.patch(f"{base}/accounts/{name}", json=limits, headers=BOOTSTRAP).is_success
+    created = httpx.post(f"{base}/keys", json={"account": name, "scopes": scopes}, headers=BOOTSTRAP)
+    return {"Authorization": f"Bearer {created.json()['secret']}"}
+
+
+def answer_before_body(port: int, path: str, headers: dict[str, str]) -> bytes:
+    """POST to ``path`` announcing a 20 MB body but sending none; return the answer (which must
+    not wait for the body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"{head}Content-Length: {20 * 2**20}\r\n\r\n{{".encode())
+        answer = b""
+        while b"}" not in answer.partition(b"\r\n\r\n")[2]:  # the head and the error's JSON
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+def test_a_key_without_the_routes_scope_is_refused_before_the_body_is_read(api_process):
+    _, port = api_process
+    reader = managed_key(port, ["read"])
+    for path in ("/v1/generate", "/v1/generation/tiny-sd/text-to-image", "/v1/webhook/rotate-secret"):
+        answer = answer_before_body(port, path, reader)
+        assert answer.startswith(b"HTTP/1.1 403") and b"permission_denied" in answer, (path, answer)
+    maker = managed_key(port, ["generate"])
+    answer = answer_before_body(port, "/v1/admin/credits", maker)
+    assert answer.startswith(b"HTTP/1.1 403") and b"admin" in answer
+
+
+def test_a_submit_of_a_key_over_its_rate_is_refused_before_its_body_is_read(api_process):
+    _, port = api_process
+    key = managed_key(port, ["generate", "read"], rate_limit=2, rate_period_s=1000)
+    time.sleep(CACHE_S + 0.05)  # the account's limits as the process caches them
+    url = f"http://127.0.0.1:{port}/v1/generate"
+    statuses = [httpx.post(url, json={"prompt": 1}, headers=key).status_code for _ in range(4)]
+    # Bad input counts against the rate: a submit's check is made after its body is read (in the
+    # submit's script, or after its answer when it has none), so the third is the one found over
+    # it, and from then on the process refuses the key's submits at once.
+    assert statuses == [400, 400, 400, 429]
+    answer = answer_before_body(port, "/v1/generate", key)
+    assert answer.startswith(b"HTTP/1.1 429") and b"rate_limited" in answer
+    assert b"retry-after: " in answer.lower() and b"ratelimit-remaining: 0" in answer.lower()
+
+
+def test_routes_without_images_take_bodies_up_to_a_megabyte(api_process):
+    _, port = api_process
+    base = f"http://127.0.0.1:{port}"
+    big = {"account": "x" * (MAX_JSON_BYTES + 1), "amount": 1}
+    refused = httpx.post(f"{base}/v1/admin/credits", json=big, headers=BOOTSTRAP)
+    assert refused.status_code == 413 and str(MAX_JSON_BYTES) in refused.json()["error"]["message"]
+    hook = {"webhook_url": "https://x.example/" + "a" * MAX_JSON_BYTES}
+    assert httpx.put(f"{base}/v1/webhook", json=hook, headers=BOOTSTRAP).status_code == 413
+    # A generation takes images: the same body is read, and refused for what it says.
+    taken = httpx.post(f"{base}/v1/generate", json={"prompt": "a" * MAX_JSON_BYTES}, headers=BOOTSTRAP)
+    assert taken.status_code == 400 and taken.json()["error"]["name"] == "invalid_prompt", taken.text
