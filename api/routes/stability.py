@@ -121,8 +121,16 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
 
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"}
-}
+    200: {"content": {"image/png": {}}, "description": "The artifacts, or the PNG"},
+    **{status: {"description": description} for status, description in [
+        (400, "Invalid request: the message names the field"), (401, "Missing or invalid API key"),
+        (402, "The account's credits do not cover the job"), (403, "The key lacks the generate scope"),
+        (404, "No such engine"), (409, "The job was canceled while the answer waited for it"),
+        (413, "The body is too large"), (429, "Over the key's rate, or the account's jobs at once"),
+        (503, "The engine's queue is full, or Redis is unreachable"),
+        (504, "The job did not finish within the wait: it goes on (its id is in the message)"),
+    ]},
+}  # fmt: skip
 
 
 def multipart_openapi(model: type[BaseModel], files: tuple[str, ...]) -> dict[str, Any]:
@@ -209,6 +217,8 @@ def finished_images(record: JobRecord | None, job_id: str, waited_s: float) -> l
         return record.images
     if record.status is JobStatus.FAILED and record.error:
         raise LatentqError(record.error.name, f"Job {job_id} failed: {record.error.message}")
+    if record.status is JobStatus.CANCELED:  # through our API, while the answer waited for it
+        raise LatentqError("job_canceled", f"Job {job_id} was canceled before it finished.")
     if not record.status.is_terminal:
         raise LatentqError(
             "timeout",

@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -184,3 +186,21 @@ def test_a_job_that_outlasts_the_wait_is_not_lost(redis_server, s3_server):
         job_id = response.json()["message"].split()[1]
         job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=AUTH).json()
     assert job["status"] == "queued" and job["model"] == "nobody-serves-this"
+
+
+def test_a_job_canceled_while_its_answer_waits_is_answered_as_canceled(redis_server, s3_server):
+    model = f"waits-{uuid.uuid4().hex[:8]}"  # no worker serves it: the job waits until canceled
+    settings = api_settings(redis_server, s3_server, models=[{"id": model, "source": "/x", "family": "sd1"}],
+                            sync_timeout_s=60)  # fmt: skip
+    with serve(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=90) as client, \
+            ThreadPoolExecutor(1) as pool:  # fmt: skip
+        waiting_answer = pool.submit(client.post, f"/v1/generation/{model}/text-to-image",
+                                     json={**SMALL, "width": 512, "height": 512})  # fmt: skip
+        job_ids: list[str] = []
+        deadline = time.monotonic() + 30
+        while not job_ids and not waiting_answer.done() and time.monotonic() < deadline:
+            jobs = client.get("/v1/jobs", params={"status": "queued"}).json()["data"]
+            job_ids = [job["id"] for job in jobs if job["model"] == model]
+        assert client.post(f"/v1/jobs/{job_ids[0]}/cancel").json()["status"] == "canceled"
+        response = waiting_answer.result(timeout=30)
+    assert_error(response, 409, "job_canceled", f"Job {job_ids[0]} was canceled")
