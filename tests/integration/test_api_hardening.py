@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import BUCKET, api_settings, serve
+from tests.conftest import API_KEY, BUCKET, api_settings, serve
 
 
 def test_every_answer_carries_the_security_headers(client):
@@ -40,9 +40,12 @@ def test_a_malformed_last_event_id_is_refused_by_name(client):
 
 def test_readyz_names_no_internal_host(redis_server, s3_server):
     with serve(api_settings(redis_server, s3_server, s3_secret_access_key="wrong")) as url:
-        checks = httpx.get(url + "/readyz").json()["checks"]
-    assert checks["s3"].startswith("unreachable") and "127.0.0.1" not in str(checks)
-    assert s3_server.endpoint_url not in str(checks)
+        public = httpx.get(url + "/readyz").json()
+        detailed = httpx.get(url + "/readyz", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert public["checks"]["s3"] == "unreachable" and "details" not in public
+    assert detailed["details"]["s3"].startswith("unreachable: ")
+    for answer in (public, detailed):
+        assert "127.0.0.1" not in str(answer) and s3_server.endpoint_url not in str(answer)
 
 
 def test_the_s3_identities_file_is_its_owners_only(s3_server):
