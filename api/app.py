@@ -22,6 +22,7 @@ from api.request_guard import RequestGuard, SecurityHeaders
 from api.routes import admin, events, health, jobs, models, stability, webhook_settings
 from api.services import Services
 from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
+from latentq.durability import durability_problems
 from latentq.errors import LatentqError
 from latentq.settings import ApiSettings, get_api_settings, get_registry
 
@@ -74,6 +75,23 @@ def check_bootstrap_keys(settings: ApiSettings) -> None:
         raise RuntimeError("LATENTQ_API_KEYS is empty: set at least one API key (comma-separated)")
 
 
+def check_redis_durability(services: Services) -> None:
+    """Refuse to start in production on a Redis that can lose what it stores (``latentq.durability``);
+    in development, or where it cannot be checked, say so in the log."""
+    try:
+        problems = durability_problems(services.redis)
+    except RedisError as error:  # it answers 503 until Redis is back; checked at the next start
+        log.warning("Redis durability not checked (unreachable at start-up: %s)", type(error).__name__)
+        return
+    if problems is None:
+        log.warning("Redis durability not checked: this Redis refuses CONFIG GET; make sure it runs "
+                    "with appendonly yes and maxmemory-policy noeviction")  # fmt: skip
+    elif problems and services.settings.env == "production":
+        raise RuntimeError(f"LATENTQ_ENV=production: Redis can lose jobs and balances: {'; '.join(problems)}")
+    elif problems:
+        log.warning("Redis can lose jobs and balances: %s (refused in production)", "; ".join(problems))
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Return the latentq API application, with ``settings`` or those of the environment."""
     settings = settings or get_api_settings()
@@ -84,6 +102,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Made per app (and so per event loop): asyncio clients must not cross loops.
         app.state.services = services = Services.create(settings)
+        check_redis_durability(services)
         # Everything made so far lives as long as the process: keep it out of the collector's
         # scans, whose full collections over the start-up heap stalled requests (docs/BENCHMARKS.md).
         gc.collect()
