@@ -25,6 +25,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an admin route: 401 and 403, and ``statuses`` of ``_ERRORS``."""
+    return {status: _ERRORS[status] for status in (401, 403, *statuses)}
+
+
 class AccountRequest(BaseModel):
     """Body of ``POST /v1/admin/accounts``."""
 
@@ -78,14 +83,17 @@ def my_ledger(
     return {"entries": caller.services.tenants.ledger(caller.owner, limit, before)}
 
 
-@router.get("/admin/accounts", responses=_ERRORS)
+@router.get("/admin/accounts", responses=_errors())
 def list_accounts(caller: AdminDep) -> dict[str, Any]:
     """Return every account."""
     return {"accounts": caller.services.tenants.list_accounts()}
 
 
 @router.post(
-    "/admin/accounts", status_code=201, responses=_ERRORS, openapi_extra=json_body_openapi(AccountRequest)
+    "/admin/accounts",
+    status_code=201,
+    responses=_errors(400),
+    openapi_extra=json_body_openapi(AccountRequest),
 )
 def create_account(
     body: Annotated[AccountRequest, _body(AccountRequest)], caller: AdminDep
@@ -94,7 +102,7 @@ def create_account(
     return caller.services.tenants.create_account(body.name, caller.principal.key_id, body.unlimited)
 
 
-@router.get("/admin/accounts/{account}", responses=_ERRORS)
+@router.get("/admin/accounts/{account}", responses=_errors(404))
 def get_account(account: str, caller: AdminDep) -> dict[str, Any]:
     """Return one account, by name or id."""
     return caller.services.tenants.account(account)
@@ -111,7 +119,9 @@ class LimitsRequest(BaseModel):
     max_jobs: int | None = Field(None, ge=0, le=1_000_000, description="Queued + running jobs at once.")
 
 
-@router.patch("/admin/accounts/{account}", responses=_ERRORS, openapi_extra=json_body_openapi(LimitsRequest))
+@router.patch(
+    "/admin/accounts/{account}", responses=_errors(400, 404), openapi_extra=json_body_openapi(LimitsRequest)
+)
 def set_limits(
     account: str, body: Annotated[LimitsRequest, _body(LimitsRequest)], caller: AdminDep
 ) -> dict[str, Any]:
@@ -119,7 +129,7 @@ def set_limits(
     return caller.services.tenants.set_limits(account, caller.principal.key_id, **body.model_dump())
 
 
-@router.get("/admin/accounts/{account}/ledger", responses=_ERRORS)
+@router.get("/admin/accounts/{account}/ledger", responses=_errors(400, 404))
 def account_ledger(
     account: str, caller: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
@@ -127,7 +137,7 @@ def account_ledger(
     return {"entries": caller.services.tenants.ledger(account, limit)}
 
 
-@router.get("/admin/keys", responses=_ERRORS)
+@router.get("/admin/keys", responses=_errors(400, 404))
 def list_keys(
     caller: AdminDep, account: Annotated[str | None, Query(max_length=64)] = None
 ) -> dict[str, Any]:
@@ -135,7 +145,9 @@ def list_keys(
     return {"keys": caller.services.tenants.list_keys(account)}
 
 
-@router.post("/admin/keys", status_code=201, responses=_ERRORS, openapi_extra=json_body_openapi(KeyRequest))
+@router.post(
+    "/admin/keys", status_code=201, responses=_errors(400, 404), openapi_extra=json_body_openapi(KeyRequest)
+)
 def create_key(body: Annotated[KeyRequest, _body(KeyRequest)], caller: AdminDep) -> dict[str, Any]:
     """Make a key; the answer carries its ``secret``, shown this once."""
     key, secret = caller.services.tenants.create_key(
@@ -144,19 +156,19 @@ def create_key(body: Annotated[KeyRequest, _body(KeyRequest)], caller: AdminDep)
     return {**key, "secret": secret}
 
 
-@router.delete("/admin/keys/{key_id}", responses=_ERRORS)
+@router.delete("/admin/keys/{key_id}", responses=_errors(404))
 def revoke_key(key_id: str, caller: AdminDep) -> dict[str, Any]:
     """Revoke a key: every API process refuses it within a second."""
     return caller.services.tenants.revoke_key(key_id, caller.principal.key_id)
 
 
-@router.post("/admin/credits", responses=_ERRORS, openapi_extra=json_body_openapi(CreditsRequest))
+@router.post("/admin/credits", responses=_errors(400, 404), openapi_extra=json_body_openapi(CreditsRequest))
 def grant_credits(body: Annotated[CreditsRequest, _body(CreditsRequest)], caller: AdminDep) -> dict[str, Any]:
     """Add credits to an account (a ledger entry); answer the account."""
     return caller.services.tenants.grant(body.account, body.amount, caller.principal.key_id)
 
 
-@router.get("/admin/audit", responses=_ERRORS)
+@router.get("/admin/audit", responses=_errors(400))
 def audit_log(caller: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     """Return the newest administrative actions, newest first."""
     return {"entries": caller.services.tenants.audit_log(limit)}

@@ -35,7 +35,7 @@ _ERROR_RESPONSES: dict[int | str, dict] = {
     for status, description in [(401, "Missing or invalid API key"), (404, "No such job")]
 }
 _SUBMIT_RESPONSES: dict[int | str, dict] = {
-    **_ERROR_RESPONSES,
+    401: _ERROR_RESPONSES[401],
     200: {"description": "The original job (repeated Idempotency-Key), or the finished job (Prefer: wait)"},
     400: {"description": "Invalid request: the error names the field"},
     402: {"description": "The account's credits do not cover the job"},
