@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,8 @@ from tests.conftest import API_KEY, BUCKET, api_processes, service_env
 
 BOOTSTRAP = {"Authorization": f"Bearer {API_KEY}"}
 JOB = {"prompt": "a", "width": 64, "height": 64, "steps": 1}
+STABILITY_JOB = {"text_prompts": [{"text": "a"}], "width": 128, "height": 128, "steps": 10}
+HOOK = {"webhook_url": "https://receiver.example/hooks"}
 
 
 #: Every secret the tests of this module make or use: none may appear in the API's logs.
@@ -66,6 +70,18 @@ def everything_stored(redis: Redis) -> Iterator[bytes]:
             yield redis.get(key) or b""
         elif kind in (b"set", b"zset"):
             yield from (redis.smembers(key) if kind == b"set" else redis.zrange(key, 0, -1))
+
+
+def png_bytes() -> bytes:
+    """A small valid PNG: 64x64 pixels."""
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "green").save(png, format="PNG")
+    return png.getvalue()
+
+
+def png_base64() -> str:
+    """``png_bytes()`` in base64, as our JSON routes take images."""
+    return base64.b64encode(png_bytes()).decode()
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -221,8 +237,7 @@ def test_a_keys_rate_limit_holds_across_two_api_processes(apis):
     assert all(answer.headers["ratelimit-limit"] == "150" for answer in admitted)
     assert min(int(answer.headers["ratelimit-remaining"]) for answer in admitted) == 0
     # Stability's routes answer the same refusal in their own shape.
-    body = {"text_prompts": [{"text": "a"}], "width": 128, "height": 128, "steps": 10}  # valid
-    stability = httpx.post(f"{apis[1]}/v1/generation/tiny-sd/text-to-image", json=body, headers=key)
+    stability = httpx.post(f"{apis[1]}/v1/generation/tiny-sd/text-to-image", json=STABILITY_JOB, headers=key)
     assert stability.status_code == 429 and stability.json()["name"] == "rate_limited", stability.text
 
 
@@ -297,52 +312,134 @@ def test_credits_are_reserved_atomically_and_refunded_when_a_job_is_canceled(api
     assert entries[0]["reason"] == "refund" and entries[0]["job"] == job_id and entries[0]["balance"] == cost
 
 
+#: A route of the matrix: method, path, the scope it needs, and the request's other arguments (a
+#: small valid body where it takes one, so a refusal is never just the body's).
+Route = tuple[str, str, str, dict[str, Any]]
+
+
+def job_routes(job_id: str) -> list[Route]:
+    """The routes of one job."""
+    return [("GET", f"/v1/jobs/{job_id}", "read", {}), ("GET", f"/v1/jobs/{job_id}/events", "read", {}),
+            ("GET", f"/v1/jobs/{job_id}/preview", "read", {}),
+            ("POST", f"/v1/jobs/{job_id}/cancel", "generate", {}),
+            ("DELETE", f"/v1/jobs/{job_id}", "generate", {})]  # fmt: skip
+
+
+def webhook_routes() -> list[Route]:
+    """The routes of the caller's account's webhook settings: all need ``generate``, reading too."""
+    return [("GET", "/v1/webhook", "generate", {}), ("PUT", "/v1/webhook", "generate", {"json": HOOK}),
+            ("DELETE", "/v1/webhook", "generate", {}), ("POST", "/v1/webhook/rotate-secret", "generate", {}),
+            ("DELETE", "/v1/webhook/disabled", "generate", {})]  # fmt: skip
+
+
+def own_routes() -> list[Route]:
+    """The routes that read or submit to the caller's own account."""
+    init, prompt = {"init_image": ("init.png", png_bytes(), "image/png")}, {"text_prompts[0][text]": "a"}
+    stability = "/v1/generation/tiny-sd"
+    return [("GET", "/v1/jobs", "read", {}), ("GET", "/v1/account", "read", {}),
+            ("GET", "/v1/account/ledger", "read", {}), ("GET", "/v1/user/account", "read", {}),
+            ("GET", "/v1/user/balance", "read", {}), *webhook_routes(),
+            ("POST", "/v1/generate", "generate", {"json": JOB}),
+            ("POST", "/v1/quote", "generate", {"json": JOB}),
+            ("POST", "/v1/upscale", "generate", {"json": {"model": "lanczos", "image": png_base64()}}),
+            ("POST", f"{stability}/text-to-image", "generate", {"json": STABILITY_JOB}),
+            ("POST", f"{stability}/image-to-image", "generate", {"data": prompt, "files": init}),
+            ("POST", f"{stability}/image-to-image/masking", "generate",
+             {"data": {**prompt, "mask_source": "INIT_IMAGE_ALPHA"}, "files": init}),
+            ("POST", "/v1/generation/lanczos/image-to-image/upscale", "generate",
+             {"files": {"image": init["init_image"]}})]  # fmt: skip
+
+
+def admin_routes(account: str, key_id: str) -> list[Route]:
+    """The operator's routes, aimed at ``account`` and its key ``key_id`` where they take one."""
+    return [("GET", "/v1/admin/accounts", "admin", {}),
+            ("POST", "/v1/admin/accounts", "admin", {"json": {"name": f"never-{uuid.uuid4().hex[:8]}"}}),
+            ("GET", f"/v1/admin/accounts/{account}", "admin", {}),
+            ("PATCH", f"/v1/admin/accounts/{account}", "admin", {"json": {"max_jobs": 1}}),
+            ("GET", f"/v1/admin/accounts/{account}/ledger", "admin", {}),
+            ("GET", "/v1/admin/keys", "admin", {}),
+            ("POST", "/v1/admin/keys", "admin", {"json": {"account": account, "scopes": ["read"]}}),
+            ("DELETE", f"/v1/admin/keys/{key_id}", "admin", {}),
+            ("POST", "/v1/admin/credits", "admin", {"json": {"account": account, "amount": 5}}),
+            ("GET", "/v1/admin/audit", "admin", {})]  # fmt: skip
+
+
+def error_name(answer: httpx.Response) -> str | None:
+    """The error name ``answer`` carries, in our shape or Stability's; None if it carries none."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return body["error"].get("name") if isinstance(body.get("error"), dict) else body.get("name")
+
+
+def mismatches(url: str, routes: list[Route], who: str, headers: dict[str, str], expected: tuple) -> list:
+    """Send each of ``routes`` to ``url`` with ``headers``; return those whose (status, error name)
+    is not ``expected``, with what they answered."""
+    found = []
+    for method, path, _, request in routes:
+        answer = httpx.request(method, f"{url}{path}", headers=headers, timeout=10, **request)
+        if (answer.status_code, error_name(answer)) != expected:
+            found.append((who, method, path, answer.status_code, error_name(answer)))
+    return found
+
+
+def account_state(apis: list[str], account: str) -> tuple:
+    """What the operator sees of ``account``: itself, its ledger, its keys, and every account's name."""
+    get = functools.partial(httpx.get, headers=BOOTSTRAP)
+    keys = get(f"{apis[0]}/v1/admin/keys", params={"account": account}).json()["keys"]
+    everyone = get(f"{apis[0]}/v1/admin/accounts").json()["accounts"]
+    return (get(f"{apis[0]}/v1/admin/accounts/{account}").json(),
+            get(f"{apis[0]}/v1/admin/accounts/{account}/ledger").json()["entries"],
+            sorted(key["id"] for key in keys), sorted(each["name"] for each in everyone))  # fmt: skip
+
+
 def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, redis_server):
     victim_account, other_account = new_account(apis), new_account(apis)
     victim = bearer(new_key(apis, victim_account, ["generate", "read"]))
+    victim_key_id = httpx.get(f"{apis[0]}/v1/account", headers=victim).json()["key"]["id"]
     stranger = bearer(new_key(apis, other_account, ["generate", "read"]))
-    revoked_secret = new_key(apis, other_account, ["generate", "read"])
-    listed = json.loads(admin(redis_server, "keys", "list", "--account", other_account).stdout)
+    revoked_secret = new_key(apis, victim_account, ["generate", "read"])
+    listed = json.loads(admin(redis_server, "keys", "list", "--account", victim_account).stdout)
     [revoked_id] = [key["id"] for key in listed if key["prefix"] == revoked_secret[:7]]
     admin(redis_server, "keys", "revoke", revoked_id)
-    reader = bearer(new_key(apis, other_account, ["read"]))
-    maker = bearer(new_key(apis, other_account, ["generate"]))
+    # Keys of the victim's own account, each lacking some scope.
+    lacking = {
+        scope: bearer(new_key(apis, victim_account, [scope])) for scope in ("read", "generate", "admin")
+    }
     job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=victim).json()["id"]
-    hook = {"webhook_url": "https://receiver.example/hooks"}
-    assert httpx.put(f"{apis[0]}/v1/webhook", json=hook, headers=victim).status_code == 200
+    assert httpx.put(f"{apis[0]}/v1/webhook", json=HOOK, headers=victim).status_code == 200
     victim_secret = httpx.get(f"{apis[0]}/v1/webhook", headers=victim).json()["secret"]
+    hooked = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=victim).json()["id"]  # copies the webhook
     time.sleep(CACHE_S + 0.05)
-    job_routes = [("GET", f"/v1/jobs/{job_id}"), ("GET", f"/v1/jobs/{job_id}/events"),
-                  ("GET", f"/v1/jobs/{job_id}/preview"), ("POST", f"/v1/jobs/{job_id}/cancel"),
-                  ("DELETE", f"/v1/jobs/{job_id}")]  # fmt: skip
-    own_routes = [("GET", "/v1/jobs"), ("GET", "/v1/webhook"), ("GET", "/v1/account"),
-                  ("GET", "/v1/account/ledger"), ("GET", "/v1/user/account"),
-                  ("GET", "/v1/user/balance")]  # fmt: skip
-    admin_routes = [("GET", "/v1/admin/accounts"), ("GET", f"/v1/admin/accounts/{victim_account}"),
-                    ("GET", "/v1/admin/keys"), ("GET", "/v1/admin/audit"),
-                    ("DELETE", f"/v1/admin/keys/{revoked_id}")]  # fmt: skip
-    successes = []
-    for method, path in job_routes + own_routes + admin_routes:
-        for who, headers in (("no key", {}), ("revoked key", bearer(revoked_secret)),
-                             ("wrong key", bearer("lq_" + "x" * 43))):  # fmt: skip
-            if httpx.request(method, f"{apis[1]}{path}", headers=headers).status_code < 400:
-                successes.append((who, method, path))
-        wrong_scope = maker if method == "GET" and path != "/v1/webhook" else reader  # its secret: generate
-        if httpx.request(method, f"{apis[1]}{path}", headers=wrong_scope).status_code < 400:
-            successes.append(("wrong scope", method, path))
-    for method, path in job_routes:  # another account: as if the job did not exist
-        if httpx.request(method, f"{apis[1]}{path}", headers=stranger).status_code != 404:
-            successes.append(("other account", method, path))
-    for method, path in admin_routes:  # a tenant's full key is no operator
-        if httpx.request(method, f"{apis[1]}{path}", headers=stranger).status_code != 403:
-            successes.append(("other account", method, path))
-    assert successes == []
-    # An account's own resources answer the stranger with its own, never the victim's.
-    seen = httpx.get(f"{apis[1]}/v1/webhook", headers=stranger).json()
+    before = account_state(apis, victim_account)
+    routes = job_routes(job_id) + own_routes() + admin_routes(victim_account, victim_key_id)
+    found = []
+    for who, headers in (("no key", {}), ("revoked key", bearer(revoked_secret)),
+                         ("unknown key", bearer("lq_" + "x" * 43))):  # fmt: skip
+        found += mismatches(apis[1], routes, who, headers, (401, "unauthorized"))
+    for scope, headers in lacking.items():
+        without = [route for route in routes if route[2] != scope]
+        found += mismatches(apis[1], without, f"only {scope}", headers, (403, "permission_denied"))
+    # Another account's full key: the victim's job is as if it did not exist, the operator's routes
+    # are not for a tenant, and webhook settings are its own.
+    found += mismatches(apis[1], job_routes(job_id), "other account", stranger, (404, "not_found"))
+    found += mismatches(apis[1], admin_routes(victim_account, victim_key_id), "other account", stranger,
+                        (403, "permission_denied"))  # fmt: skip
+    found += mismatches(apis[1], webhook_routes(), "other account", stranger, (200, None))
+    assert found == []
+    # Nothing the refused requests asked for happened; the stranger's settings were its own.
+    assert account_state(apis, victim_account) == before
+    for each in (job_id, hooked):
+        assert httpx.get(f"{apis[1]}/v1/jobs/{each}", headers=victim).json()["status"] == "queued"
+    mine = httpx.get(f"{apis[1]}/v1/webhook", headers=victim).json()
+    assert (mine["webhook_url"], mine["secret"]) == (HOOK["webhook_url"], victim_secret)
+    seen = httpx.get(f"{apis[1]}/v1/webhook", headers=stranger).json()  # rotated, set, then deleted
     assert seen["webhook_url"] is None and seen["secret"] != victim_secret
     assert httpx.get(f"{apis[1]}/v1/jobs", headers=stranger).json()["data"] == []
     assert httpx.get(f"{apis[1]}/v1/account", headers=stranger).json()["name"] == other_account
-    assert httpx.get(f"{apis[1]}/v1/jobs/{job_id}", headers=victim).json()["status"] == "queued"  # untouched
 
 
 def test_submits_count_against_the_rate_in_their_own_script_call_bad_input_too(apis):
