@@ -442,6 +442,48 @@ def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, re
     assert httpx.get(f"{apis[1]}/v1/account", headers=stranger).json()["name"] == other_account
 
 
+def test_a_managed_admin_key_runs_the_admin_api_and_nothing_else(apis):
+    home = new_account(apis)
+    made = httpx.post(
+        f"{apis[0]}/v1/admin/keys", json={"account": home, "scopes": ["admin"]}, headers=BOOTSTRAP
+    )
+    assert made.status_code == 201, made.text
+    SECRETS.append(made.json()["secret"])
+    operator, operator_id = bearer(made.json()["secret"]), made.json()["id"]
+    created = httpx.post(f"{apis[1]}/v1/admin/accounts", json={"name": f"cust-{uuid.uuid4().hex[:8]}"},
+                         headers=operator)  # fmt: skip
+    assert created.status_code == 201, created.text
+    customer = created.json()["id"]
+    granted = httpx.post(
+        f"{apis[1]}/v1/admin/credits", json={"account": customer, "amount": 3}, headers=operator
+    )
+    assert granted.status_code == 200 and granted.json()["credits"] == 3
+    key = httpx.post(
+        f"{apis[1]}/v1/admin/keys", json={"account": customer, "scopes": ["read"]}, headers=operator
+    )
+    assert key.status_code == 201
+    SECRETS.append(key.json()["secret"])
+    assert httpx.get(f"{apis[0]}/v1/account", headers=bearer(key.json()["secret"])).json()["credits"] == 3
+    listed = httpx.get(f"{apis[1]}/v1/admin/accounts", headers=operator).json()["accounts"]
+    assert customer in [account["id"] for account in listed]
+    audit = httpx.get(f"{apis[1]}/v1/admin/audit", headers=operator).json()["entries"]
+    done = [(entry["action"], entry["target"]) for entry in audit if entry["actor"] == operator_id]
+    assert done == [
+        ("keys.create", key.json()["id"]),
+        ("credits.grant", customer),
+        ("accounts.create", customer),
+    ]
+    # It is no tenant's key: it neither submits nor reads jobs, its own account's included.
+    job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB,
+                        headers=bearer(new_key(apis, home, ["generate", "read"]))).json()["id"]  # fmt: skip
+    tenant_routes = [("POST", "/v1/generate", {"json": JOB}), ("GET", "/v1/jobs", {}),
+                     ("GET", f"/v1/jobs/{job_id}", {}), ("GET", "/v1/webhook", {}),
+                     ("POST", "/v1/generation/tiny-sd/text-to-image", {"json": STABILITY_JOB})]  # fmt: skip
+    for method, path, request in tenant_routes:
+        answer = httpx.request(method, f"{apis[0]}{path}", headers=operator, **request)
+        assert (answer.status_code, error_name(answer)) == (403, "permission_denied"), path
+
+
 def test_submits_count_against_the_rate_in_their_own_script_call_bad_input_too(apis):
     account = new_account(apis)
     limits = {"rate_limit": 20, "rate_period_s": 1000, "max_jobs": 1000}
