@@ -484,6 +484,25 @@ def test_a_managed_admin_key_runs_the_admin_api_and_nothing_else(apis):
         assert (answer.status_code, error_name(answer)) == (403, "permission_denied"), path
 
 
+def test_an_idempotency_key_is_per_account_and_shared_by_its_keys(apis):
+    first, second = new_account(apis), new_account(apis)
+    one, two = (bearer(new_key(apis, first, ["generate", "read"])) for _ in range(2))
+    other = bearer(new_key(apis, second, ["generate", "read"]))
+    retry = {"Idempotency-Key": f"order-{uuid.uuid4().hex[:8]}"}
+    made = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers={**one, **retry})
+    # The account's other key, on the other API process: the same job.
+    again = httpx.post(f"{apis[1]}/v1/generate", json=JOB, headers={**two, **retry})
+    theirs = httpx.post(f"{apis[1]}/v1/generate", json=JOB, headers={**other, **retry})
+    assert (made.status_code, again.status_code, theirs.status_code) == (202, 200, 202)
+    assert again.json()["id"] == made.json()["id"] and again.headers["location"] == made.headers["location"]
+    mine, yours = made.json()["id"], theirs.json()["id"]
+    assert mine != yours
+    assert httpx.get(f"{apis[0]}/v1/jobs/{yours}", headers=one).status_code == 404
+    assert httpx.get(f"{apis[0]}/v1/jobs/{mine}", headers=other).status_code == 404
+    assert [job["id"] for job in httpx.get(f"{apis[0]}/v1/jobs", headers=two).json()["data"]] == [mine]
+    assert [job["id"] for job in httpx.get(f"{apis[0]}/v1/jobs", headers=other).json()["data"]] == [yours]
+
+
 def test_submits_count_against_the_rate_in_their_own_script_call_bad_input_too(apis):
     account = new_account(apis)
     limits = {"rate_limit": 20, "rate_period_s": 1000, "max_jobs": 1000}
