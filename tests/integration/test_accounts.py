@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ STABILITY_JOB = {"text_prompts": [{"text": "a"}], "width": 128, "height": 128, "
 HOOK = {"webhook_url": "https://receiver.example/hooks"}
 
 
-#: Every secret the tests of this module make or use: none may appear in the API's logs.
+#: Every secret the tests of this module make or use (API keys, webhook signing secrets): none may
+#: appear in the API's logs, nor in Redis but where it must (a signing secret in its settings).
 SECRETS: list[str] = [API_KEY]
 
 
@@ -43,11 +46,16 @@ def apis(redis_server, s3_server, tmp_path_factory) -> Iterator[list[str]]:
     logs = Path(tmp_path_factory.mktemp("logs"))
     with api_processes(env, logs, count=2, verbose=True) as urls:
         yield urls
-    # Once the module's tests ran (keys made, used, refused, revoked): no secret in any log line.
+    # Once the module's tests ran (keys made, used, refused, revoked): no secret in any log line...
+    secrets = [*SECRETS, s3_server.secret_key]
+    assert any(secret.startswith("whsec_") for secret in secrets)  # a test fetched webhook secrets
     text = "\n".join(path.read_text(errors="replace") for path in logs.glob("*.log"))
     assert 'HTTP/1.1" ' in text and "/v1/" in text  # the access log was on
-    leaked = [secret[:6] for secret in [*SECRETS, s3_server.secret_key] if secret in text]
+    leaked = [secret[:6] for secret in secrets if secret in text]
     assert leaked == [], f"secrets in the API's logs: {leaked}"
+    # ... nor in Redis: no job record, event stream or queued RQ job holds one.
+    stored = secrets_stored(Redis.from_url(redis_server.url), secrets)
+    assert stored == [], f"secrets stored in Redis: {stored}"
 
 
 def admin(redis_server, *argv: str, json_out: bool = True) -> subprocess.CompletedProcess:
@@ -57,19 +65,47 @@ def admin(redis_server, *argv: str, json_out: bool = True) -> subprocess.Complet
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
 
 
+def stored_under(redis: Redis, key: bytes) -> Iterator[bytes]:
+    """Every value stored under ``key`` (and its fields), as bytes; zlib data decompressed, as RQ
+    keeps a job's arguments so."""
+    kind = redis.type(key)
+    if kind == b"hash":
+        values = [item for pair in redis.hgetall(key).items() for item in pair]
+    elif kind == b"stream":
+        values = [item for _, entry in redis.xrange(key) for pair in entry.items() for item in pair]
+    elif kind == b"string":
+        values = [redis.get(key) or b""]
+    elif kind == b"list":
+        values = redis.lrange(key, 0, -1)
+    elif kind in (b"set", b"zset"):
+        values = list(redis.smembers(key) if kind == b"set" else redis.zrange(key, 0, -1))
+    else:
+        values = []
+    for value in values:
+        with suppress(zlib.error):
+            value = zlib.decompress(value)
+        yield value
+
+
 def everything_stored(redis: Redis) -> Iterator[bytes]:
     """Every key name and value under latentq's prefix, as bytes."""
     for key in redis.scan_iter("latentq:*"):
-        kind = redis.type(key)
         yield key
-        if kind == b"hash":
-            yield from (item for pair in redis.hgetall(key).items() for item in pair)
-        elif kind == b"stream":
-            yield from (item for _, entry in redis.xrange(key) for pair in entry.items() for item in pair)
-        elif kind == b"string":
-            yield redis.get(key) or b""
-        elif kind in (b"set", b"zset"):
-            yield from (redis.smembers(key) if kind == b"set" else redis.zrange(key, 0, -1))
+        yield from stored_under(redis, key)
+
+
+def secrets_stored(redis: Redis, secrets: list[str]) -> list[tuple[str, str]]:
+    """(key, the secret's first 6 characters) for each secret of ``secrets`` stored under a latentq
+    or RQ key where it must not be: an API key is kept as its digest, a webhook signing secret
+    only in its account's webhook settings (it signs with it)."""
+    found = []
+    for key in [*redis.scan_iter("latentq:*"), *redis.scan_iter("rq:*")]:
+        settings = key.startswith(b"latentq:owner:") and key.endswith(b":webhook")
+        values = [key, *stored_under(redis, key)]
+        for secret in secrets:
+            if not (settings and secret.startswith("whsec_")) and any(secret.encode() in v for v in values):
+                found.append((key.decode(), secret[:6]))
+    return found
 
 
 def png_bytes() -> bytes:
@@ -157,7 +193,8 @@ def test_scopes_hold_on_every_kind_of_route(apis):
     assert httpx.post(f"{apis[0]}/v1/jobs/{job_id}/cancel", headers=reader).status_code == 403
     # Webhook settings hold the secret that signs the account's webhooks: reading them is no read.
     assert httpx.get(f"{apis[0]}/v1/webhook", headers=reader).status_code == 403
-    assert httpx.get(f"{apis[0]}/v1/webhook", headers=maker).json()["secret"].startswith("whsec_")
+    SECRETS.append(httpx.get(f"{apis[0]}/v1/webhook", headers=maker).json()["secret"])
+    assert SECRETS[-1].startswith("whsec_")
     for path in ("/v1/admin/accounts", "/v1/admin/keys", "/v1/admin/audit"):
         assert httpx.get(f"{apis[0]}{path}", headers=reader).status_code == 403
     assert httpx.post(f"{apis[0]}/v1/admin/credits", json={"account": account, "amount": 5}, headers=maker
@@ -412,6 +449,8 @@ def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, re
     job_id = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=victim).json()["id"]
     assert httpx.put(f"{apis[0]}/v1/webhook", json=HOOK, headers=victim).status_code == 200
     victim_secret = httpx.get(f"{apis[0]}/v1/webhook", headers=victim).json()["secret"]
+    SECRETS.append(victim_secret)
+    SECRETS.append(httpx.get(f"{apis[0]}/v1/webhook", headers=stranger).json()["secret"])
     hooked = httpx.post(f"{apis[0]}/v1/generate", json=JOB, headers=victim).json()["id"]  # copies the webhook
     time.sleep(CACHE_S + 0.05)
     before = account_state(apis, victim_account)
@@ -437,7 +476,8 @@ def test_bola_matrix_nothing_of_an_account_reaches_another_or_a_bad_key(apis, re
     mine = httpx.get(f"{apis[1]}/v1/webhook", headers=victim).json()
     assert (mine["webhook_url"], mine["secret"]) == (HOOK["webhook_url"], victim_secret)
     seen = httpx.get(f"{apis[1]}/v1/webhook", headers=stranger).json()  # rotated, set, then deleted
-    assert seen["webhook_url"] is None and seen["secret"] != victim_secret
+    SECRETS.append(seen["secret"])
+    assert seen["webhook_url"] is None and seen["secret"] not in SECRETS[:-1]
     assert httpx.get(f"{apis[1]}/v1/jobs", headers=stranger).json()["data"] == []
     assert httpx.get(f"{apis[1]}/v1/account", headers=stranger).json()["name"] == other_account
 
