@@ -3,7 +3,7 @@
 The first request with a key claims it (``SET NX``) for its body's fingerprint and its new job
 id, before the job is queued; a repeat with the same body gets that job (200), a repeat with a
 different body a 409. Concurrent duplicates race on the one ``SET NX``, so exactly one job is
-created. Keys are scoped to the API key that sent them, and live as long as their job's record
+created. Keys are scoped to the account whose key sent them, and live as long as their job's record
 (its retention): a retry after the job expired makes a new job. A claim whose job never appeared
 (its request died before queueing it) is taken over by the next request after ``ORIGINAL_WAIT_S``.
 """
@@ -76,7 +76,7 @@ return 0
 
 
 def claim_name(owner: str, key: str) -> str:
-    """Return the Redis key of API key ``owner``'s claim of ``Idempotency-Key`` ``key``."""
+    """Return the Redis key of account ``owner``'s claim of ``Idempotency-Key`` ``key``."""
     return idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
 
 
