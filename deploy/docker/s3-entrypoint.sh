@@ -17,5 +17,8 @@ WEED_JWT_SIGNING_READ_KEY=$(head -c 32 /dev/urandom | base64)
 WEED_JWT_FILER_SIGNING_KEY=$(head -c 32 /dev/urandom | base64)
 WEED_JWT_FILER_SIGNING_READ_KEY=$(head -c 32 /dev/urandom | base64)
 export WEED_JWT_SIGNING_KEY WEED_JWT_SIGNING_READ_KEY WEED_JWT_FILER_SIGNING_KEY WEED_JWT_FILER_SIGNING_READ_KEY
-exec weed server -ip.bind=0.0.0.0 -dir=/data/weed -filer -s3 -s3.port=8333 -s3.config=/tmp/s3.json \
-  -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false
+# Only S3 (which checks signatures) listens beyond the container's loopback. The master checks no
+# credentials (its /dir/assign hands anyone a volume write token, its /col/delete drops a bucket's
+# whole collection), so it stays on 127.0.0.1 with the volume and filer servers, reached by S3 alone.
+exec weed server -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.ip.bind=0.0.0.0 -dir=/data/weed -filer \
+  -s3 -s3.port=8333 -s3.config=/tmp/s3.json -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false

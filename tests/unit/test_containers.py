@@ -56,10 +56,31 @@ def test_worker_command_runs_the_worker_module():
     assert "python -m worker.embedded" in stages()["worker"]
 
 
+S3_ENTRYPOINT = REPO / "deploy" / "docker" / "s3-entrypoint.sh"
+
+
 def test_s3_entrypoint_is_executable_and_configures_signatures():
-    script = REPO / "deploy" / "docker" / "s3-entrypoint.sh"
-    assert os.access(script, os.X_OK)
-    assert "-s3.config=" in script.read_text()
+    assert os.access(S3_ENTRYPOINT, os.X_OK)
+    assert "-s3.config=" in S3_ENTRYPOINT.read_text()
+
+
+def weed_server_flags() -> dict[str, str]:
+    """Return the flags of the entrypoint's ``weed server`` command, by name (``-filer``: '')."""
+    script = S3_ENTRYPOINT.read_text().replace("\\\n", " ")
+    [command] = [line for line in script.splitlines() if line.startswith("exec weed server ")]
+    flags = [word.removeprefix("-").partition("=") for word in shlex.split(command)[3:]]
+    return {name: value for name, _, value in flags}
+
+
+def test_s3_entrypoint_binds_only_s3_beyond_the_containers_loopback():
+    flags = weed_server_flags()
+    assert flags["ip"] == flags["ip.bind"] == "127.0.0.1"  # master, volume and filer
+    assert flags["s3.ip.bind"] == "0.0.0.0"
+    binds = {name: value for name, value in flags.items() if name.endswith(("ip.bind", "Ip"))}
+    assert binds == {"ip.bind": "127.0.0.1", "s3.ip.bind": "0.0.0.0"}
+    # No other server beside them (each would listen on the container's ports too).
+    assert not {"webdav", "sftp", "iam", "mq.broker", "mq.agent", "metricsPort"} & set(flags)
+    assert flags["s3.port.iceberg"] == flags["s3.port.lance"] == "0"
 
 
 def json_command(stage: str, instruction: str) -> list[str]:
@@ -77,6 +98,24 @@ def test_compose_services():
     assert (REPO / "dispatcher" / "__main__.py").exists()
     assert services["worker"]["build"]["target"] == "worker"
     assert services["s3"]["build"]["target"] == "s3"
+
+
+def test_compose_publishes_only_s3_of_the_storage():
+    s3 = COMPOSE["services"]["s3"]
+    assert s3["ports"] == ["8333:8333"] and "expose" not in s3 and "network_mode" not in s3
+
+
+def test_compose_api_runs_in_production():
+    value = COMPOSE["services"]["api"]["environment"]["LATENTQ_ENV"]
+    assert value == "production" and ApiSettings(env=value).env == value  # refuses short bootstrap keys
+
+
+@pytest.mark.parametrize("service", ["s3", "api", "webhooks", "worker"])
+def test_compose_refuses_to_start_without_the_s3_secret(service):
+    value = COMPOSE["services"][service]["environment"]["LATENTQ_S3_SECRET_ACCESS_KEY"]
+    # ${NAME:?message}: compose stops with the message when NAME is unset or empty.
+    assert re.fullmatch(r"\$\{LATENTQ_S3_SECRET_ACCESS_KEY:\?[^}]+\}", value), value
+    assert ': "${LATENTQ_S3_SECRET_ACCESS_KEY:?' in S3_ENTRYPOINT.read_text()
 
 
 def test_compose_redis_keeps_jobs():
