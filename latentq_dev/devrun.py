@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from latentq.settings import CommonSettings, get_registry
-from latentq_dev.devstack import Process, RedisServer, S3Server, wait_until
+from latentq_dev.devstack import Process, RedisServer, S3Server, wait_until, write_private
 
 #: Where ``make run`` lets webhooks go: a receiver on this machine's port 9000.
 DEV_WEBHOOK_HOSTS = "127.0.0.1:9000,localhost:9000,[::1]:9000"
@@ -37,8 +37,7 @@ def dev_api_key(state: Path) -> str:
     """Return the development API key kept in ``state/api_key``, making one on first use."""
     path = state / "api_key"
     if not path.exists():
-        path.write_text(f"lq_dev_{secrets.token_urlsafe(24)}\n")
-        path.chmod(0o600)
+        write_private(path, f"lq_dev_{secrets.token_urlsafe(24)}\n")
     return path.read_text().strip()
 
 
@@ -66,10 +65,7 @@ def start_stack(state: Path, env: dict[str, str], port: int, started: list, acce
     start_services(state, env, started)
     # What ``latentq-admin`` run in this checkout reads to reach this stack (owner-only: it may
     # carry a Redis password).
-    admin_env = state / "admin.env"
-    admin_env.touch(mode=0o600)
-    admin_env.chmod(0o600)
-    admin_env.write_text(f"LATENTQ_REDIS_URL={env['LATENTQ_REDIS_URL']}\n")
+    write_private(state / "admin.env", f"LATENTQ_REDIS_URL={env['LATENTQ_REDIS_URL']}\n")
     logs = state / "logs"
     worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
     started.append(worker)

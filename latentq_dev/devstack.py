@@ -144,6 +144,13 @@ def environment_without_settings() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith("LATENTQ_")}
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, a file only its owner can read, from the first byte on."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # an existing file keeps its mode through touch
+    path.write_text(text)
+
+
 def find_binary(name: str) -> str | None:
     """Return the path of executable ``name``: beside this Python first, then on PATH."""
     beside = Path(sys.executable).parent / name
@@ -222,9 +229,7 @@ class S3Server:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.directory / "s3.json"
-        config.touch(mode=0o600)  # it holds the secret key: its owner's only, from the first byte
-        config.chmod(0o600)
-        config.write_text(json.dumps(self._identities()))
+        write_private(config, json.dumps(self._identities()))
         attempt = 1
         while True:
             self.process = Process.start(
