@@ -31,6 +31,9 @@ BLOCK_PORTS_FROM, BLOCK_PORTS_TO = 12000, 22000
 #: Times a SeaweedFS that exits while starting (a port taken meanwhile) is tried on new ports.
 S3_START_TRIES = 3
 
+#: The file in an ``S3Server``'s folder that keeps its access key and secret (JSON, mode 0600).
+S3_CREDENTIALS_FILE = "credentials.json"
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free now."""
@@ -151,6 +154,20 @@ def write_private(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def s3_credentials(directory: Path) -> tuple[str, str]:
+    """Return the S3 access key and secret kept in ``directory``, made at random on first use.
+
+    Random, so that no secret written in this source opens a local stack's bucket; kept, so that a
+    restarted stack, and anything set up with its credentials, goes on working with its data."""
+    path = directory / S3_CREDENTIALS_FILE
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        made = {"access_key": f"latentq-{secrets.token_hex(8)}", "secret_key": secrets.token_urlsafe(32)}
+        write_private(path, json.dumps(made))
+    kept = json.loads(path.read_text())
+    return kept["access_key"], kept["secret_key"]
+
+
 def find_binary(name: str) -> str | None:
     """Return the path of executable ``name``: beside this Python first, then on PATH."""
     beside = Path(sys.executable).parent / name
@@ -202,14 +219,12 @@ class RedisServer:
 
 
 class S3Server:
-    """A private SeaweedFS server with its S3 gateway, checking signatures with one access key."""
+    """A private SeaweedFS server with its S3 gateway, checking signatures with one access key: its
+    folder's own (``s3_credentials``)."""
 
-    def __init__(
-        self, directory: Path, access_key: str = "latentq-dev", secret_key: str = "latentq-dev-secret"
-    ):
+    def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.access_key = access_key
-        self.secret_key = secret_key
+        self.access_key, self.secret_key = s3_credentials(self.directory)
         self._choose_ports()
         self.process: Process | None = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 
+from latentq_dev.devstack import S3_CREDENTIALS_FILE
 from tests.conftest import API_KEY, BUCKET, api_settings, serve
 
 
@@ -48,8 +49,10 @@ def test_readyz_names_no_internal_host(redis_server, s3_server):
         assert "127.0.0.1" not in str(answer) and s3_server.endpoint_url not in str(answer)
 
 
-def test_the_s3_identities_file_is_its_owners_only(s3_server):
-    assert (s3_server.directory / "s3.json").stat().st_mode & 0o077 == 0
+def test_the_s3_identities_and_credentials_files_are_their_owners_only(s3_server):
+    for name in ("s3.json", S3_CREDENTIALS_FILE):
+        assert (s3_server.directory / name).stat().st_mode & 0o077 == 0, name
+    assert s3_server.secret_key in (s3_server.directory / S3_CREDENTIALS_FILE).read_text()
 
 
 def preflight(url: str, origin: str) -> httpx.Response:
