@@ -16,6 +16,10 @@ from latentq.settings import CommonSettings
 
 #: Errors boto3 raises for a failed S3 call; callers map them to ``storage_error``.
 STORAGE_ERRORS = (BotoCoreError, ClientError)
+#: The CORS configuration of a bucket ``ensure_bucket`` creates: one origin that no page has
+#: (``.invalid`` never resolves), so S3 lets no browser page read its answers. A rule is needed
+#: because SeaweedFS, given none, echoes any ``Origin``; presigned URLs need no CORS.
+BUCKET_CORS = {"CORSRules": [{"AllowedOrigins": ["http://cors-off.invalid"], "AllowedMethods": ["GET"]}]}
 
 
 def _client(
@@ -82,7 +86,8 @@ class ImageStore:
         self.probe_client.head_bucket(Bucket=self.bucket)
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist yet."""
+        """Create the bucket, with ``BUCKET_CORS``, if it does not exist yet (an existing bucket is
+        left as it is)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as error:
@@ -92,3 +97,4 @@ class ImageStore:
             if self.client.meta.region_name not in (None, "us-east-1"):
                 options["CreateBucketConfiguration"] = {"LocationConstraint": self.client.meta.region_name}
             self.client.create_bucket(Bucket=self.bucket, **options)
+            self.client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=BUCKET_CORS)

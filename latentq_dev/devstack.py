@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from latentq.settings import CommonSettings
+from latentq.storage import ImageStore
+
 #: Seconds a stopped server gets to exit before it is killed.
 STOP_DEADLINE_S = 5.0
 
@@ -311,13 +314,15 @@ class S3Server:
             ),
         )
 
+    def store(self, bucket: str) -> ImageStore:
+        """Return latentq's ``ImageStore`` for ``bucket`` on this server (the settings of ``env``)."""
+        settings = {name.removeprefix("LATENTQ_").lower(): value for name, value in self.env(bucket).items()}
+        return ImageStore(CommonSettings.model_validate(settings))
+
     def _probe(self, bucket: str) -> bool:
         client = self.client()
-        if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
-            client.create_bucket(Bucket=bucket)
-            # SeaweedFS answers any Origin by default: allow none (presigned URLs need no CORS).
-            rule = {"AllowedOrigins": ["http://cors-off.invalid"], "AllowedMethods": ["GET"]}
-            client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
+        client.list_buckets()  # fails at once while SeaweedFS starts (the store's client retries)
+        self.store(bucket).ensure_bucket()  # as a worker makes it: no CORS origin allowed
         client.put_object(Bucket=bucket, Key=".probe", Body=b"ok")
         client.delete_object(Bucket=bucket, Key=".probe")
         return True

@@ -1,11 +1,21 @@
 """Answers that give nothing away and refuse malformed input by name: security headers on every
 answer, ``Allow`` on a 405, a cursor or ``Last-Event-ID`` that cannot be one, ``/readyz`` text,
-and the local stack's S3 secret kept from other users."""
+the local stack's S3 secret kept from other users, and its SeaweedFS reachable only through S3.
+
+SeaweedFS's master checks no credentials: whoever reaches its port can have it sign volume writes
+(``/dir/assign``) or drop a bucket's collection (``/col/delete``). Nothing local can stop a user of
+the machine that reaches the loopback address, so no test pretends to: the master listens on
+127.0.0.1 only (in compose, on the s3 container's loopback), and tenants' one way to make the
+service send a request, webhooks, may not go to it (checked below)."""
 
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from latentq.ssrf import UnsafeUrl, check_url
+from latentq.storage import BUCKET_CORS
+from latentq_dev.devrun import DEV_WEBHOOK_HOSTS
 from latentq_dev.devstack import S3_CREDENTIALS_FILE
 from tests.conftest import API_KEY, BUCKET, api_settings, serve
 
@@ -70,9 +80,43 @@ def test_the_s3_servers_filer_takes_nothing_s3_did_not_sign_and_s3_allows_no_ori
         answer = httpx.request(method, filer + path, content=b"x" if method == "PUT" else None)
         assert answer.status_code == 401, (method, path, answer.status_code)
     assert client.get_object(Bucket=BUCKET, Key="hardening/0.png")["Body"].read() == b"a tenant's image"
+    assert_s3_allows_no_origin(s3_server, BUCKET, "hardening/0.png")
+
+
+def assert_s3_allows_no_origin(s3_server, bucket: str, key: str) -> None:
+    """Assert that S3 lets no page of another origin read ``key``: preflight and presigned GET."""
     origin = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
-    preflight = httpx.options(f"{s3_server.endpoint_url}/{BUCKET}/hardening/0.png", headers=origin)
+    preflight = httpx.options(f"{s3_server.endpoint_url}/{bucket}/{key}", headers=origin)
     assert "access-control-allow-origin" not in preflight.headers
+    fetched = httpx.get(s3_server.store(bucket).url(key), headers={"Origin": "https://evil.example"})
+    assert fetched.status_code == 200 and "access-control-allow-origin" not in fetched.headers
+
+
+def test_a_bucket_ensure_bucket_creates_allows_no_cors_origin(s3_server):
+    store = s3_server.store("latentq-test-fresh")
+    store.ensure_bucket()
+    [rule] = store.client.get_bucket_cors(Bucket=store.bucket)["CORSRules"]
+    assert rule["AllowedOrigins"] == BUCKET_CORS["CORSRules"][0]["AllowedOrigins"]
+    store.put("0.png", b"an image", "image/png")
+    assert_s3_allows_no_origin(s3_server, store.bucket, "0.png")
+    store.delete(["0.png"])
+    store.client.delete_bucket(Bucket=store.bucket)
+
+
+def test_the_s3_servers_volume_takes_nothing_the_master_did_not_sign(s3_server):
+    assigned = httpx.get(f"http://127.0.0.1:{s3_server.master_port}/dir/assign").json()
+    volume = f"http://127.0.0.1:{s3_server.volume_port}/{assigned['fid']}"
+    assert httpx.post(volume, files={"file": b"planted"}).status_code == 401
+    assert httpx.get(volume).status_code == 401
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+def test_webhooks_of_make_runs_stack_reach_no_seaweedfs_port(s3_server, host):
+    ports = (s3_server.master_port, s3_server.volume_port, s3_server.filer_port, s3_server.s3_port)
+    for port in ports:
+        for path in ("/dir/assign", "/col/delete?collection=" + BUCKET, "/"):
+            with pytest.raises(UnsafeUrl):
+                check_url(f"http://{host}:{port}{path}", tuple(DEV_WEBHOOK_HOSTS.split(",")))
 
 
 def test_cors_is_off_unless_origins_are_allowed_and_then_only_for_them(client, redis_server, s3_server):
