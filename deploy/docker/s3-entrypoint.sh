@@ -11,7 +11,9 @@ cat > /tmp/s3.json <<JSON
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 JSON
 # Random JWT keys for this run: the filer and volume servers beside S3 take no read or write S3
-# did not sign, so the objects are reachable only through S3 with credentials.
+# did not sign, so the objects are reachable only through S3 with credentials. They also guard S3's
+# gRPC port (8333 + 10000), which listens wherever S3 does: without them it takes a new identity
+# (IAM cache PutIdentity) or an object deletion (LifecycleDelete) from anyone.
 WEED_JWT_SIGNING_KEY=$(head -c 32 /dev/urandom | base64)
 WEED_JWT_SIGNING_READ_KEY=$(head -c 32 /dev/urandom | base64)
 WEED_JWT_FILER_SIGNING_KEY=$(head -c 32 /dev/urandom | base64)

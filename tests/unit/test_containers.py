@@ -64,6 +64,15 @@ def test_s3_entrypoint_is_executable_and_configures_signatures():
     assert "-s3.config=" in S3_ENTRYPOINT.read_text()
 
 
+def test_s3_entrypoint_signs_with_random_keys_of_its_run():
+    # S3's gRPC port listens beside 8333 (no flag binds it elsewhere): these keys are what make it
+    # refuse identity changes and deletions from the compose network.
+    script = S3_ENTRYPOINT.read_text()
+    for name in ("SIGNING", "SIGNING_READ", "FILER_SIGNING", "FILER_SIGNING_READ"):
+        assert f"WEED_JWT_{name}_KEY=$(head -c 32 /dev/urandom" in script, name
+        assert re.search(rf"^export .*\bWEED_JWT_{name}_KEY\b", script, flags=re.MULTILINE), name
+
+
 def weed_server_flags() -> dict[str, str]:
     """Return the flags of the entrypoint's ``weed server`` command, by name (``-filer``: '')."""
     script = S3_ENTRYPOINT.read_text().replace("\\\n", " ")
