@@ -5,9 +5,9 @@ accounts. The heavy one keeps ``--backlog`` jobs queued all along (topped up as 
 light one submits one job every ``--every-s`` seconds. Both submit the same small job, so rounds
 may mix them. For each light job: its wait from submit to start, in seconds and in rounds (the
 jobs that started in between over the worker's batch size). The stack runs twice, side by side:
-with fair share (``LATENTQ_FAIR_QUEUE_DEPTH``, default 16) and without (0: one FIFO queue).
+with fair share (``LATENTQ_FAIR_QUEUE_DEPTH``, default 8) and without (0: one FIFO queue).
 
-    .venv/bin/python -m bench.fairshare [--backlog 500] [--light 6] [--every-s 3] [--json F]
+    .venv/bin/python -m bench.fairshare [--backlog 500] [--light 6] [--every-s 3] [--depth 8 16] [--json F]
 """
 
 from __future__ import annotations
@@ -126,11 +126,12 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=500)
     parser.add_argument("--light", type=int, default=6)
     parser.add_argument("--every-s", type=float, default=3.0)
-    parser.add_argument("--depth", type=int, default=16, help="LATENTQ_FAIR_QUEUE_DEPTH of the fair run")
+    parser.add_argument("--depth", type=int, nargs="+", default=[8],
+                        help="LATENTQ_FAIR_QUEUE_DEPTH of each fair run, after the FIFO one")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
-    for depth in (0, args.depth):
+    for depth in (0, *args.depth):
         row = run(depth, args.backlog, args.light, args.every_s)
         print(
             ("FIFO (fair share off)" if depth == 0 else f"fair share, depth {depth}") + f": {row}", flush=True

@@ -59,9 +59,10 @@ class CommonSettings(BaseSettings):
     webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
     #: Fair share between accounts (``latentq.fair_share``): most jobs each model's RQ queue holds,
-    #: topped up round robin from the accounts' waiting jobs (at least twice a worker's
-    #: ``max_batch``, so rounds fill); 0: off (one FIFO queue). API and workers read it.
-    fair_queue_depth: int = Field(16, ge=0)
+    #: topped up round robin from the accounts' waiting jobs (at least a worker's ``max_batch``, so
+    #: rounds fill: each round taken tops it up again; a light account's job waits about
+    #: depth / max_batch rounds); 0: off (one FIFO queue). API and workers read it.
+    fair_queue_depth: int = Field(8, ge=0)
     #: Seconds a job's lease lasts without a heartbeat: a job whose worker is lost this long is
     #: recovered by a live process's reaper (requeued, or failed ``worker_lost``). At least twice
     #: the workers' ``heartbeat_interval_s``. A delivery's lease adds twice ``webhook_timeout_s``.

@@ -58,7 +58,7 @@ class WarmWorker(SimpleWorker):
     #: Seconds to wait for more jobs when a round is not full (0: take what is queued).
     batch_wait_s: float = 0.0
     #: Most jobs each RQ queue holds, topped up round robin across accounts (0: fair share off).
-    fair_queue_depth: int = 16
+    fair_queue_depth: int = 8
     #: Seconds a warm shutdown (SIGTERM) may take to finish the current round and its uploads.
     drain_timeout_s: float = 60.0
     #: Recovers a job this worker gives up (``latentq.reaper.Reaper.recover``); set at start-up.
