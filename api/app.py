@@ -19,7 +19,7 @@ from api.body_parsing import validation_error
 from api.error_envelope import error_response
 from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
-from api.routes import admin, events, health, jobs, models, stability, webhook_settings
+from api.routes import admin, events, health, jobs, models, openai_images, stability, webhook_settings
 from api.services import Services
 from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
 from latentq.durability import durability_problems
@@ -124,6 +124,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(stability.router)
+    app.include_router(openai_images.router)
     app.include_router(webhook_settings.router)
     app.include_router(admin.router)
     app.add_exception_handler(LatentqError, _on_latentq_error)

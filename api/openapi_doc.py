@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.routes import openai_images as openai_routes
 from api.routes import stability as stability_routes
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -41,6 +42,25 @@ STABILITY_ERROR_SCHEMA: dict[str, Any] = {
         "name": {"type": "string"},
         "message": {"type": "string"},
         "status": {"type": "integer"},
+    },
+}
+OPENAI_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "description": "invalid_request_error, authentication_error, ..."},
+                "param": {"type": ["string", "null"], "description": "The body field at fault, if one is"},
+                "code": {
+                    "type": "string",
+                    "description": "Our error's machine-readable name (README, Errors)",
+                },
+            },
+        }
     },
 }
 _HEADERS = {
@@ -84,10 +104,13 @@ def describe(app: FastAPI) -> dict[str, Any]:
     components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
     schemas = components.setdefault("schemas", {})
     schemas["Error"], schemas["StabilityError"] = ERROR_SCHEMA, STABILITY_ERROR_SCHEMA
-    stability = {getattr(route, "path", "") for route in stability_routes.router.routes}
+    schemas["OpenAIError"] = OPENAI_ERROR_SCHEMA
+    shapes = {getattr(route, "path", ""): shape for router, shape in
+              ((stability_routes.router, "StabilityError"), (openai_routes.router, "OpenAIError"))
+              for route in router.routes}  # fmt: skip
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            _fix(path, method, operation, "StabilityError" if path in stability else "Error")
+            _fix(path, method, operation, shapes.get(path, "Error"))
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     app.openapi_schema = document

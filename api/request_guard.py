@@ -38,7 +38,7 @@ MAX_JSON_BYTES = 1_000_000
 #: The routes that take images (``MAX_BODY_BYTES``).
 IMAGE_PATHS = ("/v1/generate", "/v1/quote", "/v1/upscale", "/v1/generation/")
 #: The routes that queue a job: their rate check is made in the submit's own script call.
-SUBMIT_PATHS = ("/v1/generate", "/v1/upscale", "/v1/generation/")
+SUBMIT_PATHS = ("/v1/generate", "/v1/upscale", "/v1/generation/", "/v1/images/")
 #: Methods whose requests carry no body here: passed through untouched.
 BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 

@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 from rq import Queue, Worker
 
-from api.deps import CallerDep
+from api.deps import Caller, CallerDep
 from api.presets import style_presets
 from latentq.contract import SAMPLERS
+from latentq.errors import LatentqError
 from latentq.keys import queue_name
+from latentq.models import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -21,27 +23,38 @@ def list_models(caller: CallerDep) -> dict[str, Any]:
 
     The envelope (``object: list``, ``data``) is OpenAI's, so OpenAI clients can list models too.
     """
+    registry = caller.services.registry
+    return {"object": "list", "data": [model_view(caller, model) for model in registry.models.values()]}
+
+
+@router.get("/models/{model_id}", responses={401: {"description": "Missing or invalid API key"},
+                                             404: {"description": "No such model"}})  # fmt: skip
+def get_model(model_id: str, caller: CallerDep) -> dict[str, Any]:
+    """Return one registered model, as ``GET /v1/models`` lists it (OpenAI's ``models.retrieve``)."""
+    model = caller.services.registry.get(model_id)
+    if model is None:
+        raise LatentqError("not_found", f"No model {model_id!r} is registered.")
+    return model_view(caller, model)
+
+
+def model_view(caller: Caller, model: ModelSpec) -> dict[str, Any]:
+    """Return ``model`` as the models routes show it, with its live worker count."""
     registry, redis = caller.services.registry, caller.services.redis
-    data = []
-    for model in registry.models.values():
-        workers = Worker.count(connection=redis, queue=Queue(queue_name(model.id), connection=redis))
-        data.append(
-            {
-                "id": model.id,
-                "object": "model",
-                "owned_by": "latentq",
-                "name": model.name,
-                "description": model.description,
-                "family": model.family,
-                "tasks": list(model.tasks),
-                "default": model.id == registry.default_id,
-                "limits": model.limits.model_dump(),
-                "defaults": model.defaults.model_dump(),
-                "samplers": list(SAMPLERS),
-                "workers": workers,
-            }
-        )
-    return {"object": "list", "data": data}
+    workers = Worker.count(connection=redis, queue=Queue(queue_name(model.id), connection=redis))
+    return {
+        "id": model.id,
+        "object": "model",
+        "owned_by": "latentq",
+        "name": model.name,
+        "description": model.description,
+        "family": model.family,
+        "tasks": list(model.tasks),
+        "default": model.id == registry.default_id,
+        "limits": model.limits.model_dump(),
+        "defaults": model.defaults.model_dump(),
+        "samplers": list(SAMPLERS),
+        "workers": workers,
+    }
 
 
 @router.get("/styles")

@@ -8,22 +8,17 @@ workers and limits), waits for it and answers in Stability's shapes, errors incl
 from __future__ import annotations
 
 import base64
-import logging
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from api.admission import admission
-from api.body_parsing import json_body_openapi, parse_body, validation_error
+from api.body_parsing import json_body_openapi, parse_body
 from api.deps import Caller, caller_with, method_scope, presented_key
 from api.error_envelope import stability_error
+from api.shaped_route import ShapedRoute, wait_for_images
 from api.stability_bodies import (
     ImageToImageBody,
     MaskingBody,
@@ -36,40 +31,17 @@ from api.stability_bodies import (
     require_file,
     upscale_request,
 )
-from api.submit import draft_job, submit_job
-from latentq.contract import GenerateRequest, JobStatus, StoredImage, UpscaleRequest
+from latentq.contract import GenerateRequest, UpscaleRequest
 from latentq.errors import LatentqError
-from latentq.records import JobRecord
-
-log = logging.getLogger("latentq.api")
 
 #: Balance reported by ``/v1/user/balance`` until credits exist: effectively unlimited.
 UNLIMITED_CREDITS = 1_000_000_000.0
 
 
-class StabilityRoute(APIRoute):
+class StabilityRoute(ShapedRoute):
     """A route whose every failure, authentication and validation included, answers in Stability's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except LatentqError as error:
-                return stability_error(error)
-            except RequestValidationError as error:
-                return stability_error(validation_error(error.errors()))
-            except RedisError as error:
-                log.error("redis unavailable: %s", error)
-                return stability_error(LatentqError("service_unavailable"))
-            except Exception:
-                log.exception("unhandled error")
-                return stability_error(
-                    LatentqError("internal_error", "An unexpected server error occurred, please try again.")
-                )
-
-        return route
+    render = staticmethod(stability_error)
 
 
 async def get_stability_caller(request: Request) -> Caller:
@@ -99,15 +71,7 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
             "samples: Sample count may only be greater than 1 when the accept header is set to "
             "`application/json`",
         )  # fmt: skip
-    draft = await draft_job(services, caller.principal, ours, webhooks=False)
-    with services.slots.holding(caller.owner):  # the answer is the image: no slot to wait in, no job
-        timeout_s = services.settings.sync_timeout_s
-        terms = admission(caller.principal, services, draft.spec)
-        submitted = await submit_job(
-            services, caller.owner, draft, wait_s=timeout_s, slot_held=True, max_jobs=terms.max_jobs,
-            cost=terms.cost,
-        )  # fmt: skip
-    stored = finished_images(submitted.awaited, draft.spec.job_id, services.settings.sync_timeout_s)
+    stored = await wait_for_images(caller, ours)
     images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
     if png:
         seed, data = images[0]
@@ -206,26 +170,6 @@ def wants_png(request: Request) -> bool:
     """Whether the client asked for raw PNG bytes (``Accept: image/png``) rather than JSON."""
     first = request.headers.get("accept", "").split(",")[0]
     return first.split(";")[0].strip().lower() == "image/png"
-
-
-def finished_images(record: JobRecord | None, job_id: str, waited_s: float) -> list[StoredImage]:
-    """Return the images of the awaited job (its record after a wait of ``waited_s`` seconds); raise
-    the error to answer with unless it succeeded."""
-    if record is None:
-        raise LatentqError("internal_error", f"Job {job_id} disappeared while it was awaited.")
-    if record.status is JobStatus.SUCCEEDED:
-        return record.images
-    if record.status is JobStatus.FAILED and record.error:
-        raise LatentqError(record.error.name, f"Job {job_id} failed: {record.error.message}")
-    if record.status is JobStatus.CANCELED:  # through our API, while the answer waited for it
-        raise LatentqError("job_canceled", f"Job {job_id} was canceled before it finished.")
-    if not record.status.is_terminal:
-        raise LatentqError(
-            "timeout",
-            f"Job {job_id} did not finish within {waited_s:g} s; it is still "
-            f"{record.status.value}: follow it at GET /v1/jobs/{job_id}",
-        )
-    raise LatentqError("internal_error", f"Job {job_id} ended {record.status.value} without images.")
 
 
 @router.get("/engines/list")

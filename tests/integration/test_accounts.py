@@ -384,7 +384,9 @@ def own_routes() -> list[Route]:
             ("POST", f"{stability}/image-to-image/masking", "generate",
              {"data": {**prompt, "mask_source": "INIT_IMAGE_ALPHA"}, "files": init}),
             ("POST", "/v1/generation/lanczos/image-to-image/upscale", "generate",
-             {"files": {"image": init["init_image"]}})]  # fmt: skip
+             {"files": {"image": init["init_image"]}}),
+            ("POST", "/v1/images/generations", "generate", {"json": {"prompt": "a", "size": "64x64"}}),
+            ("GET", "/v1/models/tiny-sd", "read", {})]  # fmt: skip
 
 
 def admin_routes(account: str, key_id: str) -> list[Route]:
@@ -402,14 +404,16 @@ def admin_routes(account: str, key_id: str) -> list[Route]:
 
 
 def error_name(answer: httpx.Response) -> str | None:
-    """The error name ``answer`` carries, in our shape or Stability's; None if it carries none."""
+    """The error name ``answer`` carries, in our shape, Stability's or OpenAI's (its ``code``);
+    None if it carries none."""
     try:
         body = answer.json()
     except ValueError:
         return None
     if not isinstance(body, dict):
         return None
-    return body["error"].get("name") if isinstance(body.get("error"), dict) else body.get("name")
+    error = body.get("error")
+    return (error.get("name") or error.get("code")) if isinstance(error, dict) else body.get("name")
 
 
 def mismatches(url: str, routes: list[Route], who: str, headers: dict[str, str], expected: tuple) -> list:

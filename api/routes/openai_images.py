@@ -1,0 +1,131 @@
+"""The OpenAI Images API, translated: ``POST /v1/images/generations`` for the official ``openai``
+clients and the tools built on them (point ``base_url`` at ``<latentq>/v1``).
+
+Like the Stability routes, each request becomes our contract's request and is queued like any job
+(same queue, workers, limits and credits), waited for up to ``LATENTQ_SYNC_TIMEOUT_S`` and
+answered in OpenAI's shapes, errors included (``{"error": {"message", "type", "param", "code"}}``).
+Stable Diffusion's own parameters come as extra body fields, as other OpenAI-compatible diffusion
+servers take them (``extra_body`` in the Python client).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.body_parsing import json_body_openapi, parse_body
+from api.deps import Caller, caller_with, method_scope, presented_key
+from api.error_envelope import openai_error
+from api.shaped_route import ShapedRoute, wait_for_images
+from latentq.contract import MAX_PROMPT_CHARS, MAX_SEED, GenerateRequest, OutputFormat, Sampler
+from latentq.errors import LatentqError
+
+_SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
+#: The body's fields our request takes as they are.
+_PASSED_ON = {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "style_preset",
+              "output_format"}  # fmt: skip
+
+
+class OpenAIRoute(ShapedRoute):
+    """A route whose every failure, authentication and validation included, answers in OpenAI's shape."""
+
+    render = staticmethod(openai_error)
+
+
+async def get_openai_caller(request: Request) -> Caller:
+    """Return the caller of ``Authorization: Bearer <key>``, with the scope its method needs."""
+    return await caller_with(request, presented_key(request.headers), method_scope(request.method))
+
+
+router = APIRouter(prefix="/v1", tags=["openai-images"], route_class=OpenAIRoute)
+
+
+class ImageGenerationRequest(BaseModel):
+    """Body of ``POST /v1/images/generations``: OpenAI's fields, and Stable Diffusion's as extras."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    model: str | None = Field(None, description="A registered model id; omitted: the default model.")
+    n: int = Field(1, ge=1, le=10, description="Images to generate.")
+    size: str | None = Field(
+        None, description="WIDTHxHEIGHT within the model's limits; omitted or auto: the model's default."
+    )
+    response_format: Literal["url", "b64_json"] = Field(
+        "url", description="url: presigned S3 URLs (LATENTQ_S3_URL_EXPIRES_S); b64_json: the images inline."
+    )
+    output_format: OutputFormat = Field("png", description="File format of the images.")
+    quality: str | None = Field(
+        None, max_length=32, description="Accepted and ignored: set steps for more or less work."
+    )
+    style: str | None = Field(None, max_length=32, description="Accepted and ignored: see style_preset.")
+    user: str | None = Field(
+        None, max_length=256, description="Accepted and ignored: the key names the account."
+    )
+    negative_prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Random seed; 0 lets the service choose.")
+    steps: int | None = Field(None, ge=1, le=150, description="Denoising steps; omitted: the model's.")
+    cfg_scale: float | None = Field(None, ge=0, le=35, description="Classifier-free guidance scale.")
+    sampler: Sampler | None = Field(None, description="Sampler; omitted: the model's.")
+    style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
+
+
+def parse_size(size: str | None) -> dict[str, int]:
+    """Return the width and height ``size`` names (none for omitted or ``auto``)."""
+    if size is None or size == "auto":
+        return {}
+    match = _SIZE.fullmatch(size)
+    if match is None:
+        raise LatentqError.for_field(
+            "invalid_size", "size", f"size must be WIDTHxHEIGHT, e.g. 512x512 (got {size!r})"
+        )
+    return {"width": int(match[1]), "height": int(match[2])}
+
+
+def generation_request(body: ImageGenerationRequest) -> GenerateRequest:
+    """Return our request for an OpenAI image generation body."""
+    fields = body.model_dump(include=_PASSED_ON, exclude_none=True)
+    return GenerateRequest.model_validate({"samples": body.n, **parse_size(body.size), **fields})
+
+
+async def read_body(request: Request) -> ImageGenerationRequest:
+    """Parse the body as an ``ImageGenerationRequest``."""
+    return parse_body(ImageGenerationRequest, await request.body())
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description} for status, description in [
+        (400, "Invalid request: param names the field"), (401, "Missing or invalid API key"),
+        (402, "The account's credits do not cover the job"), (403, "The key lacks the generate scope"),
+        (409, "The job was canceled while the answer waited for it"), (413, "The body is too large"),
+        (429, "Over the key's rate, or the account's jobs at once"),
+        (503, "The model's queue is full, or Redis is unreachable"),
+        (504, "The job did not finish within the wait: it goes on (its id is in the message)"),
+    ]
+}  # fmt: skip
+
+
+@router.post(
+    "/images/generations", responses=_RESPONSES, openapi_extra=json_body_openapi(ImageGenerationRequest)
+)
+async def generate_images(
+    body: Annotated[ImageGenerationRequest, Depends(read_body)],
+    caller: Annotated[Caller, Depends(get_openai_caller)],
+) -> dict[str, Any]:
+    """Generate images from a prompt (OpenAI's ``images.generate``) and answer with them."""
+    stored = await wait_for_images(caller, generation_request(body))
+    store = caller.services.store
+    data = []
+    for image in stored:
+        if body.response_format == "b64_json":
+            item = {"b64_json": base64.b64encode(await run_in_threadpool(store.get, image.key)).decode()}
+        else:
+            item = {"url": store.url(image.key)}
+        data.append({**item, "revised_prompt": body.prompt})  # the prompt is drawn as given
+    return {"created": int(time.time()), "data": data}
