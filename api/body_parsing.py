@@ -86,3 +86,10 @@ def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
         return node
 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+def multipart_openapi(model: type[BaseModel], files: tuple[str, ...]) -> dict[str, Any]:
+    """Return ``openapi_extra`` documenting a multipart body of ``model``'s fields plus ``files``."""
+    schema = json_body_openapi(model)["requestBody"]["content"]["application/json"]["schema"]
+    schema["properties"].update({name: {"type": "string", "format": "binary"} for name in files})
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}

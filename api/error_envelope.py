@@ -17,7 +17,13 @@ OPENAI_PREFIXES = ("/v1/images/",)
 #: OpenAI's error ``type`` by status; any other 4xx is ``invalid_request_error``.
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 #: Our request fields that OpenAI's body names otherwise.
-_OPENAI_PARAMS = {"width": "size", "height": "size", "samples": "n"}
+_OPENAI_PARAMS = {
+    "width": "size",
+    "height": "size",
+    "samples": "n",
+    "init_image": "image",
+    "mask_image": "mask",
+}
 
 
 def _headers(error: LatentqError) -> dict[str, str]:

@@ -36,7 +36,7 @@ MAX_BODY_BYTES = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1_000_000
 #: Largest body of every other route (admin, webhook settings), bytes.
 MAX_JSON_BYTES = 1_000_000
 #: The routes that take images (``MAX_BODY_BYTES``).
-IMAGE_PATHS = ("/v1/generate", "/v1/quote", "/v1/upscale", "/v1/generation/")
+IMAGE_PATHS = ("/v1/generate", "/v1/quote", "/v1/upscale", "/v1/generation/", "/v1/images/")
 #: The routes that queue a job: their rate check is made in the submit's own script call.
 SUBMIT_PATHS = ("/v1/generate", "/v1/upscale", "/v1/generation/", "/v1/images/")
 #: Methods whose requests carry no body here: passed through untouched.

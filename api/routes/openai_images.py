@@ -1,5 +1,5 @@
-"""The OpenAI Images API, translated: ``POST /v1/images/generations`` for the official ``openai``
-clients and the tools built on them (point ``base_url`` at ``<latentq>/v1``).
+"""The OpenAI Images API, translated: ``POST /v1/images/generations`` and ``/v1/images/edits``
+for the official ``openai`` clients and the tools built on them (point ``base_url`` at ``<latentq>/v1``).
 
 Like the Stability routes, each request becomes our contract's request and is queued like any job
 (same queue, workers, limits and credits), waited for up to ``LATENTQ_SYNC_TIMEOUT_S`` and
@@ -19,14 +19,18 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.body_parsing import json_body_openapi, parse_body
+from api.body_parsing import json_body_openapi, multipart_openapi, parse_body
 from api.deps import Caller, caller_with, method_scope, presented_key
 from api.error_envelope import openai_error
 from api.shaped_route import ShapedRoute, wait_for_images
+from api.stability_bodies import parse_fields, read_form, require_file
+from api.uploads import decode_base64, open_image, png_bytes
 from latentq.contract import MAX_PROMPT_CHARS, MAX_SEED, GenerateRequest, OutputFormat, Sampler
 from latentq.errors import LatentqError
 
 _SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
+#: Most pixels of a mask decoded (its size is checked against the image's afterwards).
+MAX_MASK_PIXELS = 16_777_216
 #: The body's fields our request takes as they are.
 _PASSED_ON = {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "style_preset",
               "output_format"}  # fmt: skip
@@ -46,10 +50,10 @@ async def get_openai_caller(request: Request) -> Caller:
 router = APIRouter(prefix="/v1", tags=["openai-images"], route_class=OpenAIRoute)
 
 
-class ImageGenerationRequest(BaseModel):
-    """Body of ``POST /v1/images/generations``: OpenAI's fields, and Stable Diffusion's as extras."""
+class ImageFields(BaseModel):
+    """The fields of OpenAI's image requests, and Stable Diffusion's as extras."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     model: str | None = Field(None, description="A registered model id; omitted: the default model.")
@@ -76,6 +80,19 @@ class ImageGenerationRequest(BaseModel):
     style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
 
 
+class ImageGenerationRequest(ImageFields):
+    """Body of ``POST /v1/images/generations`` (JSON: a string is no number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ImageEditForm(ImageFields):
+    """The fields of ``POST /v1/images/edits`` (multipart: numbers come as text), beside its files
+    ``image`` and, optionally, ``mask``."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
 def parse_size(size: str | None) -> dict[str, int]:
     """Return the width and height ``size`` names (none for omitted or ``auto``)."""
     if size is None or size == "auto":
@@ -88,10 +105,23 @@ def parse_size(size: str | None) -> dict[str, int]:
     return {"width": int(match[1]), "height": int(match[2])}
 
 
-def generation_request(body: ImageGenerationRequest) -> GenerateRequest:
-    """Return our request for an OpenAI image generation body."""
+def generation_request(body: ImageFields, **extra: Any) -> GenerateRequest:
+    """Return our request for an OpenAI image body (and ``extra`` fields of ours)."""
     fields = body.model_dump(include=_PASSED_ON, exclude_none=True)
-    return GenerateRequest.model_validate({"samples": body.n, **parse_size(body.size), **fields})
+    return GenerateRequest.model_validate({"samples": body.n, **parse_size(body.size), **fields, **extra})
+
+
+def mask_of(mask: str) -> str:
+    """Return OpenAI's ``mask`` (base64; transparent = repaint) as our ``MASK_IMAGE_BLACK`` mask
+    image (base64 PNG: its alpha channel, black = repaint)."""
+    image = open_image(decode_base64(mask, "mask"), "mask", MAX_MASK_PIXELS)
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        raise LatentqError.for_field(
+            "invalid_mask_image",
+            "mask",
+            "mask must have an alpha channel: its transparent pixels are repainted",
+        )
+    return base64.b64encode(png_bytes(image.convert("RGBA").getchannel("A"))).decode()
 
 
 async def read_body(request: Request) -> ImageGenerationRequest:
@@ -119,7 +149,12 @@ async def generate_images(
     caller: Annotated[Caller, Depends(get_openai_caller)],
 ) -> dict[str, Any]:
     """Generate images from a prompt (OpenAI's ``images.generate``) and answer with them."""
-    stored = await wait_for_images(caller, generation_request(body))
+    return await images_answer(caller, generation_request(body), body)
+
+
+async def images_answer(caller: Caller, ours: GenerateRequest, body: ImageFields) -> dict[str, Any]:
+    """Run ``ours`` and answer with its images as OpenAI does, in ``body``'s ``response_format``."""
+    stored = await wait_for_images(caller, ours)
     store = caller.services.store
     data = []
     for image in stored:
@@ -129,3 +164,25 @@ async def generate_images(
             item = {"url": store.url(image.key)}
         data.append({**item, "revised_prompt": body.prompt})  # the prompt is drawn as given
     return {"created": int(time.time()), "data": data}
+
+
+@router.post(
+    "/images/edits",
+    responses=_RESPONSES,
+    openapi_extra=multipart_openapi(ImageEditForm, ("image", "mask")),
+)
+async def edit_image(
+    request: Request, caller: Annotated[Caller, Depends(get_openai_caller)]
+) -> dict[str, Any]:
+    """Redraw an image guided by a prompt (OpenAI's ``images.edit``): with a ``mask``, only its
+    transparent pixels are repainted (our masking); without one, the whole image is redrawn
+    (image-to-image at the default strength). The images take the input image's size."""
+    fields, files = await read_form(request, ("image", "mask"))
+    body: ImageEditForm = parse_fields(ImageEditForm, fields)
+    image = require_file(files, "image")
+    if "mask" in files:
+        mask = await run_in_threadpool(mask_of, files["mask"])
+        ours = generation_request(body, init_image=image, mask_source="MASK_IMAGE_BLACK", mask_image=mask)
+    else:
+        ours = generation_request(body, init_image=image)
+    return await images_answer(caller, ours, body)

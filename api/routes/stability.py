@@ -12,10 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.body_parsing import json_body_openapi, parse_body
+from api.body_parsing import json_body_openapi, multipart_openapi, parse_body
 from api.deps import Caller, caller_with, method_scope, presented_key
 from api.error_envelope import stability_error
 from api.shaped_route import ShapedRoute, wait_for_images
@@ -95,13 +94,6 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
         (504, "The job did not finish within the wait: it goes on (its id is in the message)"),
     ]},
 }  # fmt: skip
-
-
-def multipart_openapi(model: type[BaseModel], files: tuple[str, ...]) -> dict[str, Any]:
-    """Return ``openapi_extra`` documenting a multipart body of ``model``'s fields plus ``files``."""
-    schema = json_body_openapi(model)["requestBody"]["content"]["application/json"]["schema"]
-    schema["properties"].update({name: {"type": "string", "format": "binary"} for name in files})
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 @router.post(

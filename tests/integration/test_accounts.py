@@ -30,6 +30,11 @@ from latentq.keys import AUDIT_STREAM
 from tests.conftest import API_KEY, BUCKET, api_processes, service_env
 
 BOOTSTRAP = {"Authorization": f"Bearer {API_KEY}"}
+#: The default model of this module's API processes: tiny-sd's limits, and no worker serves it, so
+#: every job here waits (a worker another module left running cannot take them).
+UNSERVED = {"id": "accounts-sd", "source": "/nowhere", "family": "sd1",
+            "limits": {"min_side": 64, "max_side": 1024, "min_pixels": 4096, "max_pixels": 1048576},
+            "defaults": {"width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}}  # fmt: skip
 JOB = {"prompt": "a", "width": 64, "height": 64, "steps": 1}
 STABILITY_JOB = {"text_prompts": [{"text": "a"}], "width": 128, "height": 128, "steps": 10}
 HOOK = {"webhook_url": "https://receiver.example/hooks"}
@@ -42,7 +47,8 @@ SECRETS: list[str] = [API_KEY]
 
 @pytest.fixture(scope="module")
 def apis(redis_server, s3_server, tmp_path_factory) -> Iterator[list[str]]:
-    env = service_env(redis_server, s3_server, api_keys=API_KEY)
+    env = service_env(redis_server, s3_server, api_keys=API_KEY, models=json.dumps([UNSERVED]),
+                      default_model=UNSERVED["id"])  # fmt: skip
     logs = Path(tmp_path_factory.mktemp("logs"))
     with api_processes(env, logs, count=2, verbose=True) as urls:
         yield urls
@@ -307,13 +313,17 @@ def test_a_full_queue_refuses_every_account_with_a_retry_time(redis_server, s3_s
     from latentq.fair_share import pending_key
     from latentq.keys import queue_name, rq_queue_key
 
+    # A model no worker serves: a worker an earlier test left running cannot drain its queue.
+    model = {**UNSERVED, "id": f"unserved-{uuid.uuid4().hex[:8]}"}
+    job = {**JOB, "model": model["id"]}
     redis = Redis.from_url(redis_server.url)
-    queue = queue_name("tiny-sd")
-    depth = redis.llen(rq_queue_key(queue)) + int(redis.get(pending_key(queue)) or 0)  # earlier tests
-    env = service_env(redis_server, s3_server, api_keys=API_KEY, max_queue_depth=str(depth + 1))
+    queue = queue_name(model["id"])
+    depth = redis.llen(rq_queue_key(queue)) + int(redis.get(pending_key(queue)) or 0)  # none: it is new
+    env = service_env(redis_server, s3_server, api_keys=API_KEY, max_queue_depth=str(depth + 1),
+                      models=json.dumps([model]))  # fmt: skip
     with api_processes(env, tmp_path) as [url]:
-        assert httpx.post(f"{url}/v1/generate", json=JOB, headers=BOOTSTRAP).status_code == 202
-        full = httpx.post(f"{url}/v1/generate", json=JOB, headers=BOOTSTRAP)
+        assert httpx.post(f"{url}/v1/generate", json=job, headers=BOOTSTRAP).status_code == 202
+        full = httpx.post(f"{url}/v1/generate", json=job, headers=BOOTSTRAP)
         assert full.status_code == 503 and full.json()["error"]["name"] == "queue_full"
         assert 1 <= int(full.headers["retry-after"]) <= 60
 
@@ -386,6 +396,8 @@ def own_routes() -> list[Route]:
             ("POST", "/v1/generation/lanczos/image-to-image/upscale", "generate",
              {"files": {"image": init["init_image"]}}),
             ("POST", "/v1/images/generations", "generate", {"json": {"prompt": "a", "size": "64x64"}}),
+            ("POST", "/v1/images/edits", "generate",
+             {"data": {"prompt": "a"}, "files": {"image": init["init_image"]}}),
             ("GET", "/v1/models/tiny-sd", "read", {})]  # fmt: skip
 
 

@@ -11,9 +11,11 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, wait_for_job
+from tests.integration.test_image_jobs import INIT, MASK, b64, noise_image
 
 SD = {"steps": 2, "seed": 7}  # Stable Diffusion's own parameters, as extra body fields
+EDIT = {"steps": 4, "seed": 31, "sampler": "K_EULER"}
 
 
 @pytest.fixture
@@ -74,3 +76,48 @@ def test_errors_are_the_clients_typed_exceptions_in_openais_shape(client, api_ur
                         headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
     assert answer.status_code == 400
     assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def png_file(image: Image.Image) -> bytes:
+    return base64.b64decode(b64(image))
+
+
+def ours(client: httpx.Client, **body) -> bytes:
+    """The image our own route makes of ``body``."""
+    job = wait_for_job(client, client.post("/v1/generate", json=body).json()["id"])
+    assert job["status"] == "succeeded", job
+    return httpx.get(job["images"][0]["url"]).content
+
+
+def test_images_edit_is_our_masking_with_a_mask_and_image_to_image_without(client, api_url, worker):
+    ours_client = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    # OpenAI's mask: transparent = repaint. Ours, the same mask as white = repaint.
+    openai_mask = Image.new("RGBA", MASK.size, (0, 0, 0, 255))
+    openai_mask.putalpha(Image.eval(MASK, lambda value: 255 - value))
+    edited = client.images.edit(model="tiny-sd", prompt="a lighthouse at dusk", image=png_file(INIT),
+                                mask=png_file(openai_mask), response_format="b64_json",
+                                extra_body=EDIT)  # fmt: skip
+    masked = ours(ours_client, model="tiny-sd", prompt="a lighthouse at dusk", init_image=b64(INIT),
+                  mask_source="MASK_IMAGE_WHITE", mask_image=b64(MASK), **EDIT)  # fmt: skip
+    assert png(base64.b64decode(edited.data[0].b64_json)).tobytes() == png(masked).tobytes()
+    redrawn = client.images.edit(model="tiny-sd", prompt="a lighthouse at dusk", image=png_file(INIT),
+                                 response_format="b64_json", extra_body=EDIT)  # fmt: skip
+    whole = ours(ours_client, model="tiny-sd", prompt="a lighthouse at dusk", init_image=b64(INIT), **EDIT)
+    assert png(base64.b64decode(redrawn.data[0].b64_json)).tobytes() == png(whole).tobytes()
+    assert png(whole).size == INIT.size
+
+
+def test_images_edit_names_what_is_wrong_with_its_files(client):
+    with pytest.raises(openai.BadRequestError) as opaque:  # a mask must say what to repaint
+        client.images.edit(model="tiny-sd", prompt="a", image=png_file(INIT), mask=png_file(INIT))
+    assert opaque.value.body["param"] == "mask" and "alpha" in opaque.value.body["message"]
+    small = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    with pytest.raises(openai.BadRequestError) as sized:
+        client.images.edit(model="tiny-sd", prompt="a", image=png_file(INIT), mask=png_file(small))
+    assert sized.value.body["param"] == "mask" and "64x64" in sized.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as not_an_image:
+        client.images.edit(model="tiny-sd", prompt="a", image=b"not an image")
+    assert not_an_image.value.body["param"] == "image"
+    with pytest.raises(openai.BadRequestError) as noisy:
+        client.images.edit(model="tiny-sd", prompt="a", image=png_file(noise_image(60, 60)))
+    assert noisy.value.body["param"] == "image"
