@@ -8,7 +8,7 @@ request; both dominated the submit path (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -94,9 +94,14 @@ async def get_caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-async def get_admin(request: Request) -> Caller:
-    """Return the caller of an admin route: its key must have the ``admin`` scope."""
-    return await caller_with(request, bearer_token(request.headers), "admin")
+def caller_needing(scope: str) -> Callable[[Request], Awaitable[Caller]]:
+    """Return the dependency of routes whose key must have ``scope``, whatever their method."""
+
+    async def get_caller_with_scope(request: Request) -> Caller:
+        return await caller_with(request, bearer_token(request.headers), scope)
+
+    return get_caller_with_scope
 
 
-AdminDep = Annotated[Caller, Depends(get_admin)]
+#: The caller of an admin route (the ``admin`` scope).
+AdminDep = Annotated[Caller, Depends(caller_needing("admin"))]

@@ -35,10 +35,10 @@ from latentq.errors import LatentqError
 MAX_BODY_BYTES = 2 * (MAX_IMAGE_BYTES * 4 // 3 + 4) + 1_000_000
 #: Largest body of every other route (admin, webhook settings), bytes.
 MAX_JSON_BYTES = 1_000_000
-#: The routes that take images (``MAX_BODY_BYTES``).
-IMAGE_PATHS = ("/v1/generate", "/v1/quote", "/v1/upscale", "/v1/generation/", "/v1/images/")
 #: The routes that queue a job: their rate check is made in the submit's own script call.
 SUBMIT_PATHS = ("/v1/generate", "/v1/upscale", "/v1/generation/", "/v1/images/")
+#: The routes that take images (``MAX_BODY_BYTES``): those that queue a job, and quotes for them.
+IMAGE_PATHS = (*SUBMIT_PATHS, "/v1/quote")
 #: Methods whose requests carry no body here: passed through untouched.
 BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -102,9 +102,9 @@ class RequestGuard:
                         deferred = DEFERRED.set(rate)  # made in the submit's own script call
                     elif not (await services.limiter.check(rate)).admitted:
                         raise rate.refusal()
-            length = headers.get("content-length", "")
-            if bodied and length.isdigit() and int(length) > body_limit(scope["path"]):
-                raise _too_large(body_limit(scope["path"]))
+            length, limit = headers.get("content-length", ""), body_limit(scope["path"])
+            if bodied and length.isdigit() and int(length) > limit:
+                raise _too_large(limit)
         except RedisError:  # the key could not be looked up
             await error_response_for(scope["path"], LatentqError("service_unavailable"))(scope, receive, send)
             return

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.body_parsing import json_body_openapi, multipart_openapi, parse_body
-from api.deps import Caller, caller_with, method_scope, presented_key
+from api.deps import Caller, CallerDep
 from api.error_envelope import openai_error
 from api.shaped_route import ShapedRoute, wait_for_images
 from api.stability_bodies import parse_fields, read_form, require_file
@@ -40,11 +40,6 @@ class OpenAIRoute(ShapedRoute):
     """A route whose every failure, authentication and validation included, answers in OpenAI's shape."""
 
     render = staticmethod(openai_error)
-
-
-async def get_openai_caller(request: Request) -> Caller:
-    """Return the caller of ``Authorization: Bearer <key>``, with the scope its method needs."""
-    return await caller_with(request, presented_key(request.headers), method_scope(request.method))
 
 
 router = APIRouter(prefix="/v1", tags=["openai-images"], route_class=OpenAIRoute)
@@ -146,7 +141,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def generate_images(
     body: Annotated[ImageGenerationRequest, Depends(read_body)],
-    caller: Annotated[Caller, Depends(get_openai_caller)],
+    caller: CallerDep,
 ) -> dict[str, Any]:
     """Generate images from a prompt (OpenAI's ``images.generate``) and answer with them."""
     return await images_answer(caller, generation_request(body), body)
@@ -171,9 +166,7 @@ async def images_answer(caller: Caller, ours: GenerateRequest, body: ImageFields
     responses=_RESPONSES,
     openapi_extra=multipart_openapi(ImageEditForm, ("image", "mask")),
 )
-async def edit_image(
-    request: Request, caller: Annotated[Caller, Depends(get_openai_caller)]
-) -> dict[str, Any]:
+async def edit_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     """Redraw an image guided by a prompt (OpenAI's ``images.edit``): with a ``mask``, only its
     transparent pixels are repainted (our masking); without one, the whole image is redrawn
     (image-to-image at the default strength). The images take the input image's size."""

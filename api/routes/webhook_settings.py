@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.body_parsing import json_body_openapi, parse_body
-from api.deps import Caller, bearer_token, caller_with
+from api.deps import Caller, caller_needing
 from api.webhook_targets import webhook_target
 from latentq.contract import MAX_WEBHOOK_URL_CHARS, WebhookEvent, WebhookFields
 from latentq.webhook_accounts import WebhookAccounts
@@ -24,13 +24,8 @@ _RESPONSES: dict[int | str, dict] = {
     403: {"description": "The key lacks the generate scope"},
 }
 
-
-async def get_settings_caller(request: Request) -> Caller:
-    """Return the caller of a webhook settings route: its key must have the ``generate`` scope."""
-    return await caller_with(request, bearer_token(request.headers), "generate")
-
-
-SettingsCallerDep = Annotated[Caller, Depends(get_settings_caller)]
+#: The caller of a webhook settings route: ``generate``, reading too (the settings hold the secret).
+SettingsCallerDep = Annotated[Caller, Depends(caller_needing("generate"))]
 
 
 class WebhookDefaultRequest(WebhookFields):
