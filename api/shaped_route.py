@@ -4,6 +4,7 @@ return its images."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,7 +19,7 @@ from api.admission import admission
 from api.body_parsing import validation_error
 from api.deps import Caller
 from api.submit import draft_job, submit_job
-from latentq.contract import GenerateRequest, JobStatus, StoredImage, UpscaleRequest
+from latentq.contract import GenerateRequest, JobSpec, JobStatus, StoredImage, UpscaleRequest
 from latentq.errors import LatentqError
 from latentq.records import JobRecord
 
@@ -54,11 +55,20 @@ class ShapedRoute(APIRoute):
         return route
 
 
-async def wait_for_images(caller: Caller, ours: GenerateRequest | UpscaleRequest) -> list[StoredImage]:
-    """Submit ``ours`` like any job (no webhooks; same queue, limits and credits), wait for it up to
-    ``LATENTQ_SYNC_TIMEOUT_S`` and return its images, or raise the error to answer with."""
+#: A change a route makes to a validated spec before it is queued.
+Revision = Callable[[JobSpec], JobSpec]
+
+
+async def wait_for_images(
+    caller: Caller, ours: GenerateRequest | UpscaleRequest, revise: Revision | None = None
+) -> list[StoredImage]:
+    """Submit ``ours`` like any job (no webhooks; same queue, limits and credits), its spec changed
+    by ``revise`` if given, wait for it up to ``LATENTQ_SYNC_TIMEOUT_S`` and return its images, or
+    raise the error to answer with."""
     services = caller.services
     draft = await draft_job(services, caller.principal, ours, webhooks=False)
+    if revise is not None:
+        draft = dataclasses.replace(draft, spec=revise(draft.spec))
     with services.slots.holding(caller.owner):  # the answer is the image: no slot to wait in, no job
         timeout_s = services.settings.sync_timeout_s
         terms = admission(caller.principal, services, draft.spec)

@@ -1,5 +1,6 @@
-"""The OpenAI Images API, translated: ``POST /v1/images/generations`` and ``/v1/images/edits``
-for the official ``openai`` clients and the tools built on them (point ``base_url`` at ``<latentq>/v1``).
+"""The OpenAI Images API, translated: ``POST /v1/images/generations``, ``/v1/images/edits`` and
+``/v1/images/variations`` for the official ``openai`` clients and the tools built on them (point
+``base_url`` at ``<latentq>/v1``).
 
 Like the Stability routes, each request becomes our contract's request and is queued like any job
 (same queue, workers, limits and credits), waited for up to ``LATENTQ_SYNC_TIMEOUT_S`` and
@@ -22,10 +23,18 @@ from starlette.concurrency import run_in_threadpool
 from api.body_parsing import json_body_openapi, multipart_openapi, parse_body
 from api.deps import Caller, CallerDep
 from api.error_envelope import openai_error
-from api.shaped_route import ShapedRoute, wait_for_images
+from api.shaped_route import Revision, ShapedRoute, wait_for_images
 from api.stability_bodies import parse_fields, read_form, require_file
 from api.uploads import decode_base64, open_image, png_bytes
-from latentq.contract import MAX_PROMPT_CHARS, MAX_SEED, GenerateRequest, OutputFormat, Sampler
+from latentq.contract import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    GenerateRequest,
+    JobSpec,
+    OutputFormat,
+    Sampler,
+    WeightedPrompt,
+)
 from latentq.errors import LatentqError
 
 _SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
@@ -33,7 +42,12 @@ _SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
 MAX_MASK_PIXELS = 16_777_216
 #: The body's fields our request takes as they are.
 _PASSED_ON = {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "style_preset",
-              "output_format"}  # fmt: skip
+              "output_format", "image_strength"}  # fmt: skip
+#: How much of the input image a variation keeps (our ``image_strength``: 1 keeps it, 0 ignores it).
+VARIATION_STRENGTH = 0.35
+#: Stands for the missing prompt of a variation until the spec is made; then it is emptied, so
+#: the variation is drawn with the empty prompt (the text encoder's unconditional input).
+_NO_PROMPT = "\u2400latentq-variation\u2400"
 
 
 class OpenAIRoute(ShapedRoute):
@@ -45,12 +59,11 @@ class OpenAIRoute(ShapedRoute):
 router = APIRouter(prefix="/v1", tags=["openai-images"], route_class=OpenAIRoute)
 
 
-class ImageFields(BaseModel):
-    """The fields of OpenAI's image requests, and Stable Diffusion's as extras."""
+class ImageOptions(BaseModel):
+    """The fields every OpenAI image request takes, and Stable Diffusion's as extras."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     model: str | None = Field(None, description="A registered model id; omitted: the default model.")
     n: int = Field(1, ge=1, le=10, description="Images to generate.")
     size: str | None = Field(
@@ -75,6 +88,12 @@ class ImageFields(BaseModel):
     style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
 
 
+class ImageFields(ImageOptions):
+    """The fields of OpenAI's prompted image requests (generations, edits)."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+
+
 class ImageGenerationRequest(ImageFields):
     """Body of ``POST /v1/images/generations`` (JSON: a string is no number)."""
 
@@ -86,6 +105,20 @@ class ImageEditForm(ImageFields):
     ``image`` and, optionally, ``mask``."""
 
     model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class ImageVariationForm(ImageOptions):
+    """The fields of ``POST /v1/images/variations`` (multipart), beside its file ``image``. OpenAI's
+    variations take no prompt; ours may, as an extra."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    prompt: str | None = Field(
+        None, min_length=1, max_length=MAX_PROMPT_CHARS, description="Extra: omitted, the empty prompt."
+    )
+    image_strength: float = Field(
+        VARIATION_STRENGTH, ge=0, le=1, description="Extra: how much of the image is kept (1: all of it)."
+    )
 
 
 def parse_size(size: str | None) -> dict[str, int]:
@@ -100,7 +133,7 @@ def parse_size(size: str | None) -> dict[str, int]:
     return {"width": int(match[1]), "height": int(match[2])}
 
 
-def generation_request(body: ImageFields, **extra: Any) -> GenerateRequest:
+def generation_request(body: ImageOptions, **extra: Any) -> GenerateRequest:
     """Return our request for an OpenAI image body (and ``extra`` fields of ours)."""
     fields = body.model_dump(include=_PASSED_ON, exclude_none=True)
     return GenerateRequest.model_validate({"samples": body.n, **parse_size(body.size), **fields, **extra})
@@ -144,12 +177,15 @@ async def generate_images(
     caller: CallerDep,
 ) -> dict[str, Any]:
     """Generate images from a prompt (OpenAI's ``images.generate``) and answer with them."""
-    return await images_answer(caller, generation_request(body), body)
+    return await images_answer(caller, generation_request(body), body, body.prompt)
 
 
-async def images_answer(caller: Caller, ours: GenerateRequest, body: ImageFields) -> dict[str, Any]:
-    """Run ``ours`` and answer with its images as OpenAI does, in ``body``'s ``response_format``."""
-    stored = await wait_for_images(caller, ours)
+async def images_answer(
+    caller: Caller, ours: GenerateRequest, body: ImageOptions, prompt: str, revise: Revision | None = None
+) -> dict[str, Any]:
+    """Run ``ours`` (its spec changed by ``revise``, if given) and answer with its images as OpenAI
+    does, in ``body``'s ``response_format``, with ``prompt`` as their revised prompt."""
+    stored = await wait_for_images(caller, ours, revise)
     store = caller.services.store
     data = []
     for image in stored:
@@ -157,7 +193,7 @@ async def images_answer(caller: Caller, ours: GenerateRequest, body: ImageFields
             item = {"b64_json": base64.b64encode(await run_in_threadpool(store.get, image.key)).decode()}
         else:
             item = {"url": store.url(image.key)}
-        data.append({**item, "revised_prompt": body.prompt})  # the prompt is drawn as given
+        data.append({**item, "revised_prompt": prompt})  # the prompt is drawn as given
     return {"created": int(time.time()), "data": data}
 
 
@@ -178,4 +214,29 @@ async def edit_image(request: Request, caller: CallerDep) -> dict[str, Any]:
         ours = generation_request(body, init_image=image, mask_source="MASK_IMAGE_BLACK", mask_image=mask)
     else:
         ours = generation_request(body, init_image=image)
-    return await images_answer(caller, ours, body)
+    return await images_answer(caller, ours, body, body.prompt)
+
+
+def without_prompt(spec: JobSpec) -> JobSpec:
+    """Return ``spec`` with the stand-in prompt emptied (a style preset's template stays)."""
+    prompts = [WeightedPrompt(text=p.text.replace(_NO_PROMPT, ""), weight=p.weight) for p in spec.prompts]
+    return spec.model_copy(update={"prompts": prompts})
+
+
+@router.post(
+    "/images/variations",
+    responses=_RESPONSES,
+    openapi_extra=multipart_openapi(ImageVariationForm, ("image",)),
+)
+async def vary_image(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Draw variations of an image (OpenAI's ``images.create_variation``): image-to-image keeping
+    ``image_strength`` of it (0.35 unless given), with the empty prompt unless one is given. The
+    images take the input image's size."""
+    fields, files = await read_form(request, ("image",))
+    body: ImageVariationForm = parse_fields(ImageVariationForm, fields)
+    image = require_file(files, "image")
+    if body.prompt is not None:
+        ours = generation_request(body, init_image=image)
+        return await images_answer(caller, ours, body, body.prompt)
+    ours = generation_request(body, init_image=image, prompt=_NO_PROMPT)
+    return await images_answer(caller, ours, body, "", without_prompt)

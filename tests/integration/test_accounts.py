@@ -398,6 +398,7 @@ def own_routes() -> list[Route]:
             ("POST", "/v1/images/generations", "generate", {"json": {"prompt": "a", "size": "64x64"}}),
             ("POST", "/v1/images/edits", "generate",
              {"data": {"prompt": "a"}, "files": {"image": init["init_image"]}}),
+            ("POST", "/v1/images/variations", "generate", {"files": {"image": init["init_image"]}}),
             ("GET", "/v1/models/tiny-sd", "read", {})]  # fmt: skip
 
 

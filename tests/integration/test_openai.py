@@ -121,3 +121,34 @@ def test_images_edit_names_what_is_wrong_with_its_files(client):
     with pytest.raises(openai.BadRequestError) as noisy:
         client.images.edit(model="tiny-sd", prompt="a", image=png_file(noise_image(60, 60)))
     assert noisy.value.body["param"] == "image"
+
+
+# The client marks create_variation deprecated (OpenAI's newer models have no variations); it works.
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_images_variation_is_image_to_image_at_its_strength_with_the_empty_prompt_or_a_given_one(
+    client, api_url, worker
+):
+    ours_client = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    prompted = client.images.create_variation(model="tiny-sd", image=png_file(INIT), response_format="b64_json",
+                                              extra_body={"prompt": "a lighthouse", **EDIT})  # fmt: skip
+    assert prompted.data[0].revised_prompt == "a lighthouse"
+    same = ours(ours_client, model="tiny-sd", prompt="a lighthouse", init_image=b64(INIT), image_strength=0.35,
+                **EDIT)  # fmt: skip
+    assert png(base64.b64decode(prompted.data[0].b64_json)).tobytes() == png(same).tobytes()
+    varied = client.images.create_variation(model="tiny-sd", image=png_file(INIT), n=2, extra_body=EDIT)
+    assert [item.revised_prompt for item in varied.data] == ["", ""]
+    images = [png(httpx.get(item.url).content) for item in varied.data]
+    assert [image.size for image in images] == [INIT.size, INIT.size]
+    assert images[0].tobytes() != png(same).tobytes()  # no prompt is not "a lighthouse"
+    job = ours_client.get("/v1/jobs", params={"limit": 1}).json()["data"][0]
+    assert job["request"]["prompts"] == [{"text": "", "weight": 1.0}] and job["request"]["task"] == "image-to-image"
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_images_variation_names_what_is_wrong(client):
+    with pytest.raises(openai.BadRequestError) as missing:
+        client.images.create_variation(model="tiny-sd", image=b"not an image")
+    assert missing.value.body["param"] == "image"
+    with pytest.raises(openai.BadRequestError) as strength:
+        client.images.create_variation(model="tiny-sd", image=png_file(INIT), extra_body={"image_strength": 2})
+    assert strength.value.body["param"] == "image_strength"
