@@ -1,0 +1,78 @@
+"""The README's examples run as written: its shell walk-through against the test stack, with
+``localhost:8000`` the test API's address and ``.run/api_key`` its key, as in a checkout that
+``make run`` serves."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import API_KEY, REPO
+
+README = REPO / "README.md"
+#: A fenced block of the given language: its text.
+FENCE = r"```{language}\n(.*?)```"
+
+
+def section(title: str, until: str) -> str:
+    """Return the README's text from heading ``title`` up to heading ``until``."""
+    text = README.read_text()
+    start = text.index(f"\n{title}\n")
+    return text[start : text.index(f"\n{until}\n", start)]
+
+
+def blocks(text: str, language: str) -> list[str]:
+    """Return the fenced ``language`` blocks of ``text``, in order."""
+    return re.findall(FENCE.format(language=re.escape(language)), text, flags=re.DOTALL)
+
+
+def json_documents(output: str) -> list[dict]:
+    """Return the JSON objects printed one after another (curl adds no newline between them)."""
+    decoder, documents, index = json.JSONDecoder(), [], 0
+    while (start := output.find("{", index)) >= 0:
+        document, index = decoder.raw_decode(output, start)
+        documents.append(document)
+    return documents
+
+
+def checkout(tmp_path: Path) -> Path:
+    """Return a folder that looks like a served checkout: ``.run/api_key`` and ``.venv``."""
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "api_key").write_text(API_KEY + "\n")
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    return tmp_path
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    image = Image.open(io.BytesIO(path.read_bytes()))
+    assert image.format == "PNG", path
+    return image.size
+
+
+def test_the_shell_walk_through_runs_as_written(api_url, worker, image_worker, tmp_path):
+    script = "\n".join(blocks(section("## Walk-through", "## API"), "sh"))
+    assert script.count("curl") >= 10
+    script = "set -euo pipefail\n" + script.replace("localhost:8000", api_url.removeprefix("http://"))
+    folder = checkout(tmp_path)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LATENTQ_")}
+    run = subprocess.run(["bash", "-c", script], cwd=folder, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    documents = json_documents(run.stdout)
+    # The submit (queued), the read, then image-to-image, masking and upscale, each waited for.
+    assert len(documents) == 5, run.stdout
+    assert documents[0]["status"] == "queued" and documents[1]["id"] == documents[0]["id"]
+    for job in documents[2:]:
+        assert job["status"] == "succeeded" and job["error"] is None, job
+    assert [job["request"]["task"] for job in documents[2:]] == ["image-to-image", "masking", "upscale"]
+    sizes = {name: size_of(folder / name) for name in
+             ("lighthouse.png", "out.png", "redrawn.png", "repainted.png", "big.png")}  # fmt: skip
+    assert sizes == {"lighthouse.png": (64, 64), "out.png": (128, 128), "redrawn.png": (64, 64),
+                     "repainted.png": (64, 64), "big.png": (128, 128)}  # fmt: skip
+    assert size_of(folder / "mask.png") == (64, 64)
