@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -76,3 +77,22 @@ def test_the_shell_walk_through_runs_as_written(api_url, worker, image_worker, t
     assert sizes == {"lighthouse.png": (64, 64), "out.png": (128, 128), "redrawn.png": (64, 64),
                      "repainted.png": (64, 64), "big.png": (128, 128)}  # fmt: skip
     assert size_of(folder / "mask.png") == (64, 64)
+
+
+def run_python(code: str, api_url: str) -> dict:
+    """Run README Python ``code`` with ``http://127.0.0.1:8000`` and ``localhost:8000`` meaning the
+    test API; return its globals."""
+    code = code.replace("http://127.0.0.1:8000", api_url).replace("http://localhost:8000", api_url)
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(code, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_the_openai_example_runs_as_written(api_url, worker, monkeypatch):
+    monkeypatch.setenv("KEY", API_KEY)
+    (code,) = blocks(section("### OpenAI Images API", "### `GET /v1/jobs/{id}`"), "python")
+    result = run_python(code, api_url)["result"]
+    assert [Image.open(io.BytesIO(base64.b64decode(item.b64_json))).size for item in result.data] == [
+        (128, 128),
+        (128, 128),
+    ]
