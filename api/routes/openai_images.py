@@ -12,11 +12,13 @@ servers take them (``extra_body`` in the Python client).
 from __future__ import annotations
 
 import base64
+import io
 import re
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -133,6 +135,24 @@ def parse_size(size: str | None) -> dict[str, int]:
     return {"width": int(match[1]), "height": int(match[2])}
 
 
+def check_image_size(size: str | None, image: str) -> None:
+    """Raise ``invalid_size`` unless ``size`` is omitted, ``auto`` or the size of ``image`` (base64):
+    an edit or variation takes its image's size."""
+    wanted = parse_size(size)
+    if not wanted:
+        return
+    try:  # only the header is read; a broken image is reported for what it is when it is decoded
+        with Image.open(io.BytesIO(base64.b64decode(image))) as opened:
+            width, height = opened.size
+    except (ValueError, OSError, UnidentifiedImageError):
+        return
+    if (wanted["width"], wanted["height"]) != (width, height):
+        raise LatentqError.for_field(
+            "invalid_size", "size", f"size: the images take the input image's size, {width}x{height} "
+            f"(got {size}); omit size or give that one",
+        )  # fmt: skip
+
+
 def generation_request(body: ImageOptions, **extra: Any) -> GenerateRequest:
     """Return our request for an OpenAI image body (and ``extra`` fields of ours)."""
     fields = body.model_dump(include=_PASSED_ON, exclude_none=True)
@@ -209,6 +229,8 @@ async def edit_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     fields, files = await read_form(request, ("image", "mask"))
     body: ImageEditForm = parse_fields(ImageEditForm, fields)
     image = require_file(files, "image")
+    check_image_size(body.size, image)
+    body.size = None
     if "mask" in files:
         mask = await run_in_threadpool(mask_of, files["mask"])
         ours = generation_request(body, init_image=image, mask_source="MASK_IMAGE_BLACK", mask_image=mask)
@@ -235,6 +257,8 @@ async def vary_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     fields, files = await read_form(request, ("image",))
     body: ImageVariationForm = parse_fields(ImageVariationForm, fields)
     image = require_file(files, "image")
+    check_image_size(body.size, image)
+    body.size = None
     if body.prompt is not None:
         ours = generation_request(body, init_image=image)
         return await images_answer(caller, ours, body, body.prompt)

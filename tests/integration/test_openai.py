@@ -129,11 +129,12 @@ def test_images_variation_is_image_to_image_at_its_strength_with_the_empty_promp
     client, api_url, worker
 ):
     ours_client = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
-    prompted = client.images.create_variation(model="tiny-sd", image=png_file(INIT), response_format="b64_json",
+    prompted = client.images.create_variation(model="tiny-sd", image=png_file(INIT),
+                                              response_format="b64_json",
                                               extra_body={"prompt": "a lighthouse", **EDIT})  # fmt: skip
     assert prompted.data[0].revised_prompt == "a lighthouse"
-    same = ours(ours_client, model="tiny-sd", prompt="a lighthouse", init_image=b64(INIT), image_strength=0.35,
-                **EDIT)  # fmt: skip
+    same = ours(ours_client, model="tiny-sd", prompt="a lighthouse", init_image=b64(INIT),
+                image_strength=0.35, **EDIT)  # fmt: skip
     assert png(base64.b64decode(prompted.data[0].b64_json)).tobytes() == png(same).tobytes()
     varied = client.images.create_variation(model="tiny-sd", image=png_file(INIT), n=2, extra_body=EDIT)
     assert [item.revised_prompt for item in varied.data] == ["", ""]
@@ -141,7 +142,10 @@ def test_images_variation_is_image_to_image_at_its_strength_with_the_empty_promp
     assert [image.size for image in images] == [INIT.size, INIT.size]
     assert images[0].tobytes() != png(same).tobytes()  # no prompt is not "a lighthouse"
     job = ours_client.get("/v1/jobs", params={"limit": 1}).json()["data"][0]
-    assert job["request"]["prompts"] == [{"text": "", "weight": 1.0}] and job["request"]["task"] == "image-to-image"
+    assert (
+        job["request"]["prompts"] == [{"text": "", "weight": 1.0}]
+        and job["request"]["task"] == "image-to-image"
+    )
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
@@ -149,6 +153,15 @@ def test_images_variation_names_what_is_wrong(client):
     with pytest.raises(openai.BadRequestError) as missing:
         client.images.create_variation(model="tiny-sd", image=b"not an image")
     assert missing.value.body["param"] == "image"
+    sized = client.images.create_variation(
+        model="tiny-sd", image=png_file(INIT), size="64x64", extra_body=EDIT
+    )
+    assert len(sized.data) == 1  # the image's own size may be named
+    with pytest.raises(openai.BadRequestError) as resized:
+        client.images.create_variation(model="tiny-sd", image=png_file(INIT), size="512x512")
+    assert resized.value.body["param"] == "size" and "64x64" in resized.value.body["message"]
     with pytest.raises(openai.BadRequestError) as strength:
-        client.images.create_variation(model="tiny-sd", image=png_file(INIT), extra_body={"image_strength": 2})
+        client.images.create_variation(
+            model="tiny-sd", image=png_file(INIT), extra_body={"image_strength": 2}
+        )
     assert strength.value.body["param"] == "image_strength"
