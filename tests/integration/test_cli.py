@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,33 @@ def test_a_jpeg_job_is_saved_as_a_jpg_file_named_after_the_job(api_url, worker, 
     [path] = [Path(line) for line in result.stdout.split()]
     assert path.suffix == ".jpg" and path.stem.endswith("-0")
     assert Image.open(io.BytesIO(path.read_bytes())).format == "JPEG"
+
+
+def run_in_terminal(api_url: str, *args: str, **env: str) -> tuple[int, str]:
+    """Run ``latentq *args`` in a pseudo-terminal; return its exit status and everything it wrote."""
+    leader, follower = pty.openpty()
+    environment = {**os.environ, "LATENTQ_URL": api_url, "LATENTQ_API_KEY": API_KEY, "TERM": "xterm", **env}
+    process = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), *args], stdout=follower, stderr=follower, env=environment
+    )
+    os.close(follower)
+    output = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(30), output.decode(errors="replace")
+
+
+def test_on_a_terminal_a_bar_shows_progress_and_iterm2_shows_previews_inline(api_url, worker, tmp_path):
+    args = ("generate", "a lighthouse", "--size", "64x64", "--steps", "10", "--preview", "-o", str(tmp_path))
+    status, output = run_in_terminal(api_url, *args, TERM_PROGRAM="iTerm.app")
+    assert status == 0, output
+    assert "10/10" in output and "\x1b]1337;File=inline=1;" in output and len(list(tmp_path.iterdir())) == 1
+    status, plain = run_in_terminal(api_url, *args, TERM_PROGRAM="Apple_Terminal")
+    assert status == 0 and "10/10" in plain and "1337;File" not in plain
