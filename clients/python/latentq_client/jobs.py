@@ -14,7 +14,13 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from latentq_client._http import AsyncTransport, RequestParts, Transport, connection_error
-from latentq_client.errors import JobFailedError, WaitTimeoutError, error_from_answer
+from latentq_client.errors import (
+    APIConnectionError,
+    JobFailedError,
+    NotFoundError,
+    WaitTimeoutError,
+    error_from_answer,
+)
 from latentq_client.events import Event, EventParser
 
 #: Statuses a job never leaves.
@@ -72,6 +78,8 @@ class JobView:
         """Learn from ``event``: a terminal event's data is the final job; ``error`` is raised."""
         if event.name == "error":
             raise error_from_answer(401, event.data)
+        if event.name == "expired":
+            raise NotFoundError("not_found", f"job {self.id} has expired (its retention is over)")
         if event.name in FINAL_STATUSES and event.data.get("id") == self.id:
             self.data = event.data
 
@@ -87,6 +95,18 @@ class JobView:
         if deadline is not None and time.monotonic() >= deadline:
             message = f"job {self.id} is still {self.status}; it goes on (wait again, or cancel it)"
             raise WaitTimeoutError("wait_timeout", message)
+
+    def _stream_lost(
+        self, deadline: float | None, failures: int, max_attempts: int, error: httpx.TransportError | None
+    ) -> None:
+        """Decide after the event stream ended before the job (``error``: how, None: closed by the
+        server): resume it, unless past ``deadline`` or after ``max_attempts`` losses in a row."""
+        self._check(deadline)
+        if failures < max_attempts:
+            return
+        if error is not None:
+            raise connection_error(error) from error
+        raise APIConnectionError("connection_error", f"the event stream of job {self.id} keeps ending early")
 
     def _succeeded_images(self) -> list[dict[str, Any]]:
         """Return the images of the job, ended; raise ``JobFailedError`` unless it succeeded."""
@@ -124,6 +144,7 @@ class Job(JobView):
         deadline, last_id, failures = deadline_after(timeout), None, 0
         while True:
             response = self._transport.send(self._events_request(last_id, deadline), stream=True)
+            lost: httpx.TransportError | None = None
             try:
                 parser = EventParser()
                 for line in response.iter_lines():
@@ -136,12 +157,11 @@ class Job(JobView):
                     if event.terminal:
                         return
             except httpx.TransportError as error:
-                self._check(deadline)
-                if failures + 1 >= self._transport.policy.max_attempts:
-                    raise connection_error(error) from error
+                lost = error
             finally:
                 response.close()
             failures += 1
+            self._stream_lost(deadline, failures, self._transport.policy.max_attempts, lost)
 
     def wait(self, timeout: float | None = DEFAULT_WAIT_S) -> Job:
         """Wait until the job ends (however it ends) and return it; raise ``WaitTimeoutError`` after
@@ -190,6 +210,7 @@ class AsyncJob(JobView):
         deadline, last_id, failures = deadline_after(timeout), None, 0
         while True:
             response = await self._transport.send(self._events_request(last_id, deadline), stream=True)
+            lost: httpx.TransportError | None = None
             try:
                 parser = EventParser()
                 async for line in response.aiter_lines():
@@ -202,12 +223,11 @@ class AsyncJob(JobView):
                     if event.terminal:
                         return
             except httpx.TransportError as error:
-                self._check(deadline)
-                if failures + 1 >= self._transport.policy.max_attempts:
-                    raise connection_error(error) from error
+                lost = error
             finally:
                 await response.aclose()
             failures += 1
+            self._stream_lost(deadline, failures, self._transport.policy.max_attempts, lost)
 
     async def wait(self, timeout: float | None = DEFAULT_WAIT_S) -> AsyncJob:
         """Wait until the job ends (however it ends) and return it; raise ``WaitTimeoutError`` after
