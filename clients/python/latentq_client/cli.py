@@ -93,7 +93,12 @@ def follow(job: Job, console: Console, timeout: float) -> Job:
 def finish(job: Job, args: argparse.Namespace, console: Console) -> int:
     """Follow ``job`` to its end and save its images into ``args.output``; print their paths."""
     console.print(f"job {job.id}")
-    follow(job, console, args.timeout)
+    try:
+        follow(job, console, args.timeout)
+    except KeyboardInterrupt:
+        # Leaving stops only the following: the job runs on, and may still be wanted.
+        console.print(f"job {job.id} goes on; `latentq cancel {job.id}` stops it")
+        raise
     for path in job.save(args.output, args.timeout):
         print(path)
     return 0
