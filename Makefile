@@ -16,11 +16,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(PY) -m pip install -q -e ".[worker,dev]"
+	$(PY) -m pip install -q -e clients/python
 	@touch $@
 
 # redis-server is a Debian package, not a Python one: installed here when run as root.

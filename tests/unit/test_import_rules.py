@@ -100,3 +100,19 @@ def test_the_queued_function_paths_resolve_to_the_functions_new_homes():
         import_attribute(GENERATE_FUNCTION) is generate is import_attribute("worker.job_functions.generate")
     )
     assert import_attribute(DELIVER_FUNCTION) is deliver is import_attribute("dispatcher.delivery.deliver")
+
+
+#: The client package: installed alone (clients/python), on httpx and rich only.
+CLIENT = REPO / "clients" / "python" / "latentq_client"
+CLIENT_DEPENDENCIES = {"httpx", "rich", "latentq_client"}
+
+
+@pytest.mark.parametrize("path", sorted(CLIENT.rglob("*.py")), ids=lambda path: path.name)
+def test_the_client_imports_only_the_standard_library_httpx_and_rich(path):
+    outside = imported(path) - set(sys.stdlib_module_names) - CLIENT_DEPENDENCIES
+    assert not outside, f"{path.relative_to(REPO)} imports {sorted(outside)}"
+
+
+def test_the_client_and_its_command_line_load_nothing_of_the_service():
+    loaded = loaded_after_import("latentq_client", "latentq_client.cli")
+    assert not loaded & (TORCH | HTTP_SIDE | {"latentq", "api", "worker", "dispatcher", "latentq_dev"})
