@@ -96,3 +96,38 @@ def test_the_openai_example_runs_as_written(api_url, worker, monkeypatch):
         (128, 128),
         (128, 128),
     ]
+
+
+def test_the_integration_guides_python_runs_as_written(api_url, worker, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from dispatcher.signing import signature_headers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LATENTQ_API_KEY", API_KEY)
+    *clients, receiver = blocks(section("## Integration guide", "## Configuration"), "python")
+    assert len(clients) == 4
+    namespace = run_python("\n".join(clients), api_url)
+    assert namespace["job"].status == "succeeded"
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2  # waited for, then followed by events
+    assert Image.open(tmp_path / "preview.jpg").format == "JPEG"
+    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    monkeypatch.setenv("LATENTQ_WEBHOOK_SECRET", secret)
+    hooks = TestClient(run_python(receiver, api_url)["app"])
+    body = json.dumps({"type": "job.completed", "data": {"status": "succeeded", "images": []}}).encode()
+    headers = signature_headers([secret], "msg_job_completed", body)
+    assert hooks.post("/hooks/latentq", content=body, headers=headers).status_code == 200
+    assert hooks.post("/hooks/latentq", content=body, headers=headers).status_code == 200  # a retry
+    assert hooks.post("/hooks/latentq", content=body + b" ", headers=headers).status_code == 400
+
+
+def test_the_command_line_example_runs_as_written(api_url, worker, image_worker, tmp_path):
+    (script,) = blocks(section("## Integration guide", "## Configuration"), "sh")
+    script = "set -euo pipefail\n" + script.replace("localhost:8000", api_url.removeprefix("http://"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LATENTQ_")}
+    run = subprocess.run(["bash", "-c", script], cwd=checkout(tmp_path), env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    sizes = sorted(Image.open(path).size for path in (tmp_path / "out").iterdir())
+    assert sizes == [(128, 128), (128, 128), (256, 256)]  # generated, redrawn, upscaled
+    assert "tiny-sd" in run.stdout  # the models listed
