@@ -23,7 +23,7 @@ FENCE = r"```{language}\n(.*?)```"
 
 def section(title: str, until: str) -> str:
     """Return the README's text from heading ``title`` up to heading ``until``."""
-    text = README.read_text()
+    text = "\n" + README.read_text()
     start = text.index(f"\n{title}\n")
     return text[start : text.index(f"\n{until}\n", start)]
 
@@ -131,3 +131,13 @@ def test_the_command_line_example_runs_as_written(api_url, worker, image_worker,
     sizes = sorted(Image.open(path).size for path in (tmp_path / "out").iterdir())
     assert sizes == [(128, 128), (128, 128), (256, 256)]  # generated, redrawn, upscaled
     assert "tiny-sd" in run.stdout  # the models listed
+
+
+def test_the_opening_example_runs_as_written(api_url, worker, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LATENTQ_API_KEY", API_KEY)
+    (code,) = blocks(section("# latentq", "## Two commands"), "python")
+    assert len([line for line in code.splitlines() if line.strip()]) == 3
+    run_python(code, api_url)
+    (image,) = (tmp_path / "out").iterdir()
+    assert Image.open(image).size == (64, 64)  # the default model's default size
