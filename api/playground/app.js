@@ -8,7 +8,9 @@ import { MaskEditor, readAsBase64 } from "./mask.js";
 const $ = (selector) => document.querySelector(selector);
 const form = $("#generate-form");
 const upscaleForm = $("#upscale-form");
-const state = { models: [], running: null };
+// lookups: each gallery job as last read ({job} | {expired} | {problem}), by id.
+// stream: the AbortController of the event stream the progress panel follows.
+const state = { models: [], running: null, stream: null, lookups: new Map() };
 const mask = new MaskEditor({
   imageCanvas: $("#init-canvas"), maskCanvas: $("#mask-canvas"), brush: $("#brush"), eraser: $("#eraser"),
 });
@@ -29,7 +31,7 @@ async function loadCatalog() {
     showCatalog(form, upscaleForm, state.models, styles.data);
     chosenModelChanged();
     setKeyStatus("Key saved in this browser.");
-    await showGallery();
+    await refreshGallery();
   } catch (error) {
     setKeyStatus(error instanceof ApiError ? `${error.message}` : String(error));
   }
@@ -47,11 +49,12 @@ function initImageChanged(hasImage) {
   form.elements.image_strength.disabled = !hasImage;
 }
 
-/** Show ``job`` (final) in the result panel, and refresh the gallery. */
-async function showResult(job) {
+/** Show ``job`` (final) in the result panel and in the gallery. */
+function showResult(job) {
+  state.lookups.set(job.id, { job });
   const entry = loadEntries().find((candidate) => candidate.id === job.id);
-  $("#result").replaceChildren(...(entry ? [renderEntry(entry, job, entryActions)] : []));
-  await showGallery();
+  $("#result").replaceChildren(...(entry ? [renderEntry(entry, { job }, entryActions)] : []));
+  showGallery();
 }
 
 function onJobEvent(event) {
@@ -69,8 +72,11 @@ function onJobEvent(event) {
   }
 }
 
-/** Follow a submitted job to its end, with its progress, previews and a cancel button. */
+/** Follow a submitted job to its end, with its progress, previews and a cancel button. A newer
+ * submit takes the panel over: the older job's stream is closed (the job itself runs on). */
 async function runJob(job) {
+  state.stream?.abort();
+  const stream = (state.stream = new AbortController());
   state.running = job.id;
   $("#progress-panel").hidden = false;
   $("#progress").value = 0;
@@ -78,16 +84,17 @@ async function runJob(job) {
   $("#job-status").textContent = "Queued…";
   $("#cancel").disabled = false;
   try {
-    const final = await followEvents(job.id, onJobEvent);
-    const ended = final.data;
+    const ended = (await followEvents(job.id, onJobEvent, stream.signal)).data;
     if (ended.status === "succeeded") $("#progress").value = 1;
     $("#job-status").textContent = ended.error ? `${ended.status}: ${ended.error.message}` : ended.status;
-    await showResult(ended);
+    showResult(ended);
   } catch (error) {
-    $("#job-status").textContent = `Lost the job's events: ${error.message}`;
+    if (error.name !== "AbortError") $("#job-status").textContent = `Lost the job's events: ${error.message}`;
   } finally {
-    state.running = null;
-    $("#cancel").disabled = true;
+    if (state.stream === stream) {
+      state.running = null;
+      $("#cancel").disabled = true;
+    }
   }
 }
 
@@ -103,10 +110,11 @@ async function cancelJob() {
 
 /** Submit to ``kind``'s route; on an error answer show it on ``target`` and return null. */
 async function submit(kind, target, params, images) {
-  clearErrors(target);
   try {
     const job = await callApi("POST", `/v1/${kind}`, { ...params, ...images, preview: kind === "generate" ? true : undefined });
     addEntry(job, kind, params, Object.keys(images));
+    state.lookups.set(job.id, { job });
+    showGallery();
     return job;
   } catch (error) {
     if (!(error instanceof ApiError)) throw error;
@@ -115,8 +123,15 @@ async function submit(kind, target, params, images) {
   }
 }
 
-async function generate(event) {
+/** Clear what the previous submit showed: its errors on ``target`` and its result. */
+function startSubmit(event, target) {
   event.preventDefault();
+  clearErrors(target);
+  $("#result").replaceChildren();
+}
+
+async function generate(event) {
+  startSubmit(event, form);
   const params = readParams(form);
   const images = {};
   if (mask.hasImage()) {
@@ -131,7 +146,7 @@ async function generate(event) {
 }
 
 async function upscale(event) {
-  event.preventDefault();
+  startSubmit(event, upscaleForm);
   const file = upscaleForm.elements.image.files[0];
   const params = { model: upscaleForm.elements.model.value };
   if (upscaleForm.elements.width.value !== "") params.width = Number(upscaleForm.elements.width.value);
@@ -149,16 +164,26 @@ const entryActions = {
     if (seed !== undefined) form.elements.seed.value = seed;
     form.scrollIntoView({ behavior: "smooth" });
   },
-  async onRemove(entry) {
+  onRemove(entry) {
     removeEntry(entry.id);
-    await showGallery();
+    state.lookups.delete(entry.id);
+    showGallery();
   },
 };
 
-async function showGallery() {
+/** Show the gallery as last read. */
+function showGallery() {
+  const unread = { problem: "enter the API key" };
+  const cards = loadEntries().map((entry) => renderEntry(entry, state.lookups.get(entry.id) || unread, entryActions));
+  $("#gallery").replaceChildren(...cards);
+}
+
+/** Read every gallery job again (fresh image URLs), then show them. */
+async function refreshGallery() {
   const entries = loadEntries();
-  const jobs = savedKey() ? await Promise.all(entries.map((entry) => readJob(entry).catch(() => null))) : [];
-  $("#gallery").replaceChildren(...entries.map((entry, index) => renderEntry(entry, jobs[index], entryActions)));
+  const lookups = await Promise.all(entries.map(readJob));
+  entries.forEach((entry, index) => state.lookups.set(entry.id, lookups[index]));
+  showGallery();
 }
 
 function showTab(name) {
@@ -208,4 +233,5 @@ function wire() {
 }
 
 wire();
+showGallery();
 loadCatalog();

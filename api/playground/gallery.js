@@ -77,15 +77,21 @@ function imagesOf(entry, job) {
   return figure;
 }
 
-/** One gallery card: the job's images and parameters, with its actions. */
-export function renderEntry(entry, job, { onReuse, onRemove }) {
+function statusOf(lookup) {
+  if (lookup.job) return lookup.job.error ? `${lookup.job.status}: ${lookup.job.error.message}` : lookup.job.status;
+  return lookup.expired ? "expired" : `not loaded: ${lookup.problem}`;
+}
+
+/** One gallery card: the job's images and parameters, with its actions. ``lookup``: readJob's. */
+export function renderEntry(entry, lookup, { onReuse, onRemove }) {
+  const job = lookup.job;
   const card = element("article", { class: "entry", "data-job-id": entry.id });
-  const status = job ? job.status : "expired";
+  const status = job ? job.status : lookup.expired ? "expired" : "unknown";
   card.append(imagesOf(entry, job));
   const caption = element("div", { class: "entry-caption" });
   caption.append(element("p", { class: "entry-prompt" }, entry.params.prompt || `upscale to ${entry.params.width || "2×"}`));
   caption.append(element("p", { class: "entry-params" }, describe(entry, job)));
-  caption.append(element("p", { class: `entry-status status-${status}` }, job?.error ? `${status}: ${job.error.message}` : status));
+  caption.append(element("p", { class: `entry-status status-${status}` }, statusOf(lookup)));
   const actions = element("div", { class: "entry-actions" });
   if (entry.kind === "generate") actions.append(button("Reuse these parameters", () => onReuse(entry, job)));
   job?.images?.forEach((image, index) => {
@@ -99,12 +105,13 @@ export function renderEntry(entry, job, { onReuse, onRemove }) {
   return card;
 }
 
-/** Read ``entry``'s job again for fresh image URLs; null once it has expired (404). */
+/** Read ``entry``'s job again for fresh image URLs: {job}, {expired} once it is gone (404), or
+ * {problem} (the key is missing, the rate limit is hit, ...), so one failure spares the others. */
 export async function readJob(entry) {
   try {
-    return await callApi("GET", `/v1/jobs/${encodeURIComponent(entry.id)}`);
+    return { job: await callApi("GET", `/v1/jobs/${encodeURIComponent(entry.id)}`) };
   } catch (error) {
-    if (error instanceof ApiError && error.status === 404) return null;
-    throw error;
+    if (error instanceof ApiError && error.status === 404) return { expired: true };
+    return { problem: error.message };
   }
 }

@@ -131,13 +131,13 @@ def watch_status(page) -> None:
 
 # Page functions are given as functions, never as expressions: Playwright evaluates an expression
 # with eval(), which the playground's policy (no 'unsafe-eval') refuses.
-def result_job_id(page) -> str:
-    """Wait for the submitted job to end and its first image to load; return the job's id."""
+def result_job_id(page, form: str = "#generate-form") -> str:
+    """Wait for the job submitted with ``form`` to end and its first image to load; return its id."""
     page.wait_for_function(
         "() => document.querySelector('#result .entry') ||"
         " [...document.querySelectorAll('.form-error, .field-error')].some((slot) => slot.textContent)"
     )
-    errors = page.locator("#generate-form .form-error, #generate-form .field-error").all_inner_texts()
+    errors = page.locator(f"{form} .form-error, {form} .field-error").all_inner_texts()
     assert not any(errors), errors
     assert page.inner_text("#job-status") == "succeeded"
     page.wait_for_function(
@@ -260,6 +260,26 @@ def test_inpainting_with_a_painted_mask(session, image_worker, client, tmp_path,
     keep = mask == 0
     assert np.array_equal(served[keep], np.asarray(init)[keep])  # unpainted pixels are the init image's
     assert not np.array_equal(served[mask == 255], np.asarray(init)[mask == 255])
+
+
+def test_upscale_tab(session, image_worker, client, tmp_path):
+    page = session.page
+    session.enter_key()
+    page.click("#tab-upscale")
+    small = Image.fromarray(np.random.RandomState(8).randint(0, 256, (48, 32, 3), dtype=np.uint8))
+    page.select_option("#upscale-form [name=model]", "lanczos")
+    page.set_input_files("#upscale-form [name=image]", str(png_file(small, tmp_path / "small.png")))
+    page.fill("#upscale-form [name=width]", "16")  # smaller than the image: refused, said beside width
+    page.click("#upscale-form button[type=submit]")
+    slot = page.locator("#upscale-form [data-error-for=width]")
+    slot.wait_for(state="visible")
+    assert "16" in slot.inner_text()
+    page.fill("#upscale-form [name=width]", "64")
+    page.click("#upscale-form button[type=submit]")
+    job_id = result_job_id(page, "#upscale-form")
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert (job["images"][0]["width"], job["images"][0]["height"]) == (64, 96)
+    assert "Reuse these parameters" not in page.inner_text("#result")  # that fills the generate form
 
 
 def test_cancel_stops_a_long_job(session, worker, client):
