@@ -1,7 +1,7 @@
 // "Copy as curl" and "Copy as Python": the request a gallery entry made, as a command to rerun.
 // Images are not kept in the gallery (localStorage is small), so snippets read them from files
-// named after their field (init_image -> init.png); the key comes from $LATENTQ_API_KEY, never
-// from the page.
+// named after their field (init_image -> init.png; the SDK takes a path and sends it as base64);
+// the key comes from $LATENTQ_API_KEY, never from the page.
 
 const IMAGE_FILES = { init_image: "init.png", mask_image: "mask.png", image: "image.png" };
 const PATHS = { generate: "/v1/generate", upscale: "/v1/upscale" };
@@ -40,12 +40,9 @@ function pythonValue(value) {
 /** Python with the latentq SDK that runs the same job and saves its images. */
 export function pythonSnippet(kind, params, imageFields = []) {
   const args = Object.entries(params).map(([name, value]) => `    ${name}=${pythonValue(value)},`);
-  for (const field of imageFields) {
-    args.push(`    ${field}=base64.b64encode(open("${IMAGE_FILES[field]}", "rb").read()).decode(),`);
-  }
-  const imports = imageFields.length ? "import base64\nimport os\n" : "import os\n";
+  for (const field of imageFields) args.push(`    ${field}=${JSON.stringify(IMAGE_FILES[field])},`);
   return [
-    `${imports}\nfrom latentq_client import Client\n`,
+    "import os\n\nfrom latentq_client import Client\n",
     `client = Client(${JSON.stringify(location.origin)}, api_key=os.environ["LATENTQ_API_KEY"])`,
     `job = client.${kind}(`,
     ...args,

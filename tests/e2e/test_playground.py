@@ -16,6 +16,8 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,7 +28,7 @@ import pytest
 from PIL import Image
 
 from latentq.storage import ImageStore
-from tests.conftest import API_KEY, BUCKET, REPO, api_settings
+from tests.conftest import API_KEY, BUCKET, REPO, api_settings, wait_for_job
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
 CHROMIUM = os.environ.get("LATENTQ_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -208,7 +210,7 @@ def test_gallery_reuses_parameters_and_copies_runnable_snippets(session, worker,
     assert client.post("/v1/generate", json=body).status_code == 202  # the API takes it as it is
 
     python = copied(page, entry, "Copy as Python")
-    compile(python, "snippet.py", "exec")
+    compile(python, "snippet.py", "exec")  # run with the SDK by test_python_snippet_runs_with_the_sdk
     assert f'Client("{api_url}", api_key=os.environ["LATENTQ_API_KEY"])' in python
     assert "client.generate(" in python and 'prompt="it\'s a barn"' in python and "steps=7," in python
 
@@ -217,6 +219,31 @@ def test_gallery_reuses_parameters_and_copies_runnable_snippets(session, worker,
     assert page.input_value(field("prompt")) == "it's a barn"
     assert page.input_value(field("steps")) == "7"
     assert int(page.input_value(field("seed"))) == job["images"][0]["seed"] != 0
+
+
+def run_snippet(argv: list[str], folder: Path) -> str:
+    """Run a copied snippet in ``folder`` with the key in ``LATENTQ_API_KEY``; return its output."""
+    env = {**os.environ, "LATENTQ_API_KEY": API_KEY}
+    result = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_python_snippet_runs_with_the_sdk(session, worker, client, tmp_path):
+    pytest.importorskip("latentq_client", reason="the Python SDK (clients/python) is not installed")
+    page = session.page
+    session.enter_key()
+    page.fill(field("prompt"), "a lighthouse")
+    page.fill(field("steps"), "5")
+    page.fill(field("seed"), "42")
+    page.click("#generate")
+    job_id = result_job_id(page)
+    python = copied(page, f"#gallery .entry[data-job-id='{job_id}']", "Copy as Python")
+    run_snippet([sys.executable, "-c", python], tmp_path)
+    [saved] = sorted((tmp_path / "out").iterdir())
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    original = Image.open(io.BytesIO(httpx.get(job["images"][0]["url"]).content))
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), np.asarray(original.convert("RGB")))
 
 
 def png_file(image: Image.Image, path: Path) -> Path:
@@ -237,6 +264,7 @@ def test_inpainting_with_a_painted_mask(session, image_worker, client, tmp_path,
     page.select_option(field("model"), "tiny-sd-inpainting")
     page.fill(field("prompt"), "a red door")
     page.fill(field("steps"), "10")
+    page.fill(field("seed"), "77")
     page.set_input_files(field("init_image"), str(png_file(init, tmp_path / "init.png")))
     page.wait_for_selector("#mask-canvas", state="visible")
     assert page.is_disabled(field("width")) and page.is_disabled(field("height"))
@@ -260,6 +288,16 @@ def test_inpainting_with_a_painted_mask(session, image_worker, client, tmp_path,
     keep = mask == 0
     assert np.array_equal(served[keep], np.asarray(init)[keep])  # unpainted pixels are the init image's
     assert not np.array_equal(served[mask == 255], np.asarray(init)[mask == 255])
+
+    # "Copy as curl" reads the images from files: given the same two, it makes the same image.
+    curl = copied(page, f"#gallery .entry[data-job-id='{job_id}']", "Copy as curl")
+    assert "$(base64 -w0 init.png)" in curl and "$(base64 -w0 mask.png)" in curl
+    Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "mask.png")  # init.png is there already
+    again = run_snippet(["bash", "-c", curl], tmp_path)
+    rerun = wait_for_job(client, json.loads(again)["id"])
+    assert rerun["status"] == "succeeded", rerun["error"]
+    rerun_pixels = Image.open(io.BytesIO(httpx.get(rerun["images"][0]["url"]).content)).convert("RGB")
+    assert np.array_equal(np.asarray(rerun_pixels), served)
 
 
 def test_upscale_tab(session, image_worker, client, tmp_path):
