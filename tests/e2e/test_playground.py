@@ -56,14 +56,16 @@ def origin(url: str) -> str:
 
 class OriginGuard:
     """Routes every request of a browser context: the API's origin passes, images from the S3
-    endpoint pass, anything else is aborted and kept in ``refused``."""
+    endpoint pass, anything else is aborted and kept in ``refused``. Every URL is kept in ``urls``."""
 
     def __init__(self, api_url: str, s3_url: str) -> None:
         self.api, self.s3 = origin(api_url), origin(s3_url)
         self.refused: list[str] = []
+        self.urls: list[str] = []
 
     def __call__(self, route) -> None:
         request = route.request
+        self.urls.append(request.url)
         allowed = origin(request.url) == self.api or (
             origin(request.url) == self.s3 and request.resource_type == "image"
         )
@@ -119,6 +121,7 @@ def session(browser, api_url, s3_server) -> Iterator[Session]:
     yield session
     session.close()
     assert session.guard.refused == [], "a page sent requests off the origin"
+    assert not [url for url in session.guard.urls if API_KEY in url], "the key went into a URL"
 
 
 def watch_status(page) -> None:
