@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run model test test-unit lint format redis-server clean
+.PHONY: install run model test test-unit lint format redis-server chromium clean
 
 install: $(STAMP)
 
@@ -34,6 +34,17 @@ redis-server:
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server' or set LATENTQ_REDIS_URL"; exit 1; \
 	  fi; }
 
+# The playground's browser tests (tests/e2e/test_playground.py) drive Debian's chromium through
+# Playwright (whose own browser download is not used): installed here when run as root.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: run 'sudo apt-get install chromium' (the browser tests skip without it)"; \
+	  fi; }
+
 EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler
 
 model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
@@ -45,7 +56,7 @@ $(STATE)/models/%/model_index.json: | $(STAMP)
 run: install redis-server model
 	PORT=$(PORT) $(PY) -m latentq_dev.devrun --state $(STATE)
 
-test: install redis-server
+test: install redis-server chromium
 	$(PY) -m pytest
 
 test-unit: install

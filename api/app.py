@@ -20,6 +20,7 @@ from api.error_envelope import error_response
 from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
 from api.routes import admin, events, health, jobs, models, openai_images, stability, webhook_settings
+from api.routes.pages import add_pages
 from api.services import Services
 from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
 from latentq.durability import durability_problems
@@ -118,6 +119,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         title="latentq",
         version=latentq.__version__,
         summary="Self-hostable Stable Diffusion image generation over a job queue.",
+        docs_url=None,  # served by api.routes.pages from local assets, as is /redoc
+        redoc_url=None,
     )
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -127,6 +130,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(openai_images.router)
     app.include_router(webhook_settings.router)
     app.include_router(admin.router)
+    add_pages(app)  # the playground at /, /docs and /redoc: keyless pages
     app.add_exception_handler(LatentqError, _on_latentq_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)

@@ -138,6 +138,7 @@ latentq is ready on http://127.0.0.1:{port}  (Ctrl-C stops everything; logs in .
   curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{port}/v1/jobs/<id>
 
   Models: curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{port}/v1/models
+  Playground (paste the key): http://127.0.0.1:{port}/   API docs: http://127.0.0.1:{port}/docs
   Stability v1 (waits, answers with the PNG):
   curl -s -H "Authorization: Bearer $KEY" -H "Accept: image/png" -o out.png \\
     -d '{stability_body}' http://127.0.0.1:{port}/v1/generation/tiny-sd/text-to-image
