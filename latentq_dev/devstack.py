@@ -33,6 +33,8 @@ BLOCK_PORTS_FROM, BLOCK_PORTS_TO = 12000, 22000
 
 #: Times a SeaweedFS that exits while starting (a port taken meanwhile) is tried on new ports.
 S3_START_TRIES = 3
+#: Volume slots of a local SeaweedFS: room for several buckets (each takes 7 at its first write).
+S3_VOLUME_SLOTS = 64
 
 #: The file in an ``S3Server``'s folder that keeps its access key and secret (JSON, mode 0600).
 S3_CREDENTIALS_FILE = "credentials.json"
@@ -275,6 +277,10 @@ class S3Server:
             "-filer", f"-filer.port={self.filer_port}",
             "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            # Each bucket (collection) takes 7 volume slots at its first write, and SeaweedFS's
+            # default 8 slots left a second bucket none ("no free volumes left": PutObject answered
+            # InternalError). Slots are sparse files, nothing preallocated.
+            f"-volume.max={S3_VOLUME_SLOTS}",
         ]  # fmt: skip
         # The filer's and S3's local sockets in this server's own folder, not /tmp (where another
         # run's stale socket could sit), where the path fits a socket address (108 bytes).

@@ -144,3 +144,16 @@ def test_a_deeply_nested_body_is_a_named_400(client):
     answer = client.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400 and answer.json()["error"]["name"] == "invalid_json"
     assert "recursion" in answer.json()["error"]["message"]
+
+
+def test_the_local_s3_takes_writes_to_several_new_buckets(s3_server):
+    # Each bucket takes 7 volume slots at its first write: SeaweedFS's default 8 left the second
+    # one none, and its first PutObject failed (InternalError) whenever another bucket came first.
+    stores = [s3_server.store(f"latentq-test-slots-{index}") for index in range(3)]
+    for store in stores:
+        store.ensure_bucket()
+        store.put("0.png", b"an image", "image/png")
+        assert store.get("0.png") == b"an image"
+    for store in stores:
+        store.delete(["0.png"])
+        store.client.delete_bucket(Bucket=store.bucket)
