@@ -130,6 +130,10 @@ export async function followEvents(jobId, onEvent, signal) {
         if (event.id) lastId = event.id;
         const parsed = { ...event, data: JSON.parse(event.data) };
         if (parsed.type === "error") throw new ApiError(401, parsed.data.error || {});
+        if (parsed.type === "expired") {
+          // The job's record is gone (past its retention): no terminal event will come.
+          throw new ApiError(404, { name: "not_found", message: "The job expired (past its retention)." });
+        }
         onEvent(parsed);
         if (TERMINAL_EVENTS.has(parsed.type)) {
           reader.cancel();
