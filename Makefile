@@ -37,12 +37,12 @@ redis-server:
 # The playground's browser tests (tests/e2e/test_playground.py) drive Debian's chromium through
 # Playwright (whose own browser download is not used): installed here when run as root.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$LATENTQ_CHROMIUM" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing chromium (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else \
-	    echo "chromium is missing: run 'sudo apt-get install chromium' (the browser tests skip without it)"; \
+	    echo "chromium is missing: run 'sudo apt-get install chromium' (or LATENTQ_CHROMIUM=<a chromium>)"; exit 1; \
 	  fi; }
 
 EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler

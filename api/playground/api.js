@@ -109,6 +109,27 @@ export class EventParser {
 
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Read one connection's events, handing each to ``onEvent`` and its id to ``onId``; return the
+ * terminal event, or null if the stream ended before it. */
+async function readEvents(reader, onEvent, onId) {
+  const parser = new EventParser();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return null;
+    for (const event of parser.feed(value)) {
+      if (event.id) onId(event.id);
+      const parsed = { ...event, data: JSON.parse(event.data) };
+      if (parsed.type === "error") throw new ApiError(401, parsed.data.error || {});
+      if (parsed.type === "expired") {
+        // The job's record is gone (past its retention): no terminal event will come.
+        throw new ApiError(404, { name: "not_found", message: "The job expired (past its retention)." });
+      }
+      onEvent(parsed);
+      if (TERMINAL_EVENTS.has(parsed.type)) return parsed;
+    }
+  }
+}
+
 /**
  * Follow job ``jobId``'s event stream, calling ``onEvent({type, data, id})`` (data parsed as JSON)
  * for each event; resolve with the terminal event. Read with fetch() rather than EventSource,
@@ -122,24 +143,14 @@ export async function followEvents(jobId, onEvent, signal) {
     const response = await send(`/v1/jobs/${encodeURIComponent(jobId)}/events`, { headers, signal });
     if (!response.ok) throw await errorOf(response);
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    const parser = new EventParser();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      for (const event of parser.feed(value)) {
-        if (event.id) lastId = event.id;
-        const parsed = { ...event, data: JSON.parse(event.data) };
-        if (parsed.type === "error") throw new ApiError(401, parsed.data.error || {});
-        if (parsed.type === "expired") {
-          // The job's record is gone (past its retention): no terminal event will come.
-          throw new ApiError(404, { name: "not_found", message: "The job expired (past its retention)." });
-        }
-        onEvent(parsed);
-        if (TERMINAL_EVENTS.has(parsed.type)) {
-          reader.cancel();
-          return parsed;
-        }
-      }
+    try {
+      const ended = await readEvents(reader, onEvent, (id) => (lastId = id));
+      if (ended) return ended;
+    } catch (error) {
+      // A dropped connection (a TypeError from the reader) is resumed like a stream that ended.
+      if (!(error instanceof TypeError)) throw error;
+    } finally {
+      reader.cancel().catch(() => {});
     }
     await pause(RESUME_PAUSE_MS);
   }

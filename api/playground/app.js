@@ -178,11 +178,18 @@ function showGallery() {
   $("#gallery").replaceChildren(...cards);
 }
 
+// Gallery jobs read at once: a full gallery (50) takes a few of the key's requests at a time, not
+// a burst of its rate limit.
+const GALLERY_READS_AT_ONCE = 4;
+
 /** Read every gallery job again (fresh image URLs), then show them. */
 async function refreshGallery() {
   const entries = loadEntries();
-  const lookups = await Promise.all(entries.map(readJob));
-  entries.forEach((entry, index) => state.lookups.set(entry.id, lookups[index]));
+  for (let start = 0; start < entries.length; start += GALLERY_READS_AT_ONCE) {
+    const batch = entries.slice(start, start + GALLERY_READS_AT_ONCE);
+    const lookups = await Promise.all(batch.map(readJob));
+    batch.forEach((entry, index) => state.lookups.set(entry.id, lookups[index]));
+  }
   showGallery();
 }
 

@@ -46,8 +46,21 @@ function button(label, action) {
   return node;
 }
 
+/** Put ``text`` on the clipboard. navigator.clipboard exists on secure origins only (https,
+ * localhost); a service reached over plain http on its network copies through a selected
+ * textarea instead. */
+async function writeClipboard(text) {
+  if (navigator.clipboard) return navigator.clipboard.writeText(text);
+  const area = element("textarea", { readonly: "", class: "offscreen" }, text);
+  document.body.append(area);
+  area.select();
+  const copied = document.execCommand("copy");
+  area.remove();
+  if (!copied) throw new Error("the browser refused to copy");
+}
+
 async function copy(text, node) {
-  await navigator.clipboard.writeText(text);
+  await writeClipboard(text);
   const label = node.textContent;
   node.textContent = "Copied";
   setTimeout(() => (node.textContent = label), 1200);

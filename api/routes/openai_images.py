@@ -25,9 +25,10 @@ from starlette.concurrency import run_in_threadpool
 from api.body_parsing import json_body_openapi, multipart_openapi, parse_body
 from api.deps import Caller, CallerDep
 from api.error_envelope import openai_error
+from api.presets import apply_style
 from api.shaped_route import Revision, ShapedRoute, wait_for_images
 from api.stability_bodies import parse_fields, read_form, require_file
-from api.uploads import decode_base64, open_image, png_bytes
+from api.uploads import FORMATS, decode_base64, open_image, png_bytes
 from latentq.contract import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -142,15 +143,24 @@ def check_image_size(size: str | None, image: str) -> None:
     if not wanted:
         return
     try:  # only the header is read; a broken image is reported for what it is when it is decoded
-        with Image.open(io.BytesIO(base64.b64decode(image))) as opened:
+        with Image.open(io.BytesIO(base64.b64decode(image)), formats=list(FORMATS)) as opened:
             width, height = opened.size
-    except (ValueError, OSError, UnidentifiedImageError):
+    except (ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
         return
     if (wanted["width"], wanted["height"]) != (width, height):
         raise LatentqError.for_field(
             "invalid_size", "size", f"size: the images take the input image's size, {width}x{height} "
             f"(got {size}); omit size or give that one",
         )  # fmt: skip
+
+
+async def input_image(body: ImageOptions, files: dict[str, str]) -> str:
+    """Return the request's ``image`` (base64), once ``body.size`` is found to be its size (then
+    cleared: the output takes the image's size)."""
+    image = require_file(files, "image")
+    await run_in_threadpool(check_image_size, body.size, image)
+    body.size = None
+    return image
 
 
 def generation_request(body: ImageOptions, **extra: Any) -> GenerateRequest:
@@ -207,13 +217,15 @@ async def images_answer(
     does, in ``body``'s ``response_format``, with ``prompt`` as their revised prompt."""
     stored = await wait_for_images(caller, ours, revise)
     store = caller.services.store
+    if body.style_preset is not None:  # the prompt as drawn: in the style's template
+        prompt = apply_style(body.style_preset, [WeightedPrompt(text=prompt, weight=1.0)])[0].text
     data = []
     for image in stored:
         if body.response_format == "b64_json":
             item = {"b64_json": base64.b64encode(await run_in_threadpool(store.get, image.key)).decode()}
         else:
             item = {"url": store.url(image.key)}
-        data.append({**item, "revised_prompt": prompt})  # the prompt is drawn as given
+        data.append({**item, "revised_prompt": prompt})
     return {"created": int(time.time()), "data": data}
 
 
@@ -228,9 +240,7 @@ async def edit_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     (image-to-image at the default strength). The images take the input image's size."""
     fields, files = await read_form(request, ("image", "mask"))
     body: ImageEditForm = parse_fields(ImageEditForm, fields)
-    image = require_file(files, "image")
-    check_image_size(body.size, image)
-    body.size = None
+    image = await input_image(body, files)
     if "mask" in files:
         mask = await run_in_threadpool(mask_of, files["mask"])
         ours = generation_request(body, init_image=image, mask_source="MASK_IMAGE_BLACK", mask_image=mask)
@@ -256,9 +266,7 @@ async def vary_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     images take the input image's size."""
     fields, files = await read_form(request, ("image",))
     body: ImageVariationForm = parse_fields(ImageVariationForm, fields)
-    image = require_file(files, "image")
-    check_image_size(body.size, image)
-    body.size = None
+    image = await input_image(body, files)
     if body.prompt is not None:
         ours = generation_request(body, init_image=image)
         return await images_answer(caller, ours, body, body.prompt)

@@ -67,7 +67,12 @@ router = APIRouter(include_in_schema=False)
 
 
 class CachedStaticFiles(StaticFiles):
-    """``StaticFiles`` whose answers say ``Cache-Control: STATIC_CACHE`` (not the API's ``no-store``)."""
+    """``StaticFiles`` whose answers say ``Cache-Control: STATIC_CACHE`` (not the API's ``no-store``)
+    and carry ``headers``."""
+
+    def __init__(self, directory: Path, headers: dict[str, str] | None = None) -> None:
+        super().__init__(directory=directory)
+        self.headers = {"Cache-Control": STATIC_CACHE, **(headers or {})}
 
     def file_response(
         self,
@@ -77,7 +82,7 @@ class CachedStaticFiles(StaticFiles):
         status_code: int = 200,
     ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers["Cache-Control"] = STATIC_CACHE
+        response.headers.update(self.headers)
         return response
 
 
@@ -121,5 +126,7 @@ def redoc() -> HTMLResponse:
 def add_pages(app: FastAPI) -> None:
     """Add the pages' routes and their static files to ``app``."""
     app.include_router(router)
-    app.mount("/playground", CachedStaticFiles(directory=PLAYGROUND_DIR), name="playground")
-    app.mount(DOCS_ASSETS_URL, CachedStaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    # The page's own policy on every file of its folder: /playground/index.html is the page too.
+    playground_files = CachedStaticFiles(PLAYGROUND_DIR, {"Content-Security-Policy": PLAYGROUND_CSP})
+    app.mount("/playground", playground_files, name="playground")
+    app.mount(DOCS_ASSETS_URL, CachedStaticFiles(DOCS_ASSETS_DIR), name="docs-assets")

@@ -137,3 +137,9 @@ def test_on_a_terminal_a_bar_shows_progress_and_iterm2_shows_previews_inline(api
     assert "10/10" in output and "\x1b]1337;File=inline=1;" in output and len(list(tmp_path.iterdir())) == 1
     status, plain = run_in_terminal(api_url, *args, TERM_PROGRAM="Apple_Terminal")
     assert status == 0 and "10/10" in plain and "1337;File" not in plain
+
+
+def test_a_missing_local_file_is_an_error_not_a_traceback(api_url, tmp_path):
+    result = latentq(api_url, "img2img", "a lighthouse", str(tmp_path / "missing.png"))
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "missing.png" in result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import httpx
 import openai
@@ -76,6 +78,16 @@ def test_errors_are_the_clients_typed_exceptions_in_openais_shape(client, api_ur
                         headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
     assert answer.status_code == 400
     assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def huge_png_header(side: int = 20_000) -> bytes:
+    """A PNG that claims ``side`` x ``side`` pixels and holds none: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def png_file(image: Image.Image) -> bytes:
@@ -153,6 +165,9 @@ def test_images_variation_names_what_is_wrong(client):
     with pytest.raises(openai.BadRequestError) as missing:
         client.images.create_variation(model="tiny-sd", image=b"not an image")
     assert missing.value.body["param"] == "image"
+    anime = {"prompt": "a lighthouse", "style_preset": "anime", **EDIT}
+    styled = client.images.create_variation(model="tiny-sd", image=png_file(INIT), extra_body=anime)
+    assert styled.data[0].revised_prompt.startswith("anime artwork a lighthouse")  # as drawn
     sized = client.images.create_variation(
         model="tiny-sd", image=png_file(INIT), size="64x64", extra_body=EDIT
     )
@@ -160,6 +175,9 @@ def test_images_variation_names_what_is_wrong(client):
     with pytest.raises(openai.BadRequestError) as resized:
         client.images.create_variation(model="tiny-sd", image=png_file(INIT), size="512x512")
     assert resized.value.body["param"] == "size" and "64x64" in resized.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as bomb:  # its header claims 400 megapixels
+        client.images.create_variation(model="tiny-sd", image=huge_png_header(), size="64x64")
+    assert bomb.value.status_code == 400 and bomb.value.body["param"] == "image"
     with pytest.raises(openai.BadRequestError) as strength:
         client.images.create_variation(
             model="tiny-sd", image=png_file(INIT), extra_body={"image_strength": 2}

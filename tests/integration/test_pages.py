@@ -57,6 +57,9 @@ def test_playground_page_answers_keyless_with_its_policy(anonymous):
     assert page.headers["referrer-policy"] == "no-referrer"
     links = links_of(page.text)
     assert links and all(link.startswith("/") and not link.startswith("//") for link in links)
+    # The page at its file's own path has the same policy (it cannot be framed there either).
+    as_file = anonymous.get("/playground/index.html")
+    assert as_file.status_code == 200 and as_file.headers["content-security-policy"] == policy
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,16 @@ def test_the_shell_walk_through_runs_as_written(api_url, worker, image_worker, t
     assert sizes == {"lighthouse.png": (64, 64), "out.png": (128, 128), "redrawn.png": (64, 64),
                      "repainted.png": (64, 64), "big.png": (128, 128)}  # fmt: skip
     assert size_of(folder / "mask.png") == (64, 64)
+    # The event stream's example, for the first job (long finished: its stream ends).
+    (follow,) = blocks(section("### `GET /v1/jobs/{id}/events` (Server-Sent Events)", "### Live preview: "
+                               '`"preview": true`'), "sh")  # fmt: skip
+    follow = follow.replace("localhost:8000", api_url.removeprefix("http://"))
+    env |= {"KEY": API_KEY, "JOB": documents[0]["id"]}
+    events = subprocess.run(["bash", "-c", follow], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert events.returncode == 0, events.stderr
+    names = re.findall(r"^event: (\w+)$", events.stdout, flags=re.MULTILINE)
+    assert names[0] == "queued" and names[-1] == "succeeded", events.stdout
 
 
 def run_python(code: str, api_url: str) -> dict:

@@ -12,6 +12,7 @@ import pytest
 from dispatcher.signing import sign, signature_headers
 from latentq.webhook_accounts import new_secret
 from latentq_client import WebhookVerificationError, verify_webhook
+from latentq_client._http import job_path
 from latentq_client.events import EventParser
 from latentq_client.submissions import generate_request
 
@@ -78,3 +79,21 @@ def test_verify_webhook_refuses_old_timestamps_and_missing_headers():
     assert verify_webhook(body, headers, secret, now=old + 10) == {}
     with pytest.raises(WebhookVerificationError, match="missing_headers"):
         verify_webhook(body, {"webhook-id": "m"}, secret)
+
+
+def test_verify_webhook_refuses_a_signed_body_that_is_no_json_object_and_foreign_digits():
+    secret = new_secret()
+    for body in (b"not json", b"[1, 2]"):
+        headers = signature_headers([secret], "m", body)
+        with pytest.raises(WebhookVerificationError, match="invalid_payload"):
+            verify_webhook(body, headers, secret)
+    body = b"{}"
+    headers = signature_headers([secret], "m", body)
+    arabic = "".join(chr(0x0660 + int(digit)) for digit in headers["webhook-timestamp"])  # int() takes them
+    with pytest.raises(WebhookVerificationError, match="invalid_timestamp"):
+        verify_webhook(body, {**headers, "webhook-timestamp": arabic}, secret)
+
+
+def test_job_ids_are_escaped_in_paths():
+    assert job_path("a/../b?c") == "/v1/jobs/a%2F..%2Fb%3Fc"
+    assert job_path("0b4f", "cancel") == "/v1/jobs/0b4f/cancel"

@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -30,6 +31,11 @@ def resolve_connection(base_url: str | None, api_key: str | None) -> tuple[str, 
     if not key:
         raise AuthenticationError("missing_api_key", "no API key: pass api_key or set LATENTQ_API_KEY")
     return url.rstrip("/"), key
+
+
+def job_path(job_id: str, *action: str) -> str:
+    """Return the path of job ``job_id`` (escaped: an id is the caller's text), or of its ``action``."""
+    return "/".join(("/v1/jobs", quote(job_id, safe=""), *action))
 
 
 @dataclass(frozen=True)

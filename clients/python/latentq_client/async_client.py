@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Unpack
 
-from latentq_client._http import AsyncTransport, RequestParts, RetryPolicy, resolve_connection
+from latentq_client._http import AsyncTransport, RequestParts, RetryPolicy, job_path, resolve_connection
 from latentq_client.jobs import AsyncJob, JobPage
 from latentq_client.submissions import (
     GenerateOptions,
@@ -26,9 +26,7 @@ class AsyncJobs:
 
     async def get(self, job_id: str) -> AsyncJob:
         """Return the job ``job_id`` (``NotFoundError`` if there is none, or not the caller's)."""
-        return AsyncJob(
-            self._transport, await self._transport.json(RequestParts("GET", f"/v1/jobs/{job_id}"))
-        )
+        return AsyncJob(self._transport, await self._transport.json(RequestParts("GET", job_path(job_id))))
 
     async def list(
         self, status: str | None = None, limit: int | None = None, cursor: str | None = None

@@ -231,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         field = f" (field {error.field})" if error.field else ""
         args.console.print(f"error: {error.name}: {error.message}{field}", markup=False, highlight=False)
         return 1
+    except OSError as error:  # a local file: an image that is not there, a folder not writable
+        args.console.print(f"error: {error}", markup=False, highlight=False)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Unpack
 
-from latentq_client._http import RequestParts, RetryPolicy, Transport, resolve_connection
+from latentq_client._http import RequestParts, RetryPolicy, Transport, job_path, resolve_connection
 from latentq_client.jobs import Job, JobPage
 from latentq_client.submissions import (
     GenerateOptions,
@@ -25,7 +25,7 @@ class Jobs:
 
     def get(self, job_id: str) -> Job:
         """Return the job ``job_id`` (``NotFoundError`` if there is none, or not the caller's)."""
-        return Job(self._transport, self._transport.json(RequestParts("GET", f"/v1/jobs/{job_id}")))
+        return Job(self._transport, self._transport.json(RequestParts("GET", job_path(job_id))))
 
     def list(
         self, status: str | None = None, limit: int | None = None, cursor: str | None = None

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from latentq_client._http import AsyncTransport, RequestParts, Transport, connection_error
+from latentq_client._http import AsyncTransport, RequestParts, Transport, connection_error, job_path
 from latentq_client.errors import (
     APIConnectionError,
     JobFailedError,
@@ -88,7 +88,7 @@ class JobView:
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         remaining = STREAM_READ_S if deadline is None else deadline - time.monotonic()
         timeout = min(max(remaining, 0.5), STREAM_READ_S)
-        return RequestParts("GET", f"/v1/jobs/{self.id}/events", headers=headers, timeout=timeout)
+        return RequestParts("GET", job_path(self.id, "events"), headers=headers, timeout=timeout)
 
     def _check(self, deadline: float | None) -> None:
         """Raise ``WaitTimeoutError`` once ``deadline`` (``time.monotonic()``) has passed."""
@@ -135,7 +135,7 @@ class Job(JobView):
 
     def refresh(self) -> Job:
         """Read the job again (``GET /v1/jobs/{id}``); return it."""
-        self.data = self._transport.json(RequestParts("GET", f"/v1/jobs/{self.id}"))
+        self.data = self._transport.json(RequestParts("GET", job_path(self.id)))
         return self
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
@@ -173,7 +173,7 @@ class Job(JobView):
 
     def cancel(self) -> Job:
         """Cancel the job (``ConflictError`` ``job_finished`` if it had ended); return it, canceled."""
-        self.data = self._transport.json(RequestParts("POST", f"/v1/jobs/{self.id}/cancel"))
+        self.data = self._transport.json(RequestParts("POST", job_path(self.id, "cancel")))
         return self
 
     def images(self, timeout: float | None = DEFAULT_WAIT_S) -> list[bytes]:
@@ -201,7 +201,7 @@ class AsyncJob(JobView):
 
     async def refresh(self) -> AsyncJob:
         """Read the job again (``GET /v1/jobs/{id}``); return it."""
-        self.data = await self._transport.json(RequestParts("GET", f"/v1/jobs/{self.id}"))
+        self.data = await self._transport.json(RequestParts("GET", job_path(self.id)))
         return self
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
@@ -239,7 +239,7 @@ class AsyncJob(JobView):
 
     async def cancel(self) -> AsyncJob:
         """Cancel the job (``ConflictError`` ``job_finished`` if it had ended); return it, canceled."""
-        self.data = await self._transport.json(RequestParts("POST", f"/v1/jobs/{self.id}/cancel"))
+        self.data = await self._transport.json(RequestParts("POST", job_path(self.id, "cancel")))
         return self
 
     async def images(self, timeout: float | None = DEFAULT_WAIT_S) -> list[bytes]:

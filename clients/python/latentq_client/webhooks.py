@@ -67,10 +67,16 @@ def verify_webhook(
     signatures = lowered.get("webhook-signature")
     if not (message_id and timestamp and signatures):
         raise WebhookVerificationError("missing_headers", "webhook-id, -timestamp and -signature are needed")
-    if not timestamp.isdigit() or abs((time.time() if now is None else now) - int(timestamp)) > tolerance_s:
+    fresh = timestamp.isascii() and timestamp.isdigit()  # int() would take other digits too
+    if not fresh or abs((time.time() if now is None else now) - int(timestamp)) > tolerance_s:
         raise WebhookVerificationError("invalid_timestamp", f"webhook-timestamp {timestamp!r} is not recent")
     body = payload.encode() if isinstance(payload, str) else payload
     if not signed_by(signatures, expected_signature(secret, message_id, timestamp, body)):
         raise WebhookVerificationError("invalid_signature", "no signature matches the secret")
-    event: dict[str, Any] = json.loads(body)
+    try:
+        event = json.loads(body)
+    except ValueError:  # signed, so sent by the service, yet not JSON: not a delivery of ours
+        event = None
+    if not isinstance(event, dict):
+        raise WebhookVerificationError("invalid_payload", "the signed body is not a JSON object")
     return event
