@@ -7,6 +7,9 @@ import importlib
 import os
 import re
 import shlex
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import yaml
@@ -154,3 +157,15 @@ def test_example_registry_parses_and_uses_stabilitys_engine_ids():
     registry = build_registry(REPO / "deploy" / "models.example.toml", (), None)
     assert {"stable-diffusion-v1-5", "stable-diffusion-xl-1024-v1-0"} <= set(registry.ids())
     assert registry.get("stable-diffusion-768-v2-1").limits.min_pixels == 589_824
+
+
+def test_the_api_images_package_ships_the_pages_and_data_files(tmp_path):
+    # The api image is `pip install .`: its wheel must hold what the package reads at run time.
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*build, "-w", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=120)
+    (wheel,) = tmp_path.glob("latentq-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    playground = {f"api/playground/{path.name}" for path in (REPO / "api" / "playground").iterdir()}
+    assert playground and playground <= names
+    assert {"api/style_presets.json", "latentq/models.toml"} <= names
+    assert not any(name.startswith(("latentq_dev/", "tests/", "clients/")) for name in names)
