@@ -49,12 +49,18 @@ REQUEST_FIELDS = (
     "webhook_events",
 )
 
+#: Fields only OpenAI's image requests have (``api/routes/openai_images.py``): named alike.
+OPENAI_REQUEST_FIELDS = ("n", "response_format", "quality", "style", "user")
+
 _ROWS = [
     ErrorSpec(400, "invalid_json", "The request body is not valid JSON."),
     ErrorSpec(400, "invalid_request", "The request is not valid."),
     ErrorSpec(413, "payload_too_large", "The request body is too large."),
     ErrorSpec(400, "unknown_field", "The request has a field this endpoint does not accept."),
-    *(ErrorSpec(400, f"invalid_{field}", f"The field {field} is not valid.") for field in REQUEST_FIELDS),
+    *(
+        ErrorSpec(400, f"invalid_{field}", f"The field {field} is not valid.")
+        for field in (*REQUEST_FIELDS, *OPENAI_REQUEST_FIELDS)
+    ),
     ErrorSpec(400, "invalid_size", "width x height is not a size this model accepts."),
     ErrorSpec(400, "invalid_pixel_count", "width x height is outside the model's pixel-count limits."),
     ErrorSpec(400, "invalid_image", "An image could not be read: it is malformed, truncated or too large."),

@@ -39,6 +39,7 @@ from latentq.contract import (
     WeightedPrompt,
 )
 from latentq.errors import LatentqError
+from latentq.models import ModelRegistry
 
 _SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
 #: Most pixels of a mask decoded (its size is checked against the image's afterwards).
@@ -46,6 +47,12 @@ MAX_MASK_PIXELS = 16_777_216
 #: The body's fields our request takes as they are.
 _PASSED_ON = {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "style_preset",
               "output_format", "image_strength"}  # fmt: skip
+#: Most denoising steps a request may ask for (our contract's limit).
+MAX_STEPS = 150
+#: OpenAI's ``quality`` values (gpt-image's and DALL-E 3's).
+Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
+#: Denoising steps each ``quality`` asks for, as a share of the model's default (``steps`` wins).
+QUALITY_STEPS: dict[str, float] = {"low": 0.5, "high": 1.5, "hd": 1.5}
 #: How much of the input image a variation keeps (our ``image_strength``: 1 keeps it, 0 ignores it).
 VARIATION_STRENGTH = 0.35
 #: Stands for the missing prompt of a variation until the spec is made; then it is emptied, so
@@ -76,8 +83,8 @@ class ImageOptions(BaseModel):
         "url", description="url: presigned S3 URLs (LATENTQ_S3_URL_EXPIRES_S); b64_json: the images inline."
     )
     output_format: OutputFormat = Field("png", description="File format of the images.")
-    quality: str | None = Field(
-        None, max_length=32, description="Accepted and ignored: set steps for more or less work."
+    quality: Quality | None = Field(
+        None, description="Steps as a share of the model's default: low 0.5, high and hd 1.5 (steps wins)."
     )
     style: str | None = Field(None, max_length=32, description="Accepted and ignored: see style_preset.")
     user: str | None = Field(
@@ -163,9 +170,18 @@ async def input_image(body: ImageOptions, files: dict[str, str]) -> str:
     return image
 
 
-def generation_request(body: ImageOptions, **extra: Any) -> GenerateRequest:
+def quality_steps(body: ImageOptions, registry: ModelRegistry) -> dict[str, int]:
+    """Return the ``steps`` ``body``'s quality asks for, unless it gives steps (none: the model's)."""
+    share = QUALITY_STEPS.get(body.quality or "auto")
+    model = registry.get(body.model) if body.model is not None else registry.default
+    if share is None or body.steps is not None or model is None:  # an unknown model is refused later
+        return {}
+    return {"steps": min(MAX_STEPS, max(1, round(model.defaults.steps * share)))}
+
+
+def generation_request(body: ImageOptions, registry: ModelRegistry, **extra: Any) -> GenerateRequest:
     """Return our request for an OpenAI image body (and ``extra`` fields of ours)."""
-    fields = body.model_dump(include=_PASSED_ON, exclude_none=True)
+    fields = body.model_dump(include=_PASSED_ON, exclude_none=True) | quality_steps(body, registry)
     return GenerateRequest.model_validate({"samples": body.n, **parse_size(body.size), **fields, **extra})
 
 
@@ -207,7 +223,7 @@ async def generate_images(
     caller: CallerDep,
 ) -> dict[str, Any]:
     """Generate images from a prompt (OpenAI's ``images.generate``) and answer with them."""
-    return await images_answer(caller, generation_request(body), body, body.prompt)
+    return await images_answer(caller, generation_request(body, caller.services.registry), body, body.prompt)
 
 
 async def images_answer(
@@ -243,9 +259,10 @@ async def edit_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     image = await input_image(body, files)
     if "mask" in files:
         mask = await run_in_threadpool(mask_of, files["mask"])
-        ours = generation_request(body, init_image=image, mask_source="MASK_IMAGE_BLACK", mask_image=mask)
+        masking = {"mask_source": "MASK_IMAGE_BLACK", "mask_image": mask}
+        ours = generation_request(body, caller.services.registry, init_image=image, **masking)
     else:
-        ours = generation_request(body, init_image=image)
+        ours = generation_request(body, caller.services.registry, init_image=image)
     return await images_answer(caller, ours, body, body.prompt)
 
 
@@ -268,7 +285,7 @@ async def vary_image(request: Request, caller: CallerDep) -> dict[str, Any]:
     body: ImageVariationForm = parse_fields(ImageVariationForm, fields)
     image = await input_image(body, files)
     if body.prompt is not None:
-        ours = generation_request(body, init_image=image)
+        ours = generation_request(body, caller.services.registry, init_image=image)
         return await images_answer(caller, ours, body, body.prompt)
-    ours = generation_request(body, init_image=image, prompt=_NO_PROMPT)
+    ours = generation_request(body, caller.services.registry, init_image=image, prompt=_NO_PROMPT)
     return await images_answer(caller, ours, body, "", without_prompt)

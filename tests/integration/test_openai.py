@@ -66,7 +66,7 @@ def test_errors_are_the_clients_typed_exceptions_in_openais_shape(client, api_ur
     assert unknown.value.body["code"] == "invalid_model" and unknown.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as too_many:
         client.images.generate(model="tiny-sd", prompt="a", n=11)
-    assert too_many.value.body["param"] == "n"
+    assert too_many.value.body["param"] == "n" and too_many.value.body["code"] == "invalid_n"
     stranger = openai.OpenAI(base_url=f"{api_url}/v1", api_key="lq_" + "x" * 43, max_retries=0)
     with pytest.raises(openai.AuthenticationError) as refused:
         stranger.images.generate(model="tiny-sd", prompt="a")
@@ -183,3 +183,20 @@ def test_images_variation_names_what_is_wrong(client):
             model="tiny-sd", image=png_file(INIT), extra_body={"image_strength": 2}
         )
     assert strength.value.body["param"] == "image_strength"
+
+
+def test_quality_asks_for_a_share_of_the_models_default_steps_and_steps_wins(client, api_url, worker):
+    ours_client = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    default = ours_client.get("/v1/models/tiny-sd").json()["defaults"]["steps"]
+
+    def steps_of(**fields) -> int:
+        client.images.generate(model="tiny-sd", prompt="a lighthouse", size="64x64", **fields)
+        return ours_client.get("/v1/jobs", params={"limit": 1}).json()["data"][0]["request"]["steps"]
+
+    assert steps_of(quality="low") == round(default * 0.5)
+    assert steps_of(quality="hd") == round(default * 1.5) == steps_of(quality="high")
+    assert steps_of(quality="standard") == default == steps_of()
+    assert steps_of(quality="high", extra_body={"steps": 3}) == 3
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.images.generate(model="tiny-sd", prompt="a", quality="ultra")
+    assert unknown.value.body["param"] == "quality" and unknown.value.body["code"] == "invalid_quality"
