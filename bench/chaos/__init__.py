@@ -22,8 +22,10 @@ It prints accepted, succeeded, failed by error name, canceled, **lost** (accepte
 or never terminal), **duplicated** (more than one terminal event, two different completed
 webhooks, or a cancel answered ``canceled`` that did not end so), **stuck** (not terminal at the
 deadline), orphaned objects, jobs left in RQ's lists, and the time from each worker kill to the
-killed worker's jobs' terminal states. Jobs acknowledged within the last second before the Redis
-kill that are missing afterwards are the AOF ``everysec`` window: reported on their own. Exit
+killed worker's jobs' terminal states. Jobs acknowledged from 2 s before the Redis kill until its
+replies in flight have arrived (0.5 s after it is gone) that are missing afterwards are the AOF
+``everysec`` window (a slow background fsync postpones the AOF write up to 2 s): reported on their
+own. Exit
 status 1 if any lost, duplicated, stuck, orphaned or left-over job is outside that window.
 
     .venv/bin/python -m bench.chaos [--jobs 100] [--kills 3] [--clients 4] [--workers 2]

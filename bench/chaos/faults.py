@@ -23,6 +23,8 @@ class Faults:
     kills: list[dict] = field(default_factory=list)  # {"at": wall time, "worker", "jobs", "claim"}
     sigterm_exit: int | None = None
     redis_killed_at: float | None = None
+    #: When the killed Redis was seen gone (reaped): replies it sent before may still be arriving.
+    redis_dead_at: float | None = None
     redis_down_s: float = 0.0
     s3_down_s: float = 0.0
     dispatcher_killed_in_flight: int | None = None
@@ -125,6 +127,7 @@ def run_faults(
                 assert process is not None
                 faults.redis_killed_at = time.time()
                 process.stop(signal.SIGKILL)
+                faults.redis_dead_at = time.time()
                 time.sleep(3)
                 stack.redis_server.start()
                 faults.redis_down_s = time.time() - faults.redis_killed_at

@@ -20,6 +20,12 @@ from bench.chaos.stack import BUCKET, TERMINAL, Stack, statuses
 from bench.overhead import percentile
 from latentq.keys import LEASES, job_events_key, queue_name
 
+#: How long ``appendfsync everysec`` may hold back writing what Redis has answered: while a
+#: background fsync is slow it postpones the AOF write up to 2 s, and a kill -9 loses those writes.
+AOF_POSTPONE_S = 2.0
+#: How long an answer Redis sent just before it died may take to reach the client as a 202.
+REPLY_IN_FLIGHT_S = 0.5
+
 
 def wait_until_settled(stack: Stack, outcome: Outcome, webhooks: dict[str, bool], deadline: float) -> None:
     """Wait until every accepted job is terminal (or has no record: reconciled as lost) and every
@@ -44,8 +50,9 @@ def wait_until_settled(stack: Stack, outcome: Outcome, webhooks: dict[str, bool]
 
 def reconcile(stack: Stack, outcome: Outcome, webhooks: dict[str, bool], faults: Faults) -> dict:
     """Check every accepted job against its record, events, objects, RQ's lists and the receiver."""
-    aof_from = (faults.redis_killed_at or 0) - 1.5
-    in_window = lambda job_id: aof_from <= outcome.accepted[job_id] <= (faults.redis_killed_at or 0)  # noqa: E731
+    aof_from = (faults.redis_killed_at or 0) - AOF_POSTPONE_S
+    aof_to = (faults.redis_dead_at or faults.redis_killed_at or 0) + REPLY_IN_FLIGHT_S
+    in_window = lambda job_id: aof_from <= outcome.accepted[job_id] <= aof_to  # noqa: E731
     statuses: collections.Counter = collections.Counter()
     errors: collections.Counter = collections.Counter()
     problems: dict[str, list[str]] = collections.defaultdict(list)

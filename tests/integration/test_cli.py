@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,11 @@ def test_jobs_models_and_cancel(api_url, worker):
     assert canceled.returncode == 0 and canceled.stdout.split() == [job.id, "canceled"], canceled.stderr
     listed = latentq(api_url, "jobs", "--status", "canceled", "--limit", "100")
     assert listed.returncode == 0 and job.id in listed.stdout and finished.id not in listed.stdout
+    first = latentq(api_url, "jobs", "--limit", "1")
+    cursor = re.search(r"latentq jobs --cursor (\S+)\)", first.stderr)
+    assert first.returncode == 0 and cursor, first.stderr
+    second = latentq(api_url, "jobs", "--limit", "1", "--cursor", cursor[1])
+    assert second.returncode == 0 and second.stdout and second.stdout != first.stdout  # the next job
     models = latentq(api_url, "models")
     assert models.returncode == 0 and any(
         line.startswith("tiny-sd ") and "workers=1" in line for line in models.stdout.splitlines()

@@ -134,12 +134,12 @@ def upscale_command(client: Client, args: argparse.Namespace) -> int:
 
 def jobs_command(client: Client, args: argparse.Namespace) -> int:
     """``latentq jobs``: the caller's jobs, newest first, one line each."""
-    page = client.jobs.list(status=args.status, limit=args.limit)
+    page = client.jobs.list(status=args.status, limit=args.limit, cursor=args.cursor)
     for job in page:
         created = job.data.get("created_at", "")
         print(f"{job.id}  {job.status:<9}  {job.data.get('model', '')}  {created}")
     if page.next_cursor:
-        args.console.print(f"(more: the next page's cursor is {page.next_cursor})")
+        args.console.print(f"(more: latentq jobs --cursor {page.next_cursor})", markup=False, highlight=False)
     return 0
 
 
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="your jobs, newest first")
     jobs.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "canceled"))
     jobs.add_argument("--limit", type=int, help="how many (1-100, default 20)")
+    jobs.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     jobs.set_defaults(run=jobs_command)
     cancel = commands.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
