@@ -20,6 +20,7 @@ from pathlib import Path
 
 from latentq.settings import CommonSettings, get_registry
 from latentq_dev.devstack import Process, RedisServer, S3Server, wait_until, write_private
+from latentq_dev.stack_models import StackConfigError, serve_default
 
 #: Where ``make run`` lets webhooks go: a receiver on this machine's port 9000.
 DEV_WEBHOOK_HOSTS = "127.0.0.1:9000,localhost:9000,[::1]:9000"
@@ -126,10 +127,11 @@ def stop_all(started: list) -> None:
         item.stop()
 
 
-def curl_example(port: int, key: str) -> str:
-    """Return the walk-through a user pastes into a shell."""
-    body = '{"prompt":"a lighthouse at dusk","width":64,"height":64,"steps":20,"seed":42}'
-    stability_body = '{"text_prompts":[{"text":"a lighthouse at dusk"}],"width":128,"height":128,"steps":20}'
+def curl_example(port: int, key: str, model: str) -> str:
+    """Return the walk-through a user pastes into a shell, drawing with the served default ``model``
+    at its own default size."""
+    body = '{"prompt":"a lighthouse at dusk","steps":20,"seed":42}'
+    stability_body = '{"text_prompts":[{"text":"a lighthouse at dusk"}],"steps":20}'
     return f"""
 latentq is ready on http://127.0.0.1:{port}  (Ctrl-C stops everything; logs in .run/logs/)
 
@@ -141,7 +143,7 @@ latentq is ready on http://127.0.0.1:{port}  (Ctrl-C stops everything; logs in .
   Playground (paste the key): http://127.0.0.1:{port}/   API docs: http://127.0.0.1:{port}/docs
   Stability v1 (waits, answers with the PNG):
   curl -s -H "Authorization: Bearer $KEY" -H "Accept: image/png" -o out.png \\
-    -d '{stability_body}' http://127.0.0.1:{port}/v1/generation/tiny-sd/text-to-image
+    -d '{stability_body}' http://127.0.0.1:{port}/v1/generation/{model}/text-to-image
 """
 
 
@@ -165,14 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     # Redis', S3's or the API's port, which any caller could otherwise make the dispatcher POST to).
     env.setdefault("LATENTQ_WEBHOOK_ALLOWED_HOSTS", DEV_WEBHOOK_HOSTS)
     # One worker serving every registered model, unless told otherwise.
-    env.setdefault("LATENTQ_WORKER_MODELS", ",".join(get_registry(CommonSettings()).ids()))
+    try:  # the registry and the worker's models, checked before anything starts
+        registry = get_registry(CommonSettings())
+        env.setdefault("LATENTQ_WORKER_MODELS", ",".join(registry.ids()))
+        default_model, note = serve_default(env, registry)
+    except (StackConfigError, ValueError) as error:  # ValueError: a registry or setting refused
+        print(f"make run: {error}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"make run: {note}", file=sys.stderr)
     started: list = []
     # Explicit, because a shell starting us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         start_stack(state, env, args.port, started)
-        print(curl_example(args.port, env["LATENTQ_API_KEYS"].split(",")[0]), flush=True)
+        print(curl_example(args.port, env["LATENTQ_API_KEYS"].split(",")[0], default_model), flush=True)
         failed = Supervisor(started).watch()
         print(
             f"{failed.name} exited with code {failed.popen.returncode}; see {failed.log_path}",

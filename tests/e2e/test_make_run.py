@@ -158,3 +158,18 @@ def test_make_run_restarts_a_crashed_worker_and_keeps_jobs_across_its_own_restar
     finally:
         again.send_signal(signal.SIGINT)
         assert again.wait(timeout=30) == 0
+
+
+def test_make_run_refuses_models_it_cannot_serve_at_once_in_one_line(tmp_path):
+    env = {
+        **environment_without_settings(),
+        "LATENTQ_WORKER_MODELS": "tiny-sdxl",
+        "LATENTQ_DEFAULT_MODEL": "tiny-sd",
+    }
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "latentq_dev.devrun", "--state", str(tmp_path / "state"),
+                          "--port", str(free_port())], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert run.returncode == 2 and time.monotonic() - started < 30
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("make run: LATENTQ_DEFAULT_MODEL=tiny-sd")
+    assert not (tmp_path / "state" / "redis").exists()  # nothing was started
