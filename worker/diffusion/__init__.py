@@ -4,3 +4,8 @@
 (weighted and long prompts), ``schedulers`` (samplers by Stability's names), ``preview`` (latent
 previews).
 """
+
+from worker.diffusion.quiet import quiet_third_party
+
+# Before any module of this layer imports diffusers: its import is when transformers' notice comes.
+quiet_third_party()

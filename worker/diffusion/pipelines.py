@@ -16,6 +16,7 @@ from diffusers import (
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
 )
+from diffusers.utils import deprecation_utils as diffusers_deprecations
 from PIL import Image as PILImage
 from PIL.Image import Image
 
@@ -26,6 +27,11 @@ from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
 
 log = logging.getLogger("latentq.worker")
+
+
+#: ``from_pretrained``'s dtype keyword: ``dtype`` where diffusers has deprecated ``torch_dtype``
+#: (it warns at every load), ``torch_dtype`` in the releases before, which would not read ``dtype``.
+DTYPE_KEYWORD = "dtype" if hasattr(diffusers_deprecations, "_resolve_dtype") else "torch_dtype"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -40,7 +46,7 @@ def load_pretrained(loader: Any, source: str, device: str) -> tuple[Any, torch.d
     target = resolve_device(device)
     dtype = torch.float16 if target.type == "cuda" else torch.float32
     started = time.perf_counter()
-    pipe = loader.from_pretrained(source, torch_dtype=dtype).to(target)
+    pipe = loader.from_pretrained(source, **{DTYPE_KEYWORD: dtype}).to(target)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s (%s) on %s %s in %.1f s", source, type(pipe).__name__, target, dtype,
              time.perf_counter() - started)  # fmt: skip

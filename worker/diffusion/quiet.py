@@ -1,0 +1,37 @@
+"""Third-party noise kept out of the worker's log: transformers' notice that its image processors
+fall back to PIL without torchvision (at import, three paragraphs), diffusers' paragraph on the
+safety checker it is loaded without (at every load), and both libraries' progress bars, which
+a log file records as screens of carriage returns. Their warnings and errors otherwise stay."""
+
+from __future__ import annotations
+
+import logging
+
+#: Parts of the messages dropped: each a notice about a choice made on purpose here.
+NOISE = (
+    "requires torchvision (not installed)",  # the PIL image processors serve (no torchvision here)
+    "You have disabled the safety checker",  # latentq loads no safety checker (docs/MODELS.md)
+)
+
+
+class DropNoise(logging.Filter):
+    """Drops the records whose message holds one of ``NOISE``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(part in message for part in NOISE)
+
+
+def quiet_third_party() -> None:
+    """Drop ``NOISE`` and turn off progress bars; call before diffusers is first imported (its import
+    makes transformers' notice)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.disable_progress_bar()
+        # Each library logs through its root logger's own handler (its records do not propagate):
+        # a filter there sees every module's records.
+        for handler in library.get_logger().handlers:
+            if not any(isinstance(item, DropNoise) for item in handler.filters):
+                handler.addFilter(DropNoise())
