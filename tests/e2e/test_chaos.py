@@ -19,7 +19,11 @@ from tests.conftest import REPO
 @pytest.mark.timeout(600)
 def test_nothing_accepted_is_lost_or_done_twice_under_chaos(tmp_path):
     report_path = tmp_path / "chaos.json"
-    argv = [sys.executable, "-m", "bench.chaos", "--jobs", "60", "--kills", "3", "--deadline-s", "240",
+    # One submit a second: the tiny model finishes a job in well under a second, so submits spread
+    # over the run keep workers busy whenever a fault looks for one (at 30/s all 60 jobs were done
+    # before the later faults' turn, and those faults found no busy worker to kill).
+    argv = [sys.executable, "-m", "bench.chaos", "--jobs", "60", "--kills", "3", "--rate", "1",
+            "--deadline-s", "240",
             "--state", str(tmp_path / "stack"), "--json", str(report_path)]  # fmt: skip
     run = subprocess.run(argv, cwd=REPO, env=environment_without_settings(), capture_output=True, text=True,
                          timeout=580)  # fmt: skip
