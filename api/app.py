@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 import latentq
 from api.body_parsing import validation_error
 from api.error_envelope import error_response
+from api.metrics import install_metrics, metrics_port
 from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
 from api.routes import admin, events, health, jobs, models, openai_images, stability, webhook_settings
@@ -109,7 +110,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         try:
-            yield
+            with metrics_port(settings, app):  # a second port for /metrics, if set
+                yield
         finally:
             await services.async_redis.aclose()
             await services.wait_redis.aclose()
@@ -154,4 +156,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(SecurityHeaders)
+    install_metrics(app, settings)  # /metrics, and the HTTP metrics middleware: outermost, so last
     return app

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis as AsyncRedis
 
+from api.metrics import RATE_LIMITED
 from latentq.accounts import Principal
 from latentq.command_batch import CommandBatch
 from latentq.errors import LatentqError
@@ -121,6 +122,7 @@ class RateLimiter:
         """Note the made check ``rate``: if it was refused, its key stays refused for its retry time."""
         if rate.verdict is None or rate.verdict.admitted:
             return
+        RATE_LIMITED.inc()
         now = time.monotonic()
         if len(self._refused_until) >= REFUSED_PRUNE_AT:
             self._refused_until = {key: at for key, at in self._refused_until.items() if at[0] > now}

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.idempotency import IdempotencyClaim, claim, claim_name, original_record, release, take_over
 from api.job_specs import JobDraft, carries_images, validate_request
+from api.metrics import JOBS_SUBMITTED
 from api.rate_limit import DEFERRED
 from api.services import Services
 from api.uploads import png_bytes
@@ -247,6 +248,7 @@ async def enqueue_job(
         if refusal == "rate_limited":
             raise rate.refusal()
     if ran:
+        JOBS_SUBMITTED.labels(spec.model, spec.task).inc()
         return created_at
     if refusal is not None:
         raise await _refusal(refusal, services, spec.model, owner, max_jobs, cost)

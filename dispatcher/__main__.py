@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 from redis import Redis
@@ -16,12 +17,18 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
+from dispatcher.metrics import REGISTRY
 from latentq.keys import WEBHOOK_QUEUE
+from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.rq_loop import wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
 
 log = logging.getLogger("latentq.dispatcher")
+
+#: Seconds beyond its own bound that the delivery loop may take to come round again before /livez
+#: says the dispatcher is stuck.
+LOOP_SLACK_S = 60.0
 
 
 class DeliveryWorker(SimpleWorker):
@@ -29,22 +36,47 @@ class DeliveryWorker(SimpleWorker):
     loop ended by a Redis outage starts again and one ended by SIGTERM does not."""
 
     stopping = False
+    #: What its /livez and /readyz answer from (``latentq.probes``); None: no probes.
+    vitals: Vitals | None = None
+    #: Longest one delivery may take, seconds (it may try two addresses, each up to the timeout).
+    delivery_s: float = 20.0
 
     def request_stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
+        if self.vitals is not None:
+            self.vitals.ready = False
         super().request_stop(signum, frame)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's worker heartbeat. RQ's loop beats bare before each wait for a delivery (and after
+        each): that beat also tells /livez the loop comes round again within the wait and a delivery."""
+        if not args and not kwargs and threading.current_thread() is threading.main_thread():
+            self._expect_loop()
+        super().heartbeat(*args, **kwargs)
+
+    def stop_requested(self) -> bool:
+        """Whether a warm shutdown was asked for (asked between loops: waiting for Redis is no stuck loop)."""
+        self._expect_loop()
+        return self.stopping
+
+    def _expect_loop(self) -> None:
+        if self.vitals is not None:
+            self.vitals.expect("delivery loop", self.dequeue_timeout + self.delivery_s + LOOP_SLACK_S)
 
 
 def main() -> int:
     """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_dispatcher_settings()
+    vitals = Vitals()  # /livez from now on, /readyz once it takes deliveries (LATENTQ_METRICS_PORT)
+    serve_probes(settings, REGISTRY, vitals)
     redis = Redis.from_url(settings.redis_url)
     wait_for_redis(redis, log)  # started while Redis is down (or not up yet)
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
     worker = DeliveryWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=settings.dispatcher_name
     )
+    worker.vitals, worker.delivery_s = vitals, 2 * settings.webhook_timeout_s
     log.info(
         "dispatcher ready on queue %s (retries after %s s)",
         WEBHOOK_QUEUE,
@@ -61,12 +93,13 @@ def main() -> int:
         dispatcher.store.delete,
     )
     reaper.start()
+    vitals.ready = True
     try:
         with serving(dispatcher):
             work_through_outages(
                 worker,
                 lambda: worker.work(with_scheduler=True, logging_level="INFO"),
-                lambda: worker.stopping,
+                worker.stop_requested,
             )
     finally:
         reaper.stop()

@@ -31,6 +31,7 @@ from redis import Redis
 from rq.job import Retry, get_current_job
 
 from dispatcher.http import http_client, post
+from dispatcher.metrics import POST_DURATION, note_delivery
 from dispatcher.signing import signature_headers
 from latentq.contract import WebhookDelivery
 from latentq.leases import Leases
@@ -123,6 +124,7 @@ def deliver_event(
     record = dispatcher.records.get(job_id)
     if record is None or record.spec.webhook is None:
         log.info("webhook %s of job %s not sent: the job expired", event, job_id)
+        note_delivery(event, "expired")
         return {"state": "expired"}
     url = record.spec.webhook.url
     report = DeliveryAttempt(dispatcher.records, job_id, event, attempt)
@@ -135,9 +137,9 @@ def deliver_event(
     headers = signature_headers(dispatcher.accounts.signing_secrets(record.owner), message_id, body)
     status_code, error = None, None
     try:
-        status_code = post(
-            dispatcher.http, resolve(url, dispatcher.settings.webhook_allowed_hosts), body, headers
-        )
+        address = resolve(url, dispatcher.settings.webhook_allowed_hosts)
+        with POST_DURATION.time():
+            status_code = post(dispatcher.http, address, body, headers)
     except UnsafeUrl as refused:
         return report("refused", error=f"webhook_url: {refused}")
     except (httpx.HTTPError, OSError) as failure:
@@ -175,6 +177,7 @@ class DeliveryAttempt:
             next_attempt_at=utc_now(retry_s) if retry_s else None,
         )  # fmt: skip
         self.records.record_delivery(self.job_id, self.event, delivery)
+        note_delivery(self.event, state)
         log.info("webhook %s of job %s, attempt %d: %s %s", self.event, self.job_id, self.attempt, state,
                  error or status_code or "")  # fmt: skip
         return delivery.model_dump()

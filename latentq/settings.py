@@ -70,6 +70,16 @@ class CommonSettings(BaseSettings):
     #: Most runs of one job (the first included) when workers running it are lost; then it fails
     #: ``worker_lost``. Likewise for the dispatchers lost sending one delivery.
     max_attempts: int = Field(3, ge=1, le=100)
+    #: Prometheus metrics: the API's ``GET /metrics`` and its per-request HTTP metrics, and
+    #: ``/metrics`` on a worker's or dispatcher's ``metrics_port``; off: none of them (the probes,
+    #: ``/livez`` and ``/readyz``, still answer on ``metrics_port``).
+    metrics: bool = True
+    #: Port of a worker's or dispatcher's listener for ``/metrics``, ``/livez`` and ``/readyz`` (a
+    #: thread of its own), and a second port for the API's ``/metrics``; None: no listener (the API
+    #: still serves ``/metrics`` on its own port).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    #: Address that listener binds.
+    metrics_host: str = "0.0.0.0"
 
     _split_hosts = field_validator("webhook_allowed_hosts", mode="before")(split_commas)
 

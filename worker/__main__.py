@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 from latentq.keys import queue_name
 from latentq.models import ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
+from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
@@ -26,6 +27,7 @@ from worker.context import WarmState
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, ensure_tiny_model
+from worker.metrics import REGISTRY
 from worker.patient_store import transient
 from worker.warm_worker import WarmWorker
 
@@ -106,6 +108,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_worker_settings()
     started = time.perf_counter()
+    vitals = Vitals()  # /livez from now on, /readyz once the models are warm (LATENTQ_METRICS_PORT)
+    serve_probes(settings, REGISTRY, vitals)
     store = ImageStore(settings)
     redis = Redis.from_url(settings.redis_url)
     wait_for_services(store, redis)
@@ -117,6 +121,7 @@ def main() -> int:
         settings.progress_interval_s, settings.webhook_progress_interval_s,
     )  # fmt: skip
     worker = build_worker(settings, redis, warm)
+    worker.vitals = vitals
     clear_stale_registration(worker)
     # Before taking jobs: the jobs of workers lost meanwhile are recovered first.
     reaper = Reaper(
@@ -129,6 +134,7 @@ def main() -> int:
     ).start()
     worker.recover = reaper.recover  # what a worker that gives its jobs up hands them to
     log.info("worker ready for models %s in %.1f s", list(pipelines), time.perf_counter() - started)
+    vitals.ready = True
     try:
         worker.serve()
     finally:

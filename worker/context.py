@@ -154,6 +154,8 @@ class JobContext:
     #: When the job's time limit runs out (``time.monotonic`` seconds): storage calls that fail are
     #: retried until then.
     deadline: float = math.inf
+    #: When the job was submitted (epoch seconds; None: unknown), for its end-to-end time.
+    submitted_at: float | None = None
 
 
 _current: ContextVar[JobContext] = ContextVar("latentq_job_context")

@@ -22,19 +22,24 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from PIL.Image import Image
 
 from latentq.contract import JobSpec
 from worker.context import OnStep
+from worker.metrics import BATCH_SIZE, SAMPLING_SECONDS
 
 log = logging.getLogger("latentq.worker")
 
 #: Seconds a job thread waits between looks at its request: the timeout exception RQ raises in it
 #: (``TimerDeathPenalty``) arrives between them.
 WAIT_SLICE_S = 0.25
+
+T = TypeVar("T")
 
 
 class DeviceFault(Exception):
@@ -185,7 +190,8 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
     live = [request for request in chunk if not request.abandoned]
     if len(live) > 1:
         try:
-            results = live[0].pipeline.generate_batch([(request.spec, request.step) for request in live])
+            jobs = [(request.spec, request.step) for request in live]
+            results = _counted(live, partial(live[0].pipeline.generate_batch, jobs))
         except Exception as error:
             if is_device_fault(error):
                 raise DeviceFault(str(error)) from error
@@ -206,13 +212,26 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
             return
     for request in live:
         try:
-            request.finish(request.pipeline.generate(request.spec, request.inputs, request.step))
+            call = partial(request.pipeline.generate, request.spec, request.inputs, request.step)
+            request.finish(_counted([request], call))
         except BaseException as error:
             if is_device_fault(error):
                 raise DeviceFault(str(error)) from error
             if is_out_of_memory(error):
                 free_accelerator_memory()
             request.finish(error=error)
+
+
+def _counted(members: list[SampleRequest], call: Callable[[], T]) -> T:
+    """Make the pipeline call ``call`` that samples ``members``; count its time (the worker's busy
+    time) and its batch size in the worker's metrics."""
+    started = time.perf_counter()
+    try:
+        return call()
+    finally:
+        model = members[0].spec.model  # a model this worker serves: its pipeline is warm here
+        SAMPLING_SECONDS.labels(model).inc(time.perf_counter() - started)
+        BATCH_SIZE.labels(model).observe(len(members))
 
 
 class RoundSeat:

@@ -26,6 +26,7 @@ from latentq.keys import image_object_key, image_object_keys
 from latentq.storage import STORAGE_ERRORS
 from worker.context import ImagePipeline, JobContext, JobLog, ObjectStore, WarmState
 from worker.encoding import CONTENT_TYPES, encode_image
+from worker.metrics import JOBS_FINISHED, model_label, note_succeeded
 from worker.patient_store import PatientStore
 from worker.rounds import is_out_of_memory
 
@@ -83,6 +84,8 @@ class StepReporter:
         self.published = self.notified = float("-inf")
         self.started = time.monotonic()
         self.canceled = False
+        #: The last denoising step reported (the steps run, once sampling is over).
+        self.steps = 0
 
     def __call__(self, step: int, total_steps: int, latents: Any = None) -> bool:
         """Note ``step`` of ``total_steps``; return True if the job must stop (its cancel was requested).
@@ -96,6 +99,7 @@ class StepReporter:
         ):
             with suppress(RedisError):  # a missed preview is no reason to stop sampling
                 self.records.preview(self.job_id, step, self.preview(latents), run=self.run)
+        self.steps = step
         now = time.monotonic()
         publish = step >= total_steps or now - self.published >= self.interval_s
         if publish:
@@ -124,7 +128,8 @@ def run_job(context: JobContext, spec: JobSpec) -> list[StoredImage]:
     warm = context.warm
     with warm.cancels.watching(spec.job_id) as cancel:  # watched first: no request slips by
         if warm.records.cancel_requested(spec.job_id):
-            warm.records.mark_canceled(spec)
+            if warm.records.mark_canceled(spec):
+                JOBS_FINISHED.labels(model_label(spec.model, warm.pipelines), spec.task, "canceled").inc()
             return []
         return _run(context, spec, cancel)
 
@@ -138,6 +143,7 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
         return []
     started = time.perf_counter()
     timings = StageTimings()
+    model = model_label(spec.model, warm.pipelines)  # the label of the job's metrics
     try:
         pipeline = pipeline_for(warm, spec.model)
         reporter = step_reporter(warm, spec, pipeline, cancel, run)
@@ -146,7 +152,8 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
         with timings.stage("sampling_ms"):
             images, batch_size = context.sampler.sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
-            warm.records.mark_canceled(spec, run)
+            if warm.records.mark_canceled(spec, run):
+                JOBS_FINISHED.labels(model, spec.task, "canceled").inc()
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
         stored = store_images(store, spec, images, timings)
@@ -157,7 +164,10 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
     except BaseException as error:
         job_error = classify_error(error)
         log.warning("job %s failed: %s: %s", spec.job_id, job_error.name, job_error.message)
-        if warm.records.mark_failed(spec, job_error, run) and job_error.name != "storage_error":
+        failed = warm.records.mark_failed(spec, job_error, run)
+        if failed:
+            JOBS_FINISHED.labels(model, spec.task, job_error.name).inc()
+        if failed and job_error.name != "storage_error":
             # A failed job shows no images: delete any an earlier, lost run stored (with S3 down,
             # as after a storage error, they stay unseen orphans until the bucket's lifecycle rule).
             with suppress(*STORAGE_ERRORS):
@@ -173,6 +183,7 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
             store.delete([image.key for image in stored])
         log.info("job %s ended or moved on before its images were recorded", spec.job_id)
         return []
+    note_succeeded(model, spec.task, timings.ms, len(stored), reporter.steps, context.submitted_at)
     log.info("job %s succeeded: %d image(s) in %.0f ms", spec.job_id, len(stored),
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return stored

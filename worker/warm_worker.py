@@ -22,12 +22,17 @@ from latentq.fair_share import refill
 from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
 from latentq.periodic import Periodic
+from latentq.probes import Vitals
 from latentq.rq_loop import work_through_outages
 from worker.context import JobContext, WarmState, use_context
+from worker.metrics import JOBS_RUNNING, job_model, note_taken
 from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
 
 #: Queued jobs looked at, from the head of the queue, when filling a round.
 ROUND_SCAN_DEPTH = 64
+#: Seconds beyond its own bound that the job loop may take to come round again before /livez says
+#: the worker is stuck (``Vitals``).
+LOOP_SLACK_S = 60.0
 
 
 def _batch_info(job: Job) -> tuple[tuple | None, int]:
@@ -65,6 +70,8 @@ class WarmWorker(SimpleWorker):
     recover: Callable[[str], str | None] | None = None
     #: Set by a warm shutdown: the worker takes no more jobs.
     stopping: bool = False
+    #: What its /livez and /readyz answer from (``latentq.probes``); None: no probes.
+    vitals: Vitals | None = None
     # Job timeouts raise in the job's thread (RQ's signal-based penalty works on the main thread only).
     death_penalty_class = TimerDeathPenalty
 
@@ -82,11 +89,14 @@ class WarmWorker(SimpleWorker):
         """Run a round: ``job`` and the queued jobs that can sample with it."""
         self.leases.take([job.id])  # from RQ's intermediate queue: now it is recoverable as ours
         self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on waits for the round (warm shutdown)
+        # A round waits for the threads of earlier ones, then samples: each bound by its time limit.
+        self._expect_loop(2 * (job.timeout or self.queue_class.DEFAULT_TIMEOUT))
         self._limit_job_threads(self.max_batch)
         self._refill(queue)  # the accounts' next turns, so the round can fill (latentq.fair_share)
         jobs = [job, *self._take_more(queue, job)]
         self._refill(queue)  # and the next round finds its jobs queued
         self._last_round_size = len(jobs)
+        note_taken(jobs, self.warm.pipelines)
         round_ = SamplingRound()
         try:
             for member in jobs:
@@ -111,6 +121,25 @@ class WarmWorker(SimpleWorker):
                 self.give_up(f"the accelerator failed ({error}); exiting for a restart")
             self._log_round(round_)
         self.set_state(WorkerStatus.IDLE)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's worker heartbeat. RQ's loop beats bare before each wait for a job (and RQ's start of
+        a job, and job threads, with a time to live): that beat also says when the loop comes round
+        again, within the wait."""
+        if not args and not kwargs and threading.current_thread() is threading.main_thread():
+            self._expect_loop(self.dequeue_timeout)
+        super().heartbeat(*args, **kwargs)
+
+    def _expect_loop(self, within_s: float) -> None:
+        """Tell /livez that the job loop comes round again within ``within_s`` seconds (and a slack)."""
+        if self.vitals is not None:
+            self.vitals.expect("job loop", within_s + LOOP_SLACK_S)
+
+    def _stop_requested(self) -> bool:
+        """Whether a warm shutdown was asked for (asked between loops: a loop waiting for Redis is
+        no stuck loop)."""
+        self._expect_loop(self.dequeue_timeout)
+        return self.stopping
 
     def refill_queues(self) -> None:
         """Top every queue of this worker up from the accounts' waiting jobs (the reaper's pass)."""
@@ -201,9 +230,11 @@ class WarmWorker(SimpleWorker):
 
     def _run_job_thread(self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution) -> None:
         deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
+        context = JobContext(self.warm, seat, deadline, submitted_at=job.created_at.timestamp())
         try:
             with (
-                use_context(JobContext(self.warm, seat, deadline)),
+                use_context(context),
+                JOBS_RUNNING.labels(job_model(job, self.warm.pipelines)).track_inprogress(),
                 Periodic(
                     lambda: self.maintain_heartbeats(job, execution),
                     self.heartbeat_interval_s,
@@ -235,11 +266,15 @@ class WarmWorker(SimpleWorker):
             work_through_outages(
                 self,
                 lambda: self.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN),
-                lambda: self.stopping,
+                self._stop_requested,
             )
+        if self.vitals is not None:  # its loops are over: the drain is bound by its own deadline
+            self.vitals.forget("job loop", "heartbeat")
 
     def beat(self) -> None:
         """Renew this worker's leases and its alive mark, each for the lease time."""
+        if self.vitals is not None:  # beats late by a lease: its jobs are recovered elsewhere; stuck
+            self.vitals.expect("heartbeat", self.leases.lease_s)
         self.leases.renew(sorted(self.leases.held))
         self.connection.set(worker_alive_key(self.name), 1, ex=max(1, round(self.leases.lease_s)))
 
@@ -247,6 +282,8 @@ class WarmWorker(SimpleWorker):
         """SIGTERM (warm shutdown): take no more jobs, finish the current round and its uploads
         within ``drain_timeout_s``; a second signal, or the deadline, gives the jobs up (``give_up``)."""
         self.stopping = True
+        if self.vitals is not None:
+            self.vitals.ready = False  # draining: no more jobs come to it
         if not getattr(self, "_draining", None):
             self._draining = threading.Timer(
                 self.drain_timeout_s, self.give_up, args=("the drain deadline passed",)
