@@ -19,7 +19,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.registry import Collector
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from latentq.fair_share import fair_prefix, pending_key
 from latentq.keys import queue_name, rq_job_key, rq_queue_key
@@ -79,7 +81,11 @@ class QueueStats(Collector):
     def for_url(cls, url: str, models: Sequence[str]) -> QueueStats:
         """Return the collector of ``models``' queues on the Redis at ``url``."""
         timeout = QUEUE_READ_TIMEOUT_S
-        return cls(Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), models)
+        # No retries (redis-py makes 3, with backoff, by default): a scrape must not wait them out.
+        redis = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+        return cls(redis, models)
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
