@@ -90,6 +90,7 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,9 +109,21 @@ class HttpMetrics:
             await self.app(scope, receive, noting_status)
         finally:
             method = scope["method"] if scope["method"] in METHODS else "other"
-            route = route_label(scope)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
+            counted, timed = self._series(method, route_label(scope), status)
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
+
+    def _series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and the latency histogram of these labels, looked up once (their
+        combinations are bounded: methods, route templates and statuses)."""
+        key = (method, route, status)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = (
+                HTTP_REQUESTS.labels(method, route, str(status)),
+                HTTP_DURATION.labels(method, route),
+            )
+        return series
 
 
 def install_metrics(app: FastAPI, settings: CommonSettings) -> None:

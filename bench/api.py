@@ -66,12 +66,19 @@ def managed_key(redis_url: str) -> str:
 
 
 def measure(
-    redis_url: str, processes: int, seconds: int, connections: int, folder: Path, key: str = KEY
+    redis_url: str,
+    processes: int,
+    seconds: int,
+    connections: int,
+    folder: Path,
+    key: str = KEY,
+    **settings: str,
 ) -> dict[str, float]:
-    """Run the API with ``processes`` uvicorn workers under wrk; return wrk's figures."""
+    """Run the API with ``processes`` uvicorn workers (and ``LATENTQ_*`` ``settings``) under wrk;
+    return wrk's figures."""
     script = folder / "post.lua"
     script.write_text(SCRIPT.format(body=json.dumps(BODY), key=key))
-    env = service_env(redis_url, LATENTQ_MAX_QUEUE_DEPTH=str(10**9))
+    env = service_env(redis_url, LATENTQ_MAX_QUEUE_DEPTH=str(10**9), **settings)
     with running_api(env, folder / f"api-{processes}.log", processes) as port:
         url = f"http://127.0.0.1:{port}/v1/generate"
         subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], check=True, capture_output=True)
