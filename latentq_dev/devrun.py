@@ -56,6 +56,17 @@ def start_services(state: Path, env: dict[str, str], started: list) -> None:
         env.update(s3.env(bucket))
 
 
+def metrics_ports(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Return the environment of the worker, the dispatcher and the API: one ``LATENTQ_METRICS_PORT``
+    set for the stack goes to the worker, the next port to the dispatcher, none to the API (which
+    serves ``/metrics`` on its own port), so that no two of them try to listen on one port."""
+    port = env.get("LATENTQ_METRICS_PORT")
+    if not port:
+        return {"worker": env, "dispatcher": env, "api": env}
+    api = {name: value for name, value in env.items() if name != "LATENTQ_METRICS_PORT"}
+    return {"worker": env, "dispatcher": {**env, "LATENTQ_METRICS_PORT": str(int(port) + 1)}, "api": api}
+
+
 def start_stack(state: Path, env: dict[str, str], port: int, started: list, access_log: bool = True) -> None:
     """Start services (unless configured), one worker, the webhook dispatcher and the API on ``port``;
     wait until ready.
@@ -68,13 +79,14 @@ def start_stack(state: Path, env: dict[str, str], port: int, started: list, acce
     # carry a Redis password).
     write_private(state / "admin.env", f"LATENTQ_REDIS_URL={env['LATENTQ_REDIS_URL']}\n")
     logs = state / "logs"
-    worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
+    envs = metrics_ports(env)
+    worker = Process.start("worker", [sys.executable, "-m", "worker"], logs / "worker.log", envs["worker"])
     started.append(worker)
     dispatcher_argv = [sys.executable, "-m", "dispatcher"]
-    started.append(Process.start("dispatcher", dispatcher_argv, logs / "dispatcher.log", env))
+    started.append(Process.start("dispatcher", dispatcher_argv, logs / "dispatcher.log", envs["dispatcher"]))
     api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
                 "--port", str(port)] + ([] if access_log else ["--no-access-log"])  # fmt: skip
-    api = Process.start("api", api_argv, logs / "api.log", env)
+    api = Process.start("api", api_argv, logs / "api.log", envs["api"])
     started.append(api)
     ready = f"http://127.0.0.1:{port}/readyz"
     for process in (worker, api):

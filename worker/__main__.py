@@ -27,7 +27,7 @@ from worker.context import WarmState
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, ensure_tiny_model
-from worker.metrics import REGISTRY
+from worker.metrics import REGISTRY, declare_models
 from worker.patient_store import transient
 from worker.warm_worker import WarmWorker
 
@@ -115,6 +115,7 @@ def main() -> int:
     wait_for_services(store, redis)
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}
+    declare_models(pipelines)
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
     warm = WarmState(
         pipelines, store, records, CancelWatch(records).start(),

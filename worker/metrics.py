@@ -94,6 +94,14 @@ STEPS = Counter(
 )
 
 
+def declare_models(served: Iterable[str]) -> None:
+    """Give the per-model gauges and counters a series of each served model from the start (0
+    rather than absent: an autoscaler reading ``latentq_worker_jobs_running`` sees an idle worker)."""
+    for model in served:
+        for metric in (JOBS_RUNNING, SAMPLING_SECONDS, IMAGES, STEPS):
+            metric.labels(model)
+
+
 def model_label(model: str, served: Collection[str]) -> str:
     """Return the model label of a job for ``model`` on a worker serving ``served``."""
     return model if model in served else OTHER_MODEL

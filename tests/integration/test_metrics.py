@@ -82,7 +82,7 @@ def metrics_worker(redis_server, s3_server, models_dir, tiny_model, tmp_path_fac
     env = service_env(
         redis_server, s3_server, embedded_model_dir=str(models_dir), worker_models="metrics-sd",
         models=json.dumps(MODELS), heartbeat_interval_s="1", fair_queue_depth="1",
-        worker_name="metrics-worker", metrics_port=str(port), metrics_host="127.0.0.1",
+        worker_name="metrics-worker", metrics_port=str(port), metrics_host="127.0.0.1", drain_timeout_s="300",
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("logs") / "metrics-worker.log"
@@ -109,6 +109,8 @@ def test_a_worker_is_ready_only_once_its_models_are_warm_and_live_all_along(metr
     assert seen[0] == 503 and seen[-1] == 200, seen  # listening from start-up, ready after warm-up
     assert "warm-up generation of metrics-sd" in process.log_path.read_text()
     assert status(f"{base}/livez") == 200
+    samples = scrape(f"{base}/metrics")  # its models' series exist before their first job: 0, not absent
+    assert ("latentq_worker_jobs_running", (("model", "metrics-sd"),)) in samples
 
 
 def test_a_job_moves_the_api_and_worker_metrics_with_bounded_labels(metrics_api, metrics_worker):
@@ -215,11 +217,11 @@ def test_a_draining_worker_is_not_ready(metrics_api, metrics_worker):
     """Last: it stops the module's worker."""
     client, _ = metrics_api
     process, base, _ = metrics_worker
-    job = client.post("/v1/generate", json={**BODY, "width": 512, "height": 512, "steps": 100}).json()
+    job = client.post("/v1/generate", json={**BODY, "width": 256, "height": 256, "steps": 50}).json()
     wait_until(
         lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", 60, "the job's start"
     )
     os.kill(process.popen.pid, signal.SIGTERM)  # warm shutdown: it finishes the job first
     assert status(f"{base}/readyz") == 503
     assert status(f"{base}/livez") == 200  # draining, not stuck
-    assert wait_for_job(client, job["id"], timeout_s=120)["status"] == "succeeded"
+    assert wait_for_job(client, job["id"], timeout_s=300)["status"] == "succeeded"  # drained

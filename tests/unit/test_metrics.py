@@ -20,6 +20,7 @@ from api.metrics import HTTP_REQUESTS, HttpMetrics
 from api.metrics import REGISTRY as API_REGISTRY
 from latentq.metrics import QueueStats, stamp_seconds
 from latentq.probes import ProbeServer, Vitals
+from latentq_dev.devrun import metrics_ports
 from latentq_dev.devstack import free_port
 from tests.unit.test_runner import FakePipeline, spec, warm
 from worker.context import JobContext
@@ -271,3 +272,11 @@ def test_queue_gauges_time_out_on_a_redis_that_does_not_answer():
 def test_rq_timestamps_read_as_epoch_seconds():
     assert stamp_seconds(b"1970-01-01T00:01:40.500000Z") == 100.5
     assert stamp_seconds(None) is None and stamp_seconds("garbage") is None
+
+
+def test_make_runs_one_metrics_port_goes_to_one_process_each():
+    envs = metrics_ports({"LATENTQ_METRICS_PORT": "9090", "OTHER": "x"})
+    assert envs["worker"]["LATENTQ_METRICS_PORT"] == "9090"
+    assert envs["dispatcher"]["LATENTQ_METRICS_PORT"] == "9091"
+    assert "LATENTQ_METRICS_PORT" not in envs["api"] and envs["api"]["OTHER"] == "x"
+    assert metrics_ports({"OTHER": "x"})["dispatcher"] == {"OTHER": "x"}
