@@ -151,9 +151,7 @@ def metrics_port(settings: CommonSettings, app: FastAPI) -> Iterator[None]:
         yield
         return
     try:
-        listener = ProbeServer(
-            settings.metrics_host, settings.metrics_port, lambda: render(collectors)
-        ).start()
+        listener = ProbeServer(settings.metrics_host, settings.metrics_port, lambda: render(collectors))
     except OSError as error:
         log.warning("metrics not served on port %d (%s); still on /metrics", settings.metrics_port, error)
         yield

@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.metrics import HTTP_REQUESTS, HttpMetrics
+from api.metrics import HTTP_REQUESTS, HttpMetrics, metrics_port
 from api.metrics import REGISTRY as API_REGISTRY
 from latentq.metrics import QueueStats, stamp_seconds
 from latentq.probes import ProbeServer, Vitals
+from latentq.settings import CommonSettings
 from latentq_dev.devrun import metrics_ports
 from latentq_dev.devstack import free_port
 from tests.unit.test_runner import FakePipeline, spec, warm
@@ -280,3 +281,30 @@ def test_make_runs_one_metrics_port_goes_to_one_process_each():
     assert envs["dispatcher"]["LATENTQ_METRICS_PORT"] == "9091"
     assert "LATENTQ_METRICS_PORT" not in envs["api"] and envs["api"]["OTHER"] == "x"
     assert metrics_ports({"OTHER": "x"})["dispatcher"] == {"OTHER": "x"}
+
+
+def test_an_api_process_whose_metrics_port_another_holds_serves_on_without_it():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    app = FastAPI()
+    app.state.metric_collectors = CollectorRegistry()
+    settings = CommonSettings(metrics_port=taken.getsockname()[1], metrics_host="127.0.0.1")
+    try:
+        with metrics_port(settings, app):  # a warning, not a failed start-up
+            pass
+    finally:
+        taken.close()
+    port = free_port()
+    with metrics_port(CommonSettings(metrics_port=port, metrics_host="127.0.0.1"), app):
+        status, body = get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and b"latentq_rate_limited_total" in body
+    assert get_refused(f"http://127.0.0.1:{port}/metrics")  # stopped with the app
+
+
+def get_refused(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.URLError as error:
+        return isinstance(error.reason, ConnectionRefusedError)
+    return False
