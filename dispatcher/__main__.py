@@ -54,7 +54,7 @@ class DeliveryWorker(SimpleWorker):
             self._expect_loop()
         super().heartbeat(*args, **kwargs)
 
-    def stop_requested(self) -> bool:
+    def shutting_down(self) -> bool:
         """Whether a warm shutdown was asked for (asked between loops: waiting for Redis is no stuck loop)."""
         self._expect_loop()
         return self.stopping
@@ -99,7 +99,7 @@ def main() -> int:
             work_through_outages(
                 worker,
                 lambda: worker.work(with_scheduler=True, logging_level="INFO"),
-                worker.stop_requested,
+                worker.shutting_down,
             )
     finally:
         reaper.stop()

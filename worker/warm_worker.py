@@ -135,7 +135,7 @@ class WarmWorker(SimpleWorker):
         if self.vitals is not None:
             self.vitals.expect("job loop", within_s + LOOP_SLACK_S)
 
-    def _stop_requested(self) -> bool:
+    def shutting_down(self) -> bool:
         """Whether a warm shutdown was asked for (asked between loops: a loop waiting for Redis is
         no stuck loop)."""
         self._expect_loop(self.dequeue_timeout)
@@ -266,7 +266,7 @@ class WarmWorker(SimpleWorker):
             work_through_outages(
                 self,
                 lambda: self.work(logging_level="INFO", dequeue_strategy=DequeueStrategy.ROUND_ROBIN),
-                self._stop_requested,
+                self.shutting_down,
             )
         if self.vitals is not None:  # its loops are over: the drain is bound by its own deadline
             self.vitals.forget("job loop", "heartbeat")

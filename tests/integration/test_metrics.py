@@ -225,3 +225,4 @@ def test_a_draining_worker_is_not_ready(metrics_api, metrics_worker):
     assert status(f"{base}/readyz") == 503
     assert status(f"{base}/livez") == 200  # draining, not stuck
     assert wait_for_job(client, job["id"], timeout_s=300)["status"] == "succeeded"  # drained
+    assert process.popen.wait(timeout=60) == 0
