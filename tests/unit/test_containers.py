@@ -5,6 +5,7 @@ endpoint their health checks ask for exists, and every variable compose reads is
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shlex
@@ -109,8 +110,6 @@ def test_s3_entrypoint_binds_only_s3_beyond_the_containers_loopback():
 
 
 def json_command(stage: str, instruction: str) -> list[str]:
-    import json
-
     return json.loads(re.search(rf"^{instruction} (\[.*\])$", stage, flags=re.MULTILINE).group(1))
 
 
@@ -358,3 +357,47 @@ def test_compose_api_scales_to_two_replicas_on_a_port_range():
     assert ports == "${API_PORTS:-8000-8001}:8000" and "container_name" not in COMPOSE["services"]["api"]
     first, last = env_example()["API_PORTS"].split("-")
     assert int(last) - int(first) + 1 >= 2
+
+
+COMPOSE_SCHEMA = json.loads((REPO / "tests" / "unit" / "data" / "compose_spec.json").read_text())
+
+
+def interpolate(node: object, variables: dict[str, str]) -> object:
+    """Return ``node`` with compose's ``${NAME}``, ``${NAME:-default}`` and ``${NAME:?message}``
+    replaced as ``docker compose config`` replaces them; a required one unset or empty raises."""
+    if isinstance(node, dict):
+        return {key: interpolate(value, variables) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate(value, variables) for value in node]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2), match.group(3)
+        value = variables.get(name, "")
+        if operator == ":?" and not value:
+            raise ValueError(f"required variable {name} is missing a value: {argument}")
+        return value if value or operator != ":-" else argument
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", replace, node)
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    # What `docker compose config` checks, without Docker: the file against the specification's
+    # schema, before and after interpolation with .env.example's values and the secrets set.
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(COMPOSE_SCHEMA)
+    assert not [error.message for error in validator.iter_errors(COMPOSE)]
+    variables = {**env_example(), "LATENTQ_API_KEYS": "k" * 32, "LATENTQ_S3_SECRET_ACCESS_KEY": "s" * 32}
+    interpolated = interpolate(COMPOSE, variables)
+    assert not [error.message for error in validator.iter_errors(interpolated)]
+    assert interpolated["services"]["api"]["ports"] == ["8000-8001:8000"]
+    assert list(validator.iter_errors({"services": {"api": {"image": "x", "restartt": "no"}}}))
+
+
+@pytest.mark.parametrize("secret", ["LATENTQ_API_KEYS", "LATENTQ_S3_SECRET_ACCESS_KEY"])
+def test_compose_refuses_to_start_with_env_examples_empty_secret(secret):
+    variables = {**env_example(), "LATENTQ_API_KEYS": "k" * 32, "LATENTQ_S3_SECRET_ACCESS_KEY": "s" * 32}
+    with pytest.raises(ValueError, match=secret):
+        interpolate(COMPOSE, {**variables, secret: env_example()[secret]})
