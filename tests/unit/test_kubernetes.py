@@ -191,6 +191,13 @@ def served(overlay: str, worker: Resource) -> list[str]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_process_reads_the_same_registry(overlay):
+    processes = [w for w in workloads(overlay) if component(w) in SETTINGS]
+    registries = {tuple(registry_of(overlay, w).ids()) for w in processes}
+    assert len(registries) == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_worker_group_serves_registered_models_and_every_model_is_served(overlay):
     workers = of_kind(overlay, "Deployment", **{"app.kubernetes.io/component": "worker"})
     assert workers
