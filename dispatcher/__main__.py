@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
+from latentq.logs import configure_logging
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.rq_loop import wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
@@ -37,8 +38,8 @@ class DeliveryWorker(SimpleWorker):
 
 def main() -> int:
     """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_dispatcher_settings()
+    configure_logging("dispatcher", settings)
     redis = Redis.from_url(settings.redis_url)
     wait_for_redis(redis, log)  # started while Redis is down (or not up yet)
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
