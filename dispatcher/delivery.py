@@ -34,7 +34,7 @@ from dispatcher.http import http_client, post
 from dispatcher.signing import signature_headers
 from latentq.contract import WebhookDelivery
 from latentq.leases import Leases
-from latentq.logs import add_log_fields, job_log_fields, log_context
+from latentq.logs import add_log_fields, job_log_fields
 from latentq.records import JobRecords, utc_now
 from latentq.settings import DispatcherSettings, get_dispatcher_settings
 from latentq.ssrf import UnsafeUrl, resolve
@@ -106,15 +106,17 @@ def current_dispatcher() -> Dispatcher:
 def deliver(job_id: str, event: str, message_id: str, occurred_at: str) -> Retry | dict[str, object]:
     """The RQ function: deliver webhook ``event`` of ``job_id`` with this process's dispatcher."""
     current, dispatcher = get_current_job(), current_dispatcher()
-    with log_context(job_id=job_id):  # the account and request id once the record is read
-        if current is None:
-            return deliver_event(dispatcher, job_id, event, message_id, occurred_at, 1)
-        dispatcher.leases.take([current.id])  # held while it is sent: recovered if this process dies
-        try:
-            attempt = (current.number_of_retries or 0) + 1
-            return deliver_event(dispatcher, job_id, event, message_id, occurred_at, attempt)
-        finally:
-            dispatcher.leases.release([current.id])
+    # The delivery's lines name its job (and its account and request id once its record is read),
+    # until the dispatcher's ``perform_job`` ends: RQ's lines about it too.
+    add_log_fields(job_id=job_id, account=None, request_id=None)
+    if current is None:
+        return deliver_event(dispatcher, job_id, event, message_id, occurred_at, 1)
+    dispatcher.leases.take([current.id])  # held while it is sent: recovered if this process dies
+    try:
+        attempt = (current.number_of_retries or 0) + 1
+        return deliver_event(dispatcher, job_id, event, message_id, occurred_at, attempt)
+    finally:
+        dispatcher.leases.release([current.id])
 
 
 def deliver_event(

@@ -37,9 +37,10 @@ CONTEXT_FIELDS = ("job_id", "account", "request_id")
 
 _fields: ContextVar[Mapping[str, Any]] = ContextVar("latentq_log_fields", default=MappingProxyType({}))
 
-# What every LogRecord has: anything else on one came from ``extra=`` and is a field of the line.
+# What every LogRecord has: anything else on one came from ``extra=`` and is a field of the line
+# (but uvicorn's ``color_message``, its message again with terminal colour codes).
 _STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message", "asctime", "taskName",
+    "message", "asctime", "taskName", "color_message",
 }  # fmt: skip
 
 # Line separators JSON leaves unescaped that ``str.splitlines`` (and some log shippers) split on.
