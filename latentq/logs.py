@@ -155,6 +155,7 @@ def configure_logging(process: ProcessKind, settings: CommonSettings) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.setLevel(settings.log_level)  # also for loggers set lower (uvicorn's, RQ's: INFO)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

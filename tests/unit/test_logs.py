@@ -162,7 +162,10 @@ def test_configure_logging_routes_uvicorn_and_library_handlers_through_the_forma
         assert root.level == logging.WARNING and len(root.handlers) == 1
         stream = io.StringIO()
         root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        chatty = logging.getLogger("latentq.test.chatty")
+        chatty.setLevel(logging.INFO)  # as uvicorn and RQ set theirs
         with log_context(request_id="r-1"):
+            chatty.info("below the level: left out")
             logging.getLogger("latentq.api").warning("refused")
         line = json.loads(stream.getvalue())
         assert (line["process"], line["event"], line["request_id"]) == ("api", "refused", "r-1")
