@@ -13,10 +13,13 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
+from latentq.logs import configure_logging, log_context
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.rq_loop import wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
@@ -34,11 +37,17 @@ class DeliveryWorker(SimpleWorker):
         self.stopping = True
         super().request_stop(signum, frame)
 
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Run a delivery with its job's id in the log context: RQ's lines about it carry it too (and
+        the account and request id ``deliver`` adds once it has read the job)."""
+        with log_context(job_id=job.kwargs.get("job_id") if isinstance(job.kwargs, dict) else None):
+            return super().perform_job(job, queue, execution)
+
 
 def main() -> int:
     """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_dispatcher_settings()
+    configure_logging("dispatcher", settings)
     redis = Redis.from_url(settings.redis_url)
     wait_for_redis(redis, log)  # started while Redis is down (or not up yet)
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)

@@ -15,6 +15,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from latentq.keys import queue_name
+from latentq.logs import configure_logging
 from latentq.models import ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.reaper import Reaper, clear_stale_registration
@@ -103,8 +104,8 @@ def build_worker(settings: WorkerSettings, redis: Redis, warm: WarmState) -> War
 
 def main() -> int:
     """Start a worker; return its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_worker_settings()
+    configure_logging("worker", settings)
     started = time.perf_counter()
     store = ImageStore(settings)
     redis = Redis.from_url(settings.redis_url)

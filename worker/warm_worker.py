@@ -21,6 +21,7 @@ from latentq.contract import JobSpec
 from latentq.fair_share import refill
 from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
+from latentq.logs import job_log_fields, log_context
 from latentq.periodic import Periodic
 from latentq.rq_loop import work_through_outages
 from worker.context import JobContext, WarmState, use_context
@@ -28,6 +29,15 @@ from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
 
 #: Queued jobs looked at, from the head of the queue, when filling a round.
 ROUND_SCAN_DEPTH = 64
+
+
+def _log_fields(job: Job) -> dict[str, str | None]:
+    """The context fields of the log lines about ``job`` (``latentq.logs``): its id, and its account
+    and request id when its spec names them."""
+    try:
+        return job_log_fields(JobSpec.model_validate(job.kwargs["spec"]))
+    except (KeyError, TypeError, ValueError):
+        return {"job_id": job.id}
 
 
 def _batch_info(job: Job) -> tuple[tuple | None, int]:
@@ -109,7 +119,7 @@ class WarmWorker(SimpleWorker):
                 round_.run(self.max_batch)
             except DeviceFault as error:
                 self.give_up(f"the accelerator failed ({error}); exiting for a restart")
-            self._log_round(round_)
+            self._log_round(round_, [member.id for member in jobs[: round_.expected]])
         self.set_state(WorkerStatus.IDLE)
 
     def refill_queues(self) -> None:
@@ -136,13 +146,15 @@ class WarmWorker(SimpleWorker):
                 "round failed to start; could not put back jobs %s: %s", [j.id for j in jobs], error
             )
 
-    def _log_round(self, round_: SamplingRound) -> None:
+    def _log_round(self, round_: SamplingRound, job_ids: list[str]) -> None:
         """Log the round: its jobs, and how long sampling sat idle between the last round and this one
         (from the end of the last sampling to the start of this one: under load, the cost of taking
         and preparing the round; when idle, also the wait for work)."""
         idle_ms = (round_.started - self._sampling_ended) * 1000 if self._sampling_ended else 0.0
         self._sampling_ended = time.monotonic()
-        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it", round_.expected, idle_ms)
+        fields = {"batch_size": round_.expected, "idle_ms": round(idle_ms, 1), "job_ids": job_ids}
+        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it", round_.expected, idle_ms,
+                      extra=fields)  # fmt: skip
 
     def _take_more(self, queue: Queue, head: Job) -> list[Job]:
         """Take the jobs waiting in ``queue`` that can sample in one call with ``head`` (the same
@@ -203,6 +215,7 @@ class WarmWorker(SimpleWorker):
         deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
         try:
             with (
+                log_context(**_log_fields(job)),  # RQ's lines about the job too
                 use_context(JobContext(self.warm, seat, deadline)),
                 Periodic(
                     lambda: self.maintain_heartbeats(job, execution),
