@@ -16,6 +16,7 @@ from typing import Any
 import bench.scaleout
 from bench import write_result
 from bench.overhead import percentile
+from bench.scaleout.cpu import CpuWindow
 from bench.scaleout.load import BODY, Load, run_load
 from bench.scaleout.proofs import check, objects_per_job, settle
 from bench.scaleout.stack import (
@@ -70,17 +71,22 @@ def run_phase(stack: Stack, served: list[tuple[str, ...]], threads: int, args: a
     names = stack.start_workers(served, threads)
     try:
         say(f"  ready; {args.clients} clients for {args.warmup_s:g} + {args.seconds:g} s")
+        cpu = CpuWindow(stack.process_groups(), args.warmup_s, args.seconds)
         load = run_load(stack.base_url, args.clients, models, args.warmup_s + args.seconds)
+        cores_used = cpu.cores()
         settle(stack.redis, list(load.accepted))
         proofs = check(stack.redis, objects_per_job(stack.s3.client(), BUCKET), load.accepted,
                        {job.job_id: job.images for job in load.ended},
                        {name: stack.served[name] for name in names})  # fmt: skip
     finally:
-        bad_exits = stack.stop_workers()
+        stop_exits = stack.stop_workers()
     row = {"workers": len(served), "served": {name: list(stack.served[name]) for name in names},
            "threads_per_worker": threads, **measured(load, args.warmup_s, args.seconds),
-           "proofs": proofs, "bad_exits": bad_exits}  # fmt: skip
-    row["ok"] = proofs["ok"] and not bad_exits and not row["unanswered"]
+           "cores_used": cores_used, "proofs": proofs, "stop_exits": stop_exits}  # fmt: skip
+    # A worker's exit status after its SIGTERM (all jobs ended by then) is reported, not judged here.
+    row["ok"] = (
+        proofs["ok"] and row["jobs_done"] > 0 and not row["unanswered"] and not row["transport_errors"]
+    )
     say(f"  {json.dumps({key: value for key, value in row.items() if key != 'proofs'})}")
     return row
 
@@ -90,12 +96,14 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-HEADER = (
-    "| scenario | workers | torch threads each (seen) | images/s | vs 1 worker | jobs done "
-    "| latency p50 / p95 ms | GET /healthz p50 / p95 ms | GET /v1/jobs/{id} p50 / p95 ms "
-    "| accepted / succeeded | RQ executions | run >1 | objects / images asked | misrouted | proofs |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-)
+#: The table's columns.
+COLUMNS = (
+    "scenario", "workers", "torch threads each (seen)", "images/s", "vs 1 worker", "jobs done",
+    "latency p50 / p95 ms", "GET /healthz p50 / p95 ms", "GET /v1/jobs/{id} p50 / p95 ms",
+    "cores used: workers / all", "accepted / succeeded", "RQ executions", "run >1", "objects / images asked",
+    "misrouted", "proofs",
+)  # fmt: skip
+HEADER = "| " + " | ".join(COLUMNS) + " |\n| --- |" + " ---: |" * (len(COLUMNS) - 2) + " --- |"
 
 
 def table(rows: list[dict], torch_threads: dict[int, int]) -> str:
@@ -103,7 +111,7 @@ def table(rows: list[dict], torch_threads: dict[int, int]) -> str:
     base = next((row["images_per_s"] for row in rows if row["workers"] == 1 and "mixed" not in row), None)
     lines = [HEADER]
     for row in rows:
-        proofs, threads = row["proofs"], row["threads_per_worker"]
+        proofs, threads, cores = row["proofs"], row["threads_per_worker"], row["cores_used"]
         ratio = f"{row['images_per_s'] / base:.2f}x" if base and "mixed" not in row else "-"
         pair = lambda figures: f"{figures['p50']} / {figures['p95']}"  # noqa: E731
         cells = [
@@ -111,6 +119,7 @@ def table(rows: list[dict], torch_threads: dict[int, int]) -> str:
             f"{threads} ({torch_threads[threads]})",
             f"{row['images_per_s']:.2f}", ratio, row["jobs_done"], pair(row["latency_ms"]),
             pair(row["api_healthz_ms"]), pair(row["api_job_get_ms"]),
+            f"{cores['workers']} / {cores['total']}" if cores else "-",
             f"{proofs['accepted']} / {proofs['statuses'].get('succeeded', 0)}", proofs["rq_executions"],
             proofs["jobs_run_more_than_once"], f"{proofs['objects_in_s3']} / {proofs['images_requested']}",
             proofs["misrouted"], "ok" if row["ok"] else "FAILED",
@@ -169,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     print(table(rows, torch_threads))
     for row in rows:
+        if "mixed" in row:
+            print(f"two models, executions per model and worker: {row['proofs']['executions_by_model']}")
+        if row["stop_exits"]:
+            print(f"exits other than 0 after SIGTERM ({row['workers']} workers): {row['stop_exits']}")
         if row["proofs"]["problems"]:
             print(f"problems ({row['workers']} workers):", json.dumps(row["proofs"]["problems"], indent=2))
     write_result(args.json, result)

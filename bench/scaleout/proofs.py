@@ -100,14 +100,14 @@ def check(
     ``record_images``: the images each job's final answer listed; ``served``: worker -> models."""
     job_ids = list(accepted)
     statuses: collections.Counter = collections.Counter()
-    by_worker: collections.Counter = collections.Counter()
+    by_model: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     problems: dict[str, list[str]] = collections.defaultdict(list)
     executions = 0
     for job_id, fact in zip(job_ids, _job_facts(redis, job_ids), strict=True):
         model, samples = accepted[job_id]
         statuses[fact["status"] or "no record"] += 1
         executions += len(fact["workers"])
-        by_worker.update(fact["workers"])
+        by_model[model].update(fact["workers"])
         if len(fact["workers"]) > 1:
             problems["run_more_than_once"].append(f"{job_id}: {fact['workers']}")
         if not fact["workers"]:
@@ -140,10 +140,13 @@ def check(
         "objects_in_s3": sum(objects.get(job_id, 0) for job_id in job_ids),
         "outputs_mismatch": len(problems["outputs_mismatch"]),
         "misrouted": len(problems["misrouted"]),
-        "executions_by_worker": dict(sorted(by_worker.items())),
+        "executions_by_worker": dict(sorted(sum(by_model.values(), collections.Counter()).items())),
+        "executions_by_model": {
+            model: dict(sorted(counts.items())) for model, counts in sorted(by_model.items())
+        },
     }
     result["ok"] = (
-        statuses["succeeded"] == len(job_ids) and executions == len(job_ids) == counters
+        0 < statuses["succeeded"] == len(job_ids) and executions == len(job_ids) == counters
         and not any(problems.values())
     )  # fmt: skip
     result["problems"] = {name: items[:10] for name, items in problems.items() if items}

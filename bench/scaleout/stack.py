@@ -1,21 +1,23 @@
-"""The bench's stack: one Redis, one SeaweedFS S3 and one API process for the whole run, and sets
-of worker processes started and stopped around them (each with its torch threads set)."""
+"""The bench's stack: one Redis, one SeaweedFS S3 and one API process (uvicorn, one process) for the
+whole run, and sets of worker processes started and stopped around them (each with its torch
+threads set)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
+import httpx
 from redis import Redis
 
-from bench import running_api
 from bench.overhead import tiny_stack
 from latentq.keys import worker_alive_key
-from latentq_dev.devstack import Process, ProcessExited, RedisServer, S3Server
+from latentq_dev.devstack import Process, ProcessExited, RedisServer, S3Server, free_port, wait_until
 
 BUCKET = "scaleout"
 #: Seconds a set of workers may take to load, warm up and register (several start at once on few cores).
@@ -73,7 +75,13 @@ class Stack:
             self.s3.start(BUCKET)
             self.env.update(self.s3.env(BUCKET), LATENTQ_REDIS_URL=self.redis_server.url)
             self.redis = Redis.from_url(self.redis_server.url)
-            self.port = self._closing.enter_context(running_api(self.env, state / "logs" / "api.log"))
+            self.port = free_port()
+            argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+                    "--port", str(self.port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+            self.api = Process.start("api", argv, state / "logs" / "api.log", self.env)
+            self._closing.callback(self.api.stop)
+            healthy = lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200  # noqa: E731
+            wait_until(healthy, 60, "the API", self.api)
         except BaseException:
             self._closing.close()
             raise
@@ -90,6 +98,16 @@ class Stack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def process_groups(self) -> dict[str, list[int]]:
+        """Return the pids of each kind of process the stack runs (the workers now running)."""
+        servers = {"redis": self.redis_server.process, "s3": self.s3.process}
+        groups = {name: [process.popen.pid] for name, process in servers.items() if process is not None}
+        return {
+            "workers": [process.popen.pid for process in self.workers],
+            "api": [self.api.popen.pid],
+            **groups,
+        }
 
     def start_workers(self, models: list[tuple[str, ...]], threads: int) -> list[str]:
         """Start one worker per entry of ``models`` (the models it serves), each with ``threads``
@@ -116,11 +134,17 @@ class Stack:
         return names
 
     def stop_workers(self) -> list[str]:
-        """Stop the running workers (SIGTERM: each drains); return ``name: code`` of any that did not
-        exit 0."""
+        """Stop the running workers (SIGTERM: each drains; all at once, then each waited for); return
+        ``name: code`` of any that did not exit 0."""
+        for process in self.workers:  # one SIGTERM each (a second one would end the drain at once)
+            with suppress(ProcessLookupError):
+                os.killpg(process.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_S
         bad = []
         for process in self.workers:
-            code = process.stop(deadline_s=WORKER_STOP_S)
+            with suppress(subprocess.TimeoutExpired):
+                process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            code = process.stop(signal.SIGKILL)  # only if still running at the deadline
             if code != 0:
                 bad.append(f"{process.name}: {code}")
         self.workers = []
