@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -21,13 +21,13 @@ from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
 from latentq.logs import configure_logging, log_context
 from latentq.reaper import Reaper, clear_stale_registration
-from latentq.rq_loop import wait_for_redis, work_through_outages
+from latentq.rq_loop import PromptListenerWorker, wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
 
 log = logging.getLogger("latentq.dispatcher")
 
 
-class DeliveryWorker(SimpleWorker):
+class DeliveryWorker(PromptListenerWorker):
     """RQ's ``SimpleWorker`` (deliveries run in this process) that notes a warm shutdown, so that a
     loop ended by a Redis outage starts again and one ended by SIGTERM does not."""
 

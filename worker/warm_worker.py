@@ -11,7 +11,7 @@ from contextlib import suppress
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
@@ -23,7 +23,7 @@ from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
 from latentq.logs import job_log_fields, log_context
 from latentq.periodic import Periodic
-from latentq.rq_loop import work_through_outages
+from latentq.rq_loop import PromptListenerWorker, work_through_outages
 from worker.context import JobContext, WarmState, use_context
 from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
 
@@ -50,8 +50,9 @@ def _batch_info(job: Job) -> tuple[tuple | None, int]:
     return batch_key(spec), spec.samples
 
 
-class WarmWorker(SimpleWorker):
-    """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives) that
+class WarmWorker(PromptListenerWorker):
+    """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives; its
+    command listener stops promptly: ``PromptListenerWorker``) that
     runs jobs in rounds: the job RQ hands it plus the queued jobs that can sample in the same
     pipeline call, up to ``max_batch`` images; each job in its own thread through RQ's
     ``perform_job`` with its own heartbeat and a ``JobContext`` (``warm`` and its seat in the
