@@ -20,12 +20,14 @@ from api.error_envelope import error_response
 from api.metrics import install_metrics, metrics_port
 from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
+from api.request_ids import REQUEST_ID_HEADER, RequestIds
 from api.routes import admin, events, health, jobs, models, openai_images, stability, webhook_settings
 from api.routes.pages import add_pages
 from api.services import Services
 from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
 from latentq.durability import durability_problems
 from latentq.errors import LatentqError
+from latentq.logs import configure_logging
 from latentq.settings import ApiSettings, get_api_settings, get_registry
 
 log = logging.getLogger("latentq.api")
@@ -58,9 +60,14 @@ async def _on_redis_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(LatentqError("service_unavailable", "The job store (Redis) is unreachable."))
 
 
-async def _on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
+async def _on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=error)
-    return error_response(LatentqError("internal_error"))
+    response = error_response(LatentqError("internal_error"))
+    # Answered outside every middleware (Starlette's ServerErrorMiddleware): the id is added here.
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 def check_bootstrap_keys(settings: ApiSettings) -> None:
@@ -95,8 +102,11 @@ def check_redis_durability(services: Services) -> None:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    """Return the latentq API application, with ``settings`` or those of the environment."""
-    settings = settings or get_api_settings()
+    """Return the latentq API application, with ``settings`` or those of the environment; with the
+    environment's (``uvicorn --factory``: this is the API process) it configures the process's logs."""
+    if settings is None:
+        settings = get_api_settings()
+        configure_logging("api", settings)
     check_bootstrap_keys(settings)
     get_registry(settings)  # a broken registry stops start-up, not the first request
 
@@ -145,8 +155,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Prefer",
+                "Last-Event-ID",
+                REQUEST_ID_HEADER,
+            ],
             expose_headers=[
+                REQUEST_ID_HEADER,
                 "Location",
                 "Retry-After",
                 "RateLimit-Limit",
@@ -156,5 +174,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(SecurityHeaders)
-    install_metrics(app, settings)  # /metrics, and the HTTP metrics middleware: outermost, so last
+    install_metrics(app, settings)  # /metrics, and the HTTP metrics middleware: outside all but the ids
+    app.add_middleware(RequestIds)  # last: outermost, so every answer carries X-Request-Id
     return app

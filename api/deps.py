@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from api.services import Services
 from latentq.accounts import Principal
 from latentq.errors import LatentqError
+from latentq.logs import add_log_fields
 
 
 async def get_services(request: Request) -> Services:
@@ -58,6 +59,7 @@ async def authenticate(request: Request, token: str) -> Principal:
         return principal
     principal = await (await get_services(request)).keyring.authenticate(token)
     state["principal"] = (token, principal)
+    add_log_fields(account=principal.handle)  # the request's lines from here on name its account
     return principal
 
 

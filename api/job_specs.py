@@ -190,10 +190,12 @@ def validate_request(
     account: str,
     default_webhook: WebhookTarget | None = None,
     webhooks: bool = True,
+    request_id: str | None = None,
 ) -> JobDraft:
     """The pure validation step: return the draft of a generation (text-to-image, image-to-image,
     masking) or upscale request of ``account`` (its public id: the job's objects are stored under
-    it), or raise the named error of the first rule it breaks."""
+    it), made by the HTTP request ``request_id``, or raise the named error of the first rule it
+    breaks."""
     webhook, takes_default = request_webhook(request, settings, default_webhook, webhooks)
     job_id = str(uuid.uuid4())
     folder = job_folder(account, job_id)
@@ -201,6 +203,7 @@ def validate_request(
         spec, inputs = upscale_spec(job_id, folder, request, registry, webhook)
     else:
         spec, inputs = generation_spec(job_id, folder, request, registry, settings, webhook)
+    spec.request_id = request_id  # the spec was made just above: no one else holds it yet
     uploads = {input_object_key(folder, name): image for name, image in inputs.images.items()}
     return JobDraft(spec, uploads, takes_default)
 

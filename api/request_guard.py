@@ -29,6 +29,7 @@ from api.error_envelope import error_response_for
 from api.rate_limit import DEFERRED, RateCheck, rate_policy
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.errors import LatentqError
+from latentq.logs import add_log_fields
 
 #: Largest body of a route that takes images, bytes, JSON or multipart: room for two images of the
 #: upload limit (base64 in our JSON routes, raw in Stability's multipart ones) and the fields around them.
@@ -91,6 +92,7 @@ class RequestGuard:
                 services = scope["app"].state.services
                 principal = await services.keyring.authenticate(token)
                 scope.setdefault("state", {})["principal"] = (token, principal)  # for the route
+                add_log_fields(account=principal.handle)  # the request's lines from here on
                 if bodied:
                     principal.require(body_scope(scope["path"]))
                 policy = rate_policy(principal, services.settings)

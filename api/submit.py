@@ -20,6 +20,7 @@ from api.idempotency import IdempotencyClaim, claim, claim_name, original_record
 from api.job_specs import JobDraft, carries_images, validate_request
 from api.metrics import JOBS_SUBMITTED
 from api.rate_limit import DEFERRED
+from api.request_ids import current_request_id
 from api.services import Services
 from api.uploads import png_bytes
 from api.waiting import wait_for_job
@@ -61,13 +62,15 @@ async def draft_job(
     services: Services, principal: Principal, request: GenerateRequest | UpscaleRequest, webhooks: bool = True
 ) -> JobDraft:
     """Validate ``principal``'s ``request`` (``api.job_specs``), off the event loop when it decodes
-    images. Without ``webhooks`` the job has none."""
+    images. Without ``webhooks`` the job has none. The job carries the id of the HTTP request being
+    served (``api.request_ids``)."""
     default = None
     if webhooks and request.webhook_url is None and request.webhook_events is not None:
         default = await default_webhook(services.async_redis, principal.account)  # events for its URL
     validate = partial(
-        validate_request, request, services.registry, services.settings, principal.handle, default, webhooks
-    )
+        validate_request, request, services.registry, services.settings, principal.handle, default, webhooks,
+        current_request_id(),
+    )  # fmt: skip
     return await run_in_threadpool(validate) if carries_images(request) else validate()
 
 

@@ -13,15 +13,18 @@ import threading
 from typing import Any
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from dispatcher.delivery import Dispatcher, serving
 from dispatcher.metrics import REGISTRY
 from latentq.keys import WEBHOOK_QUEUE
+from latentq.logs import configure_logging, log_context
 from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
-from latentq.rq_loop import wait_for_redis, work_through_outages
+from latentq.rq_loop import PromptListenerWorker, wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
 
 log = logging.getLogger("latentq.dispatcher")
@@ -31,7 +34,7 @@ log = logging.getLogger("latentq.dispatcher")
 LOOP_SLACK_S = 60.0
 
 
-class DeliveryWorker(SimpleWorker):
+class DeliveryWorker(PromptListenerWorker):
     """RQ's ``SimpleWorker`` (deliveries run in this process) that notes a warm shutdown, so that a
     loop ended by a Redis outage starts again and one ended by SIGTERM does not."""
 
@@ -46,6 +49,12 @@ class DeliveryWorker(SimpleWorker):
         if self.vitals is not None:
             self.vitals.ready = False
         super().request_stop(signum, frame)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Run a delivery with its job's id in the log context: RQ's lines about it carry it too (and
+        the account and request id ``deliver`` adds once it has read the job)."""
+        with log_context(job_id=job.kwargs.get("job_id") if isinstance(job.kwargs, dict) else None):
+            return super().perform_job(job, queue, execution)
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
         """RQ's worker heartbeat. RQ's loop beats bare before each wait for a delivery (and after
@@ -66,8 +75,8 @@ class DeliveryWorker(SimpleWorker):
 
 def main() -> int:
     """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_dispatcher_settings()
+    configure_logging("dispatcher", settings)
     vitals = Vitals()  # /livez from now on, /readyz once it takes deliveries (LATENTQ_METRICS_PORT)
     serve_probes(settings, REGISTRY, vitals)
     redis = Redis.from_url(settings.redis_url)

@@ -35,6 +35,7 @@ from dispatcher.metrics import POST_DURATION, note_delivery
 from dispatcher.signing import signature_headers
 from latentq.contract import WebhookDelivery
 from latentq.leases import Leases
+from latentq.logs import add_log_fields, job_log_fields
 from latentq.records import JobRecords, utc_now
 from latentq.settings import DispatcherSettings, get_dispatcher_settings
 from latentq.ssrf import UnsafeUrl, resolve
@@ -106,6 +107,9 @@ def current_dispatcher() -> Dispatcher:
 def deliver(job_id: str, event: str, message_id: str, occurred_at: str) -> Retry | dict[str, object]:
     """The RQ function: deliver webhook ``event`` of ``job_id`` with this process's dispatcher."""
     current, dispatcher = get_current_job(), current_dispatcher()
+    # The delivery's lines name its job (and its account and request id once its record is read),
+    # until the dispatcher's ``perform_job`` ends: RQ's lines about it too.
+    add_log_fields(job_id=job_id, account=None, request_id=None)
     if current is None:
         return deliver_event(dispatcher, job_id, event, message_id, occurred_at, 1)
     dispatcher.leases.take([current.id])  # held while it is sent: recovered if this process dies
@@ -126,6 +130,7 @@ def deliver_event(
         log.info("webhook %s of job %s not sent: the job expired", event, job_id)
         note_delivery(event, "expired")
         return {"state": "expired"}
+    add_log_fields(**job_log_fields(record.spec))
     url = record.spec.webhook.url
     report = DeliveryAttempt(dispatcher.records, job_id, event, attempt)
     if event != "completed" and record.status.is_terminal:

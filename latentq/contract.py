@@ -244,6 +244,15 @@ class JobSpec(BaseModel):
     #: The S3 folder of the job's objects (``latentq.keys.job_folder``); "" in specs queued before
     #: objects were kept per account, whose objects lie under the bare job id.
     folder: str = ""
+    #: The ``X-Request-Id`` of the request that submitted the job (its log lines carry it); None in
+    #: specs queued before requests had ids.
+    request_id: str | None = None
+
+    @property
+    def account(self) -> str:
+        """The public id of the account that submitted the job (its folder's first part; "" in
+        specs queued before objects were kept per account)."""
+        return self.folder.partition("/")[0] if "/" in self.folder else ""
 
     @property
     def object_folder(self) -> str:

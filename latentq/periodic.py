@@ -3,6 +3,7 @@ reaper passes), or until they succeed, with backoff (waiting for a service that 
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,9 @@ class Periodic:
     ) -> None:
         self.call, self.interval_s, self.on_error = call, interval_s, on_error
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Run in a copy of its maker's context: its log lines name the job it serves (latentq.logs).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=name, daemon=True)
 
     def start(self) -> Periodic:
         """Start calling."""

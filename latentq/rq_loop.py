@@ -12,9 +12,31 @@ from logging import Logger, LoggerAdapter
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import SimpleWorker
 from rq.worker import BaseWorker
 
 from latentq.periodic import call_with_backoff
+
+#: Seconds each read of an RQ worker's command listener (its pub/sub thread) waits. RQ waits 60 s:
+#: when that thread has already read the reply to its own UNSUBSCRIBE at a warm shutdown, its next
+#: read waits that long for a subscription that never comes, and the shutdown with it (redis-py
+#: joins the thread), past the drain deadline.
+LISTENER_READ_S = 1.0
+
+
+class PromptListenerWorker(SimpleWorker):
+    """RQ's ``SimpleWorker`` whose command listener reads in waits of ``LISTENER_READ_S``, so a
+    warm shutdown stops it within that time."""
+
+    def subscribe(self) -> None:
+        """Listen on this worker's command channel (RQ's ``subscribe`` with shorter reads)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        # RQ declares pubsub_thread as None only, hence the ignore below.
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=LISTENER_READ_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
 
 def until_redis_takes(

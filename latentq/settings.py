@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from latentq.models import PACKAGED_REGISTRY, ModelRegistry, ModelSpec, build_registry
@@ -70,6 +70,11 @@ class CommonSettings(BaseSettings):
     #: Most runs of one job (the first included) when workers running it are lost; then it fails
     #: ``worker_lost``. Likewise for the dispatchers lost sending one delivery.
     max_attempts: int = Field(3, ge=1, le=100)
+    #: How the process logs: ``json``, one JSON object a line (``latentq.logs``), or ``text``, for
+    #: people (``make run``).
+    log_format: Literal["json", "text"] = "json"
+    #: Least severe level logged: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Prometheus metrics: the API's ``GET /metrics`` and its per-request HTTP metrics, and
     #: ``/metrics`` on a worker's or dispatcher's ``metrics_port``; off: none of them (the probes,
     #: ``/livez`` and ``/readyz``, still answer on ``metrics_port``).
@@ -82,6 +87,13 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "0.0.0.0"
 
     _split_hosts = field_validator("webhook_allowed_hosts", mode="before")(split_commas)
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
 
 class ApiSettings(CommonSettings):

@@ -70,6 +70,9 @@ class JobPublic(BaseModel):
         1, description="Which run of the job this is: 1, or more after a worker running it was lost."
     )
     webhook: WebhookPublic | None = Field(None, description="The job's webhook and its deliveries, if any.")
+    request_id: str | None = Field(
+        None, description="The X-Request-Id of the request that submitted the job (its log lines carry it)."
+    )
     request: dict = Field(
         description="The parameters the job runs with: defaults filled, style applied, seed chosen."
     )
@@ -108,6 +111,7 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
         batch_size=record.batch_size if record.status is JobStatus.SUCCEEDED else None,
         attempt=record.attempt,
         webhook=webhook_public(record.spec, record.webhook_deliveries),
+        request_id=record.spec.request_id,
         request=public_request(record.spec),
     )
 
@@ -131,4 +135,4 @@ def webhook_public(
 
 def public_request(spec: JobSpec) -> dict:
     """The parameters a job runs with, as its public view shows them (its webhook has its own field)."""
-    return spec.model_dump(mode="json", exclude={"job_id", "model", "webhook", "folder"})
+    return spec.model_dump(mode="json", exclude={"job_id", "model", "webhook", "folder", "request_id"})

@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("LATENTQ_API_KEYS", dev_api_key(state))
     env.setdefault("LATENTQ_EMBEDDED_MODEL_DIR", str(state / "models"))
+    env.setdefault("LATENTQ_LOG_FORMAT", "text")  # logs for people; production's are JSON lines
     # A local stack: webhooks may go to a receiver on this machine, on its port only (never to
     # Redis', S3's or the API's port, which any caller could otherwise make the dispatcher POST to).
     env.setdefault("LATENTQ_WEBHOOK_ALLOWED_HOSTS", DEV_WEBHOOK_HOSTS)

@@ -15,6 +15,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from latentq.keys import queue_name
+from latentq.logs import configure_logging
 from latentq.models import ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.probes import Vitals, serve_probes
@@ -105,8 +106,8 @@ def build_worker(settings: WorkerSettings, redis: Redis, warm: WarmState) -> War
 
 def main() -> int:
     """Start a worker; return its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_worker_settings()
+    configure_logging("worker", settings)
     started = time.perf_counter()
     vitals = Vitals()  # /livez from now on, /readyz once the models are warm (LATENTQ_METRICS_PORT)
     serve_probes(settings, REGISTRY, vitals)

@@ -208,7 +208,9 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
             for request, images in zip(live, results, strict=True):
                 request.batch_size = len(live)
                 request.finish(images)
-            log.info("sampled %d jobs (%d images) in one batch", len(live), sum(r.spec.samples for r in live))
+            images = sum(request.spec.samples for request in live)
+            log.info("sampled %d jobs (%d images) in one batch", len(live), images,
+                     extra={"batch_size": len(live), "images": images})  # fmt: skip
             return
     for request in live:
         try:

@@ -11,7 +11,7 @@ from contextlib import suppress
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
@@ -21,9 +21,10 @@ from latentq.contract import JobSpec
 from latentq.fair_share import refill
 from latentq.keys import job_key, worker_alive_key
 from latentq.leases import Leases
+from latentq.logs import job_log_fields, log_context
 from latentq.periodic import Periodic
 from latentq.probes import Vitals
-from latentq.rq_loop import work_through_outages
+from latentq.rq_loop import PromptListenerWorker, work_through_outages
 from worker.context import JobContext, WarmState, use_context
 from worker.metrics import JOBS_RUNNING, job_model, note_taken
 from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
@@ -33,6 +34,15 @@ ROUND_SCAN_DEPTH = 64
 #: Seconds beyond its own bound that the job loop may take to come round again before /livez says
 #: the worker is stuck (``Vitals``).
 LOOP_SLACK_S = 60.0
+
+
+def _log_fields(job: Job) -> dict[str, str | None]:
+    """The context fields of the log lines about ``job`` (``latentq.logs``): its id, and its account
+    and request id when its spec names them."""
+    try:
+        return job_log_fields(JobSpec.model_validate(job.kwargs["spec"]))
+    except (KeyError, TypeError, ValueError):
+        return {"job_id": job.id}
 
 
 def _batch_info(job: Job) -> tuple[tuple | None, int]:
@@ -45,8 +55,9 @@ def _batch_info(job: Job) -> tuple[tuple | None, int]:
     return batch_key(spec), spec.samples
 
 
-class WarmWorker(SimpleWorker):
-    """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives) that
+class WarmWorker(PromptListenerWorker):
+    """A ``SimpleWorker`` (jobs run in this process, so pipelines stay warm and CUDA survives; its
+    command listener stops promptly: ``PromptListenerWorker``) that
     runs jobs in rounds: the job RQ hands it plus the queued jobs that can sample in the same
     pipeline call, up to ``max_batch`` images; each job in its own thread through RQ's
     ``perform_job`` with its own heartbeat and a ``JobContext`` (``warm`` and its seat in the
@@ -119,7 +130,7 @@ class WarmWorker(SimpleWorker):
                 round_.run(self.max_batch)
             except DeviceFault as error:
                 self.give_up(f"the accelerator failed ({error}); exiting for a restart")
-            self._log_round(round_)
+            self._log_round(round_, [member.id for member in jobs[: round_.expected]])
         self.set_state(WorkerStatus.IDLE)
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
@@ -165,13 +176,15 @@ class WarmWorker(SimpleWorker):
                 "round failed to start; could not put back jobs %s: %s", [j.id for j in jobs], error
             )
 
-    def _log_round(self, round_: SamplingRound) -> None:
+    def _log_round(self, round_: SamplingRound, job_ids: list[str]) -> None:
         """Log the round: its jobs, and how long sampling sat idle between the last round and this one
         (from the end of the last sampling to the start of this one: under load, the cost of taking
         and preparing the round; when idle, also the wait for work)."""
         idle_ms = (round_.started - self._sampling_ended) * 1000 if self._sampling_ended else 0.0
         self._sampling_ended = time.monotonic()
-        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it", round_.expected, idle_ms)
+        fields = {"batch_size": round_.expected, "idle_ms": round(idle_ms, 1), "job_ids": job_ids}
+        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it", round_.expected, idle_ms,
+                      extra=fields)  # fmt: skip
 
     def _take_more(self, queue: Queue, head: Job) -> list[Job]:
         """Take the jobs waiting in ``queue`` that can sample in one call with ``head`` (the same
@@ -233,6 +246,7 @@ class WarmWorker(SimpleWorker):
         context = JobContext(self.warm, seat, deadline, submitted_at=job.created_at.timestamp())
         try:
             with (
+                log_context(**_log_fields(job)),  # RQ's lines about the job too
                 use_context(context),
                 JOBS_RUNNING.labels(job_model(job, self.warm.pipelines)).track_inprogress(),
                 Periodic(

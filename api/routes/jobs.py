@@ -142,7 +142,7 @@ async def submit_and_answer(
     return JobPublic(
         id=spec.job_id, status=JobStatus.QUEUED, model=spec.model, images=[], error=None,
         created_at=submitted.created_at, started_at=None, finished_at=None,
-        webhook=webhook_public(spec), request=public_request(spec),
+        webhook=webhook_public(spec), request_id=spec.request_id, request=public_request(spec),
     )  # fmt: skip
 
 
