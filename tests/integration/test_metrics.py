@@ -217,10 +217,11 @@ def test_a_draining_worker_is_not_ready(metrics_api, metrics_worker):
     """Last: it stops the module's worker."""
     client, _ = metrics_api
     process, base, _ = metrics_worker
-    job = client.post("/v1/generate", json={**BODY, "width": 256, "height": 256, "steps": 50}).json()
+    job = client.post("/v1/generate", json={**BODY, "width": 256, "height": 256, "steps": 150}).json()
     wait_until(
         lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", 60, "the job's start"
     )
+    # 150 steps: it still samples for seconds after it is seen running, while the probes are read.
     os.kill(process.popen.pid, signal.SIGTERM)  # warm shutdown: it finishes the job first
     assert status(f"{base}/readyz") == 503
     assert status(f"{base}/livez") == 200  # draining, not stuck
