@@ -11,7 +11,6 @@ import logging
 import sys
 from typing import Any
 
-from redis import Redis
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
@@ -21,6 +20,7 @@ from dispatcher.delivery import Dispatcher, serving
 from latentq.keys import WEBHOOK_QUEUE
 from latentq.logs import configure_logging, log_context
 from latentq.reaper import Reaper, clear_stale_registration
+from latentq.redis_client import redis_client
 from latentq.rq_loop import PromptListenerWorker, wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
 
@@ -48,7 +48,7 @@ def main() -> int:
     """Run the dispatcher until SIGTERM/SIGINT; return its exit code."""
     settings = get_dispatcher_settings()
     configure_logging("dispatcher", settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     wait_for_redis(redis, log)  # started while Redis is down (or not up yet)
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
     worker = DeliveryWorker(

@@ -20,6 +20,7 @@ from latentq.models import ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
+from latentq.redis_client import redis_client
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
@@ -108,7 +109,7 @@ def main() -> int:
     configure_logging("worker", settings)
     started = time.perf_counter()
     store = ImageStore(settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     wait_for_services(store, redis)
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}
