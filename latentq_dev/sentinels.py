@@ -61,10 +61,15 @@ class SentinelServer:
 
 
 class SentinelTopology:
-    """A durable master, ``replicas`` replicas of it and three sentinels, in ``directory``."""
+    """A durable master, ``replicas`` replicas of it and three sentinels, in ``directory``.
+
+    ``down_after_ms``: how long a server must not answer before it counts as down. Not 1000 or
+    less: a sentinel pings every second at most, and at 1000 ms it may count a master it has just
+    switched to as down before its first ping is answered (seen here: a second, spurious failover
+    right after the first)."""
 
     def __init__(
-        self, directory: Path, replicas: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 2000
+        self, directory: Path, replicas: int = 2, down_after_ms: int = 2000, failover_timeout_ms: int = 2000
     ) -> None:
         self.directory = Path(directory)
         self.master = RedisServer(self.directory / "master", durable=True)
@@ -110,30 +115,58 @@ class SentinelTopology:
         with self.sentinels[0].client() as client:
             return int(client.sentinel_get_master_addr_by_name(MASTER_NAME)[1])
 
-    def kill_master(self) -> float:
-        """SIGKILL the master; return when (``time.monotonic()``)."""
-        assert self.master.process is not None
-        self.master.process.popen.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        self.master.process.popen.wait()
-        return killed
+    def current_master(self) -> RedisServer:
+        """The server the sentinels name master now (the first one, until a failover)."""
+        port = self.master_port()
+        return next(server for server in [self.master, *self.replicas] if server.port == port)
 
-    def wait_for_promotion(self, timeout_s: float = 30.0) -> RedisServer:
-        """Wait until the sentinels name a replica master and it takes writes; return it."""
-        by_port = {replica.port: replica for replica in self.replicas}
+    def _others(self, master: RedisServer) -> list[RedisServer]:
+        return [server for server in [self.master, *self.replicas] if server is not master]
+
+    def stall_replicas(self, seconds: float) -> None:
+        """Cut the current master's replicas off for ``seconds`` while it goes on: what it takes
+        meanwhile is not replicated, as under replication lag. The replicas are frozen (SIGSTOP),
+        then the master drops their connections: else what it wrote to them would wait in their
+        sockets' buffers and reach them all the same."""
+        master = self.current_master()
+        for replica in self._others(master):
+            if replica.process is not None and replica.process.popen.poll() is None:
+                replica.process.popen.send_signal(signal.SIGSTOP)
+        with Redis(port=master.port, socket_timeout=2) as client:
+            client.client_kill_filter(_type="replica")
+        time.sleep(seconds)
+
+    def resume_replicas(self) -> None:
+        """Let frozen servers go on (SIGCONT)."""
+        for server in [self.master, *self.replicas]:
+            if server.process is not None and server.process.popen.poll() is None:
+                server.process.popen.send_signal(signal.SIGCONT)
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master; return it."""
+        master = self.current_master()
+        assert master.process is not None
+        master.process.popen.send_signal(signal.SIGKILL)
+        master.process.popen.wait()
+        return master
+
+    def wait_for_promotion(self, killed: RedisServer, timeout_s: float = 30.0) -> RedisServer:
+        """Wait until the sentinels name another server than ``killed`` master and it says it is
+        one; return it."""
 
         def promoted() -> bool:
             port = self.master_port()
-            if port not in by_port:
+            if port == killed.port:
                 return False
             with Redis(port=port, socket_timeout=2) as client:
                 return client.info("replication")["role"] == "master"
 
         wait_until(promoted, timeout_s, "a replica to be promoted")
-        return by_port[self.master_port()]
+        return self.current_master()
 
     def stop(self) -> None:
         """Stop every server (sentinels first: they would fail over a stopping master)."""
+        self.resume_replicas()
         for server in [*self.sentinels, *self.replicas, self.master]:
             server.stop()
 
