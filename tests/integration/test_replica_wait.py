@@ -9,6 +9,7 @@ import uuid
 import httpx
 from redis import Redis
 
+from latentq.durability import replication_problem
 from latentq_dev.devstack import RedisServer, wait_until
 from tests.conftest import API_KEY, api_settings, serve
 from tests.integration.test_lifecycle import BODY, IDLE
@@ -51,3 +52,10 @@ def test_a_submit_a_replica_acknowledged_is_accepted(tmp_path, redis_server, s3_
             assert accepted.status_code == 202, accepted.text
     finally:
         replica.stop()
+
+
+def test_the_api_says_at_start_up_when_redis_has_fewer_replicas_than_submits_wait_for(redis):
+    assert replication_problem(redis, 0) is None
+    assert replication_problem(redis, 1) == (
+        "Redis has 0 replica(s) in sync; submits wait for 1 (LATENTQ_REDIS_WAIT_REPLICAS)"
+    )
