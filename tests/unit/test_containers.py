@@ -28,9 +28,6 @@ WORKERS = ["worker-gpu0", "worker-gpu1"]
 # the deployment files already. Delete this once they are merged into latentq.settings.
 NOT_YET_MERGED = {
     "LATENTQ_METRICS_PORT",
-    "LATENTQ_REDIS_SENTINELS",
-    "LATENTQ_REDIS_SENTINEL_MASTER",
-    "LATENTQ_REDIS_SENTINEL_PASSWORD",
 }
 
 
