@@ -25,7 +25,7 @@ from api.routes import admin, events, health, jobs, models, openai_images, stabi
 from api.routes.pages import add_pages
 from api.services import Services
 from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
-from latentq.durability import durability_problems
+from latentq.durability import durability_problems, replication_problem
 from latentq.errors import LatentqError
 from latentq.logs import configure_logging
 from latentq.settings import ApiSettings, get_api_settings, get_registry
@@ -89,6 +89,7 @@ def check_redis_durability(services: Services) -> None:
     in development, or where it cannot be checked, say so in the log."""
     try:
         problems = durability_problems(services.redis)
+        lagging = replication_problem(services.redis, services.settings.replicas_to_wait_for)
     except RedisError as error:  # it answers 503 until Redis is back; checked at the next start
         log.warning("Redis durability not checked (unreachable at start-up: %s)", type(error).__name__)
         return
@@ -99,6 +100,8 @@ def check_redis_durability(services: Services) -> None:
         raise RuntimeError(f"LATENTQ_ENV=production: Redis can lose jobs and balances: {'; '.join(problems)}")
     elif problems:
         log.warning("Redis can lose jobs and balances: %s (refused in production)", "; ".join(problems))
+    if lagging:
+        log.warning("%s: they are answered 503 until it has", lagging)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

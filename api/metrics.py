@@ -132,7 +132,7 @@ def install_metrics(app: FastAPI, settings: CommonSettings) -> None:
     if not settings.metrics:
         return
     app.state.metric_collectors = collectors = CollectorRegistry(auto_describe=False)
-    collectors.register(QueueStats.for_url(settings.redis_url, get_registry(settings).ids()))
+    collectors.register(QueueStats.for_settings(settings, get_registry(settings).ids()))
     app.include_router(router)
     app.add_middleware(HttpMetrics)
 

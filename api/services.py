@@ -5,15 +5,11 @@ per-key webhook settings."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.connection import Connection as AsyncConnection
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.utils import HIREDIS_AVAILABLE
 
 from api.keyring import Keyring
 from api.rate_limit import RateLimiter
@@ -21,20 +17,10 @@ from api.stream_slots import StreamSlots
 from latentq.accounts import Accounts
 from latentq.models import ModelRegistry
 from latentq.records import JobRecords
+from latentq.redis_client import async_redis_client, redis_client
 from latentq.settings import ApiSettings, get_registry
 from latentq.storage import ImageStore
 from latentq.webhook_accounts import WebhookAccounts
-
-
-class HiredisPackingConnection(AsyncConnection):
-    """An asyncio connection that packs commands with hiredis, as redis-py's sync connection does
-    when hiredis is installed (its asyncio one packs in Python, a large share of a submit's time:
-    see docs/BENCHMARKS.md)."""
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return self._packer.pack(*args)
 
 
 @dataclass(frozen=True)
@@ -69,18 +55,13 @@ class Services:
         # A connection Redis dropped (it restarted) is retried on a new one, so a client sees at most
         # the outage itself, not stale pooled connections after it.
         retried: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError]
-        redis = Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
+        redis = redis_client(
+            settings, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
             retry_on_error=retried,
         )  # fmt: skip
-        connection_class = HiredisPackingConnection if HIREDIS_AVAILABLE else AsyncConnection
         async_redis, wait_redis = (
-            AsyncRedis.from_url(
-                settings.redis_url,
-                socket_connect_timeout=5,
-                max_connections=connections,
-                connection_class=connection_class,
-                retry_on_error=retried,
+            async_redis_client(
+                settings, socket_connect_timeout=5, max_connections=connections, retry_on_error=retried
             )
             for connections in (settings.async_redis_connections, settings.max_streams + 10)
         )

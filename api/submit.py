@@ -44,6 +44,11 @@ from latentq.storage import STORAGE_ERRORS, ImageStore
 from latentq.webhook_accounts import ensure_secret
 
 
+class UnreplicatedJob(LatentqError):
+    """A submit whose writes no replica acknowledged in time (``ApiSettings.redis_wait_replicas``):
+    answered 503, as a failover could lose the job; the master may still run it."""
+
+
 @dataclass(frozen=True)
 class Submitted:
     """What a submit did: queued the job, or found the original job of a repeated idempotency key."""
@@ -107,9 +112,13 @@ async def submit_job(
         claimed = claim_name(owner, idempotency.key) if idempotency is not None else None
         spec, created_at = await enqueue_draft(services, owner, draft, claimed, max_jobs, cost)
     except BaseException as error:
-        if idempotency is not None:
+        # A job queued on the master but not on a replica may still run: its key and inputs stay.
+        unreplicated = isinstance(error, UnreplicatedJob)
+        if idempotency is not None and not unreplicated:
             await run_in_threadpool(release, services.redis, owner, idempotency.key, spec.job_id)
-        if draft.uploads and isinstance(error, LatentqError):  # refused: its inputs are no job's
+        if (
+            draft.uploads and isinstance(error, LatentqError) and not unreplicated
+        ):  # refused: its inputs are no job's
             with suppress(*STORAGE_ERRORS):  # (S3 down: orphans, until the lifecycle rule)
                 await run_in_threadpool(services.store.delete, list(draft.uploads))
         raise
@@ -244,7 +253,16 @@ async def enqueue_job(
         batch.require_absent(owner_webhook_key(owner), "url")
     if claimed is not None:
         batch.require_containing(claimed, spec.job_id)
-    ran = await batch.run_async(services.async_redis)
+    ran = await batch.run_async(
+        services.async_redis, settings.replicas_to_wait_for, settings.redis_replica_wait_ms
+    )
+    if ran and not batch.replicated:
+        raise UnreplicatedJob(
+            "service_unavailable",
+            "The job store could not copy this job to a replica in time (a failover may be under way); "
+            "retry, with the same Idempotency-Key to avoid a second job.",
+            retry_after_s=1,
+        )
     refusal = checks[batch.failed - 1] if batch.failed and batch.failed <= len(checks) else None
     if rate is not None:
         rate.settle(batch, admitted=refusal != "rate_limited")

@@ -12,7 +12,6 @@ import sys
 import threading
 from typing import Any
 
-from redis import Redis
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
@@ -24,6 +23,7 @@ from latentq.keys import WEBHOOK_QUEUE
 from latentq.logs import configure_logging, log_context
 from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
+from latentq.redis_client import redis_client
 from latentq.rq_loop import PromptListenerWorker, wait_for_redis, work_through_outages
 from latentq.settings import get_dispatcher_settings
 
@@ -79,7 +79,7 @@ def main() -> int:
     configure_logging("dispatcher", settings)
     vitals = Vitals()  # /livez from now on, /readyz once it takes deliveries (LATENTQ_METRICS_PORT)
     serve_probes(settings, REGISTRY, vitals)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     wait_for_redis(redis, log)  # started while Redis is down (or not up yet)
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JSONSerializer)
     worker = DeliveryWorker(

@@ -27,7 +27,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import httpx
-from redis import Redis
 from rq.job import Retry, get_current_job
 
 from dispatcher.http import http_client, post
@@ -37,6 +36,7 @@ from latentq.contract import WebhookDelivery
 from latentq.leases import Leases
 from latentq.logs import add_log_fields, job_log_fields
 from latentq.records import JobRecords, utc_now
+from latentq.redis_client import redis_client
 from latentq.settings import DispatcherSettings, get_dispatcher_settings
 from latentq.ssrf import UnsafeUrl, resolve
 from latentq.storage import ImageStore
@@ -66,7 +66,7 @@ class Dispatcher:
 
     @classmethod
     def create(cls, settings: DispatcherSettings) -> Dispatcher:
-        redis = Redis.from_url(settings.redis_url)
+        redis = redis_client(settings)
         holder = settings.dispatcher_name or f"dispatcher-{uuid.uuid4().hex[:12]}"
         # An attempt may try two addresses, each up to the timeout, before its lease must be over.
         lease_s = settings.worker_lost_s + 2 * settings.webhook_timeout_s

@@ -27,11 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from latentq.accounts import Accounts
 from latentq.errors import LatentqError
+from latentq.redis_client import redis_client
 from latentq.settings import CommonSettings
 
 #: Where ``make run`` leaves the settings this command needs (relative to the checkout).
@@ -135,7 +135,9 @@ def _user() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    accounts = Accounts(Redis.from_url(redis_url(Path.cwd()), socket_connect_timeout=5))
+    accounts = Accounts(
+        redis_client(CommonSettings(redis_url=redis_url(Path.cwd())), socket_connect_timeout=5)
+    )
     try:
         result, text = run(args, accounts, f"admin-cli:{_user()}")
     except LatentqError as error:

@@ -177,6 +177,8 @@ class CommandBatch:
         self.rate_used_us = self.rate_wait_us = 0
         #: After a run with ``withdraw``: whether the job was waiting.
         self.withdrawn = False
+        #: After a ``run_async`` that waited for replicas: whether enough acknowledged its writes.
+        self.replicated = True
 
     def require_in(self, key: str, field: str, values: list[str] | tuple[str, ...]) -> CommandBatch:
         """Run only if hash ``key``'s ``field`` holds one of ``values`` (none contains a space)."""
@@ -286,13 +288,34 @@ class CommandBatch:
         self.failed = None if ran == 1 else -ran
         return ran == 1
 
-    async def run_async(self, redis: AsyncRedis) -> bool:
-        """``run`` on the asyncio client (no thread)."""
+    async def run_async(self, redis: AsyncRedis, replicas: int = 0, wait_ms: int = 0) -> bool:
+        """``run`` on the asyncio client (no thread). With ``replicas``, the same connection then
+        waits up to ``wait_ms`` milliseconds (Redis ``WAIT``) until that many replicas hold what
+        the batch wrote, and ``replicated`` says whether they did."""
         args = self._arguments()
         ran: Any
+        if replicas:
+            return await self._run_replicated(redis, args, replicas, wait_ms)
         try:
             ran = await redis.evalsha(_REPLAY_SHA, 0, *args)
         except NoScriptError:
             await redis.script_load(_REPLAY)
             ran = await redis.evalsha(_REPLAY_SHA, 0, *args)
+        return self._outcome(ran)
+
+    async def _run_replicated(self, redis: AsyncRedis, args: list[Any], replicas: int, wait_ms: int) -> bool:
+        # WAIT counts the writes of its own connection: one pipeline sends both on one connection.
+        for _ in range(2):
+            pipeline = redis.pipeline(transaction=False)
+            pipeline.evalsha(_REPLAY_SHA, 0, *args)
+            pipeline.wait(replicas, wait_ms)
+            ran, acknowledged = await pipeline.execute(raise_on_error=False)
+            if not isinstance(ran, NoScriptError):
+                break
+            await redis.script_load(_REPLAY)  # first use on this server (a promoted replica, say)
+        if isinstance(ran, Exception):
+            raise ran
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        self.replicated = int(acknowledged) >= replicas
         return self._outcome(ran)

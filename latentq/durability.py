@@ -5,6 +5,11 @@ second) and never evict keys to make room (``maxmemory-policy noeviction``: full
 writes, which the API answers as 503, instead of silently dropping a job, a balance or a
 revocation). The API checks both when it starts: in production it refuses to start without them,
 in development it says so in its log.
+
+With replicas (Redis Sentinel), a write acknowledged by the master alone can be lost in a
+failover; the API waits for ``LATENTQ_REDIS_WAIT_REPLICAS`` of them to acknowledge each submit
+(``api.submit``), so it also checks at start-up that the master has that many, and says so in its
+log if not (its submits are refused until it has).
 """
 
 from __future__ import annotations
@@ -33,3 +38,19 @@ def durability_problems(redis: Redis) -> list[str] | None:
         for name, wanted in REQUIRED.items()
         if config.get(name) != wanted
     ]
+
+
+def replication_problem(redis: Redis, replicas: int) -> str | None:
+    """Return why the master behind ``redis`` cannot have each submit acknowledged by ``replicas``
+    replicas (None: it can, none is asked for, or Redis refuses ``INFO``). Raises ``RedisError`` if
+    Redis is unreachable."""
+    if not replicas:
+        return None
+    try:
+        info = redis.info("replication")
+    except ResponseError:
+        return None
+    online = sum(1 for value in info.values() if isinstance(value, dict) and value.get("state") == "online")
+    if online >= replicas:
+        return None
+    return f"Redis has {online} replica(s) in sync; submits wait for {replicas} (LATENTQ_REDIS_WAIT_REPLICAS)"

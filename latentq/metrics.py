@@ -25,6 +25,8 @@ from redis.retry import Retry
 
 from latentq.fair_share import fair_prefix, pending_key
 from latentq.keys import queue_name, rq_job_key, rq_queue_key
+from latentq.redis_client import redis_client
+from latentq.settings import CommonSettings
 
 log = logging.getLogger("latentq.metrics")
 
@@ -73,17 +75,17 @@ class QueueStats(Collector):
     ``enqueued_at`` of the oldest of the heads of those lists (0 when none waits)."""
 
     def __init__(self, redis: Redis, models: Sequence[str]) -> None:
-        #: A client of its own, with short timeouts and no retries (``for_url``).
+        #: A client of its own, with short timeouts and no retries (``for_settings``).
         self.redis = redis
         self.models = list(models)
 
     @classmethod
-    def for_url(cls, url: str, models: Sequence[str]) -> QueueStats:
-        """Return the collector of ``models``' queues on the Redis at ``url``."""
+    def for_settings(cls, settings: CommonSettings, models: Sequence[str]) -> QueueStats:
+        """Return the collector of ``models``' queues on ``settings``' Redis (through Sentinel too)."""
         timeout = QUEUE_READ_TIMEOUT_S
         # No retries (redis-py makes 3, with backoff, by default): a scrape must not wait them out.
-        redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        redis = redis_client(
+            settings, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         return cls(redis, models)
 

@@ -29,8 +29,16 @@ class CommonSettings(BaseSettings):
     # frozen: settings never change after start-up, and can key caches of clients.
     model_config = SettingsConfigDict(env_prefix="LATENTQ_", extra="ignore", frozen=True)
 
-    #: Redis holding the queues and job records.
+    #: Redis holding the queues and job records. With ``redis_sentinels``, only its database, user,
+    #: password and scheme (``rediss``: TLS) count: the address is the master Sentinel names.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis Sentinel addresses (comma-separated ``host:port``): every process then talks to the
+    #: master they name, and follows a failover without restart. Empty: ``redis_url``'s server.
+    redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
+    #: The master's name in the sentinels' configuration (``sentinel monitor <name> ...``).
+    redis_sentinel_master: str = "mymaster"
+    #: Password of the sentinels themselves (their ``requirepass``), when they ask for one.
+    redis_sentinel_password: SecretStr | None = None
     #: The model registry file (TOML ``[[models]]`` tables); default: the embedded tiny models.
     models_file: Path = PACKAGED_REGISTRY
     #: More registry entries, as a JSON list; each adds to or replaces the file's entry of its id.
@@ -86,7 +94,7 @@ class CommonSettings(BaseSettings):
     #: Address that listener binds.
     metrics_host: str = "0.0.0.0"
 
-    _split_hosts = field_validator("webhook_allowed_hosts", mode="before")(split_commas)
+    _split_hosts = field_validator("webhook_allowed_hosts", "redis_sentinels", mode="before")(split_commas)
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
@@ -132,7 +140,21 @@ class ApiSettings(CommonSettings):
     #: Longest the Stability-compatible routes wait for their job before answering 504, seconds.
     sync_timeout_s: float = Field(300.0, gt=0)
 
+    #: Replicas that must acknowledge a submit's writes (Redis ``WAIT``) before the API answers
+    #: 202; none within ``redis_replica_wait_ms``: 503 ``service_unavailable``, so a failover loses
+    #: no accepted job. Default: 1 with Sentinel, else 0 (no wait).
+    redis_wait_replicas: int | None = Field(None, ge=0)
+    #: Longest a submit waits for those acknowledgements, milliseconds.
+    redis_replica_wait_ms: int = Field(1000, ge=1)
+
     _split_keys = field_validator("api_keys", "cors_origins", mode="before")(split_commas)
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        """Replicas a submit's writes must reach before it is answered (``redis_wait_replicas``)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_sentinels else 0
 
 
 class WorkerSettings(CommonSettings):

@@ -94,14 +94,23 @@ def has_ended(status: str | None, rq_status: str | None) -> bool:
     (None: no RQ job); the same rule ``reconcile`` corrects records by."""
     if status is None or JobStatus(status).is_terminal:
         return True
-    return rq_status is not None and status_from_rq(rq_status).is_terminal
+    return (
+        JobStatus(status) is JobStatus.RUNNING
+        and rq_status is not None
+        and status_from_rq(rq_status).is_terminal
+    )
 
 
 def reconcile(status: JobStatus, rq_status: str | None) -> tuple[JobStatus, JobError | None]:
     """Return the status (and error) to show for a record in ``status`` whose RQ job is in
-    ``rq_status``: a terminal RQ status over a non-terminal record means the job function never
-    wrote the outcome (it writes it before RQ ends the job): its worker died or was killed."""
-    if status.is_terminal or rq_status is None or not status_from_rq(rq_status).is_terminal:
+    ``rq_status``: a terminal RQ status over a running record means the job function never
+    wrote the outcome (it writes it before RQ ends the job): its worker died or was killed.
+
+    Over a queued record it means nothing: the job is queued again and runs again (a lease expired
+    and the reaper requeued it, or a Redis failover lost the claim: the run that ended was no longer
+    the job's, and RQ's bookkeeping of it is stale); a job lost before it started is its lease's to
+    recover."""
+    if status is not JobStatus.RUNNING or rq_status is None or not status_from_rq(rq_status).is_terminal:
         return status, None
     ended = status_from_rq(rq_status)
     if ended is JobStatus.CANCELED:

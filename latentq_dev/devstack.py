@@ -186,9 +186,13 @@ class RedisServer:
     to an append-only file in its folder (fsync every second), so a restart loses at most about
     the last second."""
 
-    def __init__(self, directory: Path, port: int | None = None, durable: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, durable: bool = False, options: tuple[str, ...] = ()
+    ) -> None:
         self.directory = Path(directory)
         self.durable = durable
+        #: More ``redis-server`` arguments (``--replicaof``, say).
+        self.options = options
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: Process | None = None
@@ -206,7 +210,7 @@ class RedisServer:
         argv += (
             ["--appendonly", "yes", "--appendfsync", "everysec"] if self.durable else ["--appendonly", "no"]
         )
-        argv += ["--dir", str(self.directory), "--maxmemory-policy", "noeviction"]
+        argv += ["--dir", str(self.directory), "--maxmemory-policy", "noeviction", *self.options]
         self.process = Process.start("redis", argv, self.directory / "redis.log")
         wait_until(self.ping, timeout_s, f"redis-server on port {self.port}", self.process)
         return self

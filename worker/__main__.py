@@ -21,6 +21,7 @@ from latentq.periodic import call_with_backoff
 from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
+from latentq.redis_client import redis_client
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
@@ -112,7 +113,7 @@ def main() -> int:
     vitals = Vitals()  # /livez from now on, /readyz once the models are warm (LATENTQ_METRICS_PORT)
     serve_probes(settings, REGISTRY, vitals)
     store = ImageStore(settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     wait_for_services(store, redis)
     models = served_models(settings, get_registry(settings))
     pipelines = {model.id: load_pipeline(model, settings) for model in models}

@@ -247,7 +247,9 @@ def test_unknown_routes_methods_refusals_and_errors_get_bounded_labels(http_clie
 
 # -- queue gauges ----------------------------------------------------------------------------------
 def test_queue_gauges_are_left_out_not_failed_while_redis_is_away():
-    stats = QueueStats.for_url(f"redis://127.0.0.1:{free_port()}/0", ["tiny-sd"])
+    stats = QueueStats.for_settings(
+        CommonSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0"), ["tiny-sd"]
+    )
     registry = CollectorRegistry()
     registry.register(stats)
     started = time.monotonic()
@@ -262,7 +264,9 @@ def test_queue_gauges_time_out_on_a_redis_that_does_not_answer():
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # accepts connections, never answers
     try:
-        stats = QueueStats.for_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", ["tiny-sd"])
+        stats = QueueStats.for_settings(
+            CommonSettings(redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0"), ["tiny-sd"]
+        )
         started = time.monotonic()
         assert [family.name for family in stats.collect()] == ["latentq_queue_stats_up"]
         assert time.monotonic() - started < 3
@@ -308,3 +312,12 @@ def get_refused(url: str) -> bool:
     except urllib.error.URLError as error:
         return isinstance(error.reason, ConnectionRefusedError)
     return False
+
+
+def test_queue_gauges_reach_redis_through_sentinel_when_it_is_configured():
+    settings = CommonSettings(redis_sentinels=(f"127.0.0.1:{free_port()}",), redis_sentinel_master="latentq")
+    stats = QueueStats.for_settings(settings, ["tiny-sd"])
+    assert type(stats.redis.connection_pool).__name__ == "SentinelConnectionPool"
+    started = time.monotonic()
+    assert [family.name for family in stats.collect()] == ["latentq_queue_stats_up"]  # no sentinel answers
+    assert time.monotonic() - started < 5
