@@ -27,7 +27,7 @@ from latentq.keys import queue_name
 from latentq.models import PACKAGED_REGISTRY, ModelRegistry, build_registry
 from latentq.settings import ApiSettings, CommonSettings, DispatcherSettings, WorkerSettings
 from tests.conftest import REPO
-from tests.unit.test_containers import METRICS_LISTENER_PATHS, NOT_YET_MERGED, json_command, stages
+from tests.unit.test_containers import METRICS_LISTENER_PATHS, json_command, stages
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = ["dev", "production"]
@@ -144,7 +144,7 @@ def test_processes_set_only_real_settings(overlay):
     for workload in workloads(overlay):
         settings = {**SETTINGS, **SETUP_SETTINGS}.get(component(workload))
         if settings is not None:
-            names = {n for n in environment(overlay, workload) if n.startswith("LATENTQ_")} - NOT_YET_MERGED
+            names = {n for n in environment(overlay, workload) if n.startswith("LATENTQ_")}
             fields = set(settings.model_fields)
             assert {n.removeprefix("LATENTQ_").lower() for n in names} <= fields, workload["metadata"]["name"]
 
