@@ -210,6 +210,16 @@ BUILDERS = {
 }
 
 
+def _flow_builders() -> None:
+    """Register the flow-matching builders (their own module, which imports this one)."""
+    from worker.embedded.flow_models import build_flux_pipeline, build_sd3_pipeline
+
+    BUILDERS.update({"tiny-sd3": build_sd3_pipeline, "tiny-flux": build_flux_pipeline})
+
+
+_flow_builders()
+
+
 def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
     """Write embedded model ``name`` to ``directory`` (created if needed) and return it."""
     directory = Path(directory)
@@ -217,7 +227,8 @@ def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
     pipeline = BUILDERS[name]()
     pipeline.save_pretrained(staging, safe_serialization=True)
     for folder in ("tokenizer", "tokenizer_2"):
-        if (staging / folder).is_dir():
+        # CLIP tokenizers only: FLUX's tokenizer_2 is a T5 one, complete in its tokenizer.json.
+        if (staging / folder).is_dir() and type(getattr(pipeline, folder)).__name__.startswith("CLIP"):
             write_slow_tokenizer_files(pipeline.tokenizer, staging / folder)
     # model_index.json moves last: its presence means the folder is complete.
     directory.mkdir(parents=True, exist_ok=True)
