@@ -5,7 +5,8 @@ builders for structurally real checkpoints that ``from_pretrained`` loads like a
 ``tiny-sd`` (SD 1.x: UNet with cross-attention, a VAE with scale factor 8, a CLIP text
 encoder and a complete byte-level CLIP tokenizer) and ``tiny-sdxl`` (SDXL: two text
 encoders, pooled-text and size micro-conditioning), ``tiny-sd-inpainting`` (a 9-channel
-inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler). Their weights are random: they draw
+inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler); ``tiny-sd3`` and ``tiny-flux``
+come from ``worker.embedded.flow_models``. Their weights are random: they draw
 noise. The same bytes come out on every run, so their images are reproducible anywhere.
 
 Usage: ``python -m worker.embedded DIR [--name NAME]`` (a name of ``BUILDERS``)
