@@ -133,7 +133,7 @@ class ModelSpec(BaseModel):
     #: Credits one 512x512 image of 30 steps costs (``cost``: scaled by pixels, steps and samples).
     cost: float = Field(1.0, ge=0, le=1_000_000)
     #: ``sd3`` only: false loads the model without its T5 encoder (``text_encoder_3=None``: prompts
-    #: read by the two CLIP encoders alone), saving its memory (about 9.5 GB in bf16 for SD3.5 Large).
+    #: read by the two CLIP encoders alone), saving its memory (8.9 GiB in bf16 for SD3.5 Large).
     t5: bool = True
 
     @model_validator(mode="before")
