@@ -109,8 +109,9 @@ FAMILY_TASKS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 #: The samplers of families that do not take every name: the flow-matching families sample with
-#: diffusers' flow-matching Euler (``K_EULER``); the other names are noise-prediction schedulers.
-FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {"sd3": ("K_EULER",), "flux": ("K_EULER",)}
+#: diffusers' flow-matching Euler (``K_EULER``) and, SD3 only, Heun (``K_HEUN``: its scheduler takes
+#: no custom sigmas, which FLUX's pipeline passes); the other names are noise-prediction schedulers.
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {"sd3": ("K_EULER", "K_HEUN"), "flux": ("K_EULER",)}
 #: Families with no negative prompt (FLUX: a guidance embedding, no classifier-free guidance).
 NO_NEGATIVE_PROMPT = ("flux",)
 

@@ -5,6 +5,7 @@ are enforced at the door, and batched jobs keep their own seeds."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -47,65 +48,87 @@ def plain(models_dir, flow_worker):
     return pipes
 
 
-@pytest.mark.parametrize("model", FLOW_MODELS)
-def test_text_to_image_equals_diffusers(client, flow_worker, plain, model):
-    body = {
-        "model": model,
-        "prompt": PROMPT,
-        "width": 64,
-        "height": 96,
-        "steps": 8,
-        "cfg_scale": 4.0,
-        "seed": 3,
-    }
+#: (model, sampler) pairs each family runs: flow-matching Euler for both, Heun for SD3.
+MODEL_SAMPLERS = [("tiny-sd3", "K_EULER"), ("tiny-flux", "K_EULER"), ("tiny-sd3", "K_HEUN")]
+#: The diffusers scheduler each sampler name must mean for these families.
+FLOW_SCHEDULERS = {"K_EULER": "FlowMatchEulerDiscreteScheduler", "K_HEUN": "FlowMatchHeunDiscreteScheduler"}
+
+
+@contextmanager
+def scheduled(pipe, sampler: str):
+    """``pipe`` with the flow scheduler of ``sampler`` (from its own config) for the block."""
+    import diffusers
+
+    original = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, FLOW_SCHEDULERS[sampler]).from_config(original.config)
+    try:
+        yield pipe
+    finally:
+        pipe.scheduler = original
+
+
+@pytest.mark.parametrize(("model", "sampler"), MODEL_SAMPLERS)
+def test_text_to_image_equals_diffusers(client, flow_worker, plain, model, sampler):
+    body = {"model": model, "prompt": PROMPT, "width": 64, "height": 96, "steps": 8, "cfg_scale": 4.0}
     negative = {"negative_prompt": "fog"} if model == "tiny-sd3" else {}
-    job, served = run(client, **body, **negative, samples=2)
-    assert job["request"]["sampler"] == "K_EULER"
-    expected = plain[model][0](
-        PROMPT, width=64, height=96, num_inference_steps=8, guidance_scale=4.0, num_images_per_prompt=2,
-        generator=[seeded(3), seeded(4)], **negative,
-    ).images  # fmt: skip
-    assert [np.array_equal(mine, pixels(image)) for mine, image in zip(served, expected, strict=True)] == [
-        True
-    ] * 2
+    job, served = run(client, **body, **negative, samples=2, seed=3, sampler=sampler)
+    assert job["request"]["sampler"] == sampler
+    with scheduled(plain[model][0], sampler) as pipe:
+        expected = pipe(
+            PROMPT, width=64, height=96, num_inference_steps=8, guidance_scale=4.0, num_images_per_prompt=2,
+            generator=[seeded(3), seeded(4)], **negative,
+        ).images  # fmt: skip
+    equal = [np.array_equal(mine, pixels(image)) for mine, image in zip(served, expected, strict=True)]
+    assert equal == [True, True]
 
 
-@pytest.mark.parametrize("model", FLOW_MODELS)
-def test_image_to_image_equals_diffusers(client, flow_worker, plain, model):
+@pytest.mark.parametrize(("model", "sampler"), MODEL_SAMPLERS)
+def test_image_to_image_equals_diffusers(client, flow_worker, plain, model, sampler):
     job, [served] = run(
-        client, model=model, prompt=PROMPT, init_image=b64(INIT), image_strength=0.4, steps=10, seed=31
-    )
+        client, model=model, prompt=PROMPT, init_image=b64(INIT), image_strength=0.4, steps=10, seed=31,
+        sampler=sampler,
+    )  # fmt: skip
     assert job["request"]["task"] == "image-to-image"
-    expected = plain[model][1](
-        PROMPT, image=INIT, strength=0.6, width=64, height=64, num_inference_steps=10,
-        guidance_scale=job["request"]["cfg_scale"], generator=seeded(31),
-    ).images[0]  # fmt: skip
+    with scheduled(plain[model][1], sampler) as pipe:
+        expected = pipe(
+            PROMPT, image=INIT, strength=0.6, width=64, height=64, num_inference_steps=10,
+            guidance_scale=job["request"]["cfg_scale"], generator=seeded(31),
+        ).images[0]  # fmt: skip
     assert np.array_equal(served, pixels(expected))
 
 
-@pytest.mark.parametrize("model", FLOW_MODELS)
-def test_masking_equals_diffusers_inpainting_and_keeps_unmasked_pixels(client, flow_worker, plain, model):
+@pytest.mark.parametrize(("model", "sampler"), MODEL_SAMPLERS)
+def test_masking_equals_diffusers_inpainting_and_keeps_unmasked_pixels(
+    client, flow_worker, plain, model, sampler
+):
     job, [served] = run(
         client, model=model, prompt=PROMPT, init_image=b64(INIT), mask_source="MASK_IMAGE_WHITE",
-        mask_image=b64(MASK), steps=10, seed=31,
+        mask_image=b64(MASK), steps=10, seed=31, sampler=sampler,
     )  # fmt: skip
-    generated = plain[model][2](
-        PROMPT, image=INIT, mask_image=MASK, width=64, height=64, strength=1.0, num_inference_steps=10,
-        guidance_scale=job["request"]["cfg_scale"], generator=seeded(31),
-    ).images[0]  # fmt: skip
+    with scheduled(plain[model][2], sampler) as pipe:
+        generated = pipe(
+            PROMPT, image=INIT, mask_image=MASK, width=64, height=64, strength=1.0, num_inference_steps=10,
+            guidance_scale=job["request"]["cfg_scale"], generator=seeded(31),
+        ).images[0]  # fmt: skip
     keep = np.asarray(MASK) == 0
     assert np.array_equal(served[keep], pixels(INIT)[keep])
     assert np.array_equal(served, pixels(Image.composite(generated, INIT, MASK)))
 
 
-@pytest.mark.parametrize("model", FLOW_MODELS)
-@pytest.mark.parametrize("sampler", ["K_DPMPP_2M_KARRAS", "K_EULER_ANCESTRAL", "DDIM", "LCM"])
-def test_noise_prediction_samplers_are_refused(client, model, sampler):
+@pytest.mark.parametrize(
+    ("model", "sampler", "runs"),
+    [
+        ("tiny-sd3", name, "K_EULER, K_HEUN")
+        for name in ("K_DPMPP_2M_KARRAS", "K_EULER_ANCESTRAL", "DDIM", "LCM")
+    ]
+    + [("tiny-flux", name, "K_EULER") for name in ("K_HEUN", "K_DPMPP_2M", "UNIPC")],
+)
+def test_other_samplers_are_refused(client, model, sampler, runs):
     response = client.post("/v1/generate", json={"model": model, "prompt": PROMPT, "sampler": sampler})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["name"] == "invalid_sampler"
-    assert f"cannot run {sampler}; it runs: K_EULER" in error["message"]
+    assert error["message"].endswith(f"cannot run {sampler}; it runs: {runs}")
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,8 @@ def test_models_lists_the_registry_with_live_workers(client, worker, sdxl_worker
     assert (sd["workers"], sdxl["workers"]) == (1, 1)
     assert sd["limits"]["min_pixels"] == 4096 and sd["defaults"]["sampler"] == "K_EULER"
     assert "K_DPMPP_2M_KARRAS" in sd["samplers"] and len(sd["samplers"]) == 19
-    assert models["tiny-flux"]["samplers"] == models["tiny-sd3"]["samplers"] == ["K_EULER"]
+    assert models["tiny-sd3"]["samplers"] == ["K_EULER", "K_HEUN"]
+    assert models["tiny-flux"]["samplers"] == ["K_EULER"]
     flux = models["tiny-flux"]
     assert (flux["family"], flux["limits"]["multiple"], flux["defaults"]["cfg_scale"]) == ("flux", 16, 3.5)
 

@@ -44,7 +44,11 @@ def test_common_prompt_words_are_single_pieces():
     ("name", "pipeline"), [("tiny-sd3", "StableDiffusion3Pipeline"), ("tiny-flux", "FluxPipeline")]
 )
 def test_builds_are_byte_for_byte_reproducible_and_load(tmp_path, name, pipeline):
-    from diffusers import AutoPipelineForText2Image, FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        AutoPipelineForText2Image,
+        FlowMatchEulerDiscreteScheduler,
+        FlowMatchHeunDiscreteScheduler,
+    )
 
     from worker.diffusion.schedulers import make_scheduler
 
@@ -55,3 +59,4 @@ def test_builds_are_byte_for_byte_reproducible_and_load(tmp_path, name, pipeline
     assert pipe.vae_scale_factor == 8
     scheduler = make_scheduler("K_EULER", pipe.scheduler.config)
     assert type(scheduler) is FlowMatchEulerDiscreteScheduler and scheduler.config == pipe.scheduler.config
+    assert type(make_scheduler("K_HEUN", pipe.scheduler.config)) is FlowMatchHeunDiscreteScheduler

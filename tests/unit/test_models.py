@@ -62,7 +62,7 @@ def test_flow_families_have_their_own_limits_defaults_and_samplers():
         assert model.tasks == ("text-to-image", "image-to-image", "masking")
         assert (model.limits.multiple, model.limits.min_side, model.limits.max_pixels) == (16, 256, 2_097_152)
         assert (model.defaults.width, model.defaults.steps, model.defaults.sampler) == (1024, 28, "K_EULER")
-        assert model.samplers == ("K_EULER",)
+    assert (sd3.samplers, flux.samplers) == (("K_EULER", "K_HEUN"), ("K_EULER",))
     assert (sd3.defaults.cfg_scale, flux.defaults.cfg_scale) == (7.0, 3.5)
     assert sd3.takes_negative_prompt and not flux.takes_negative_prompt and not sd3.t5
     sd15 = ModelSpec.model_validate({"id": "sd15", "source": "x", "family": "sd1"})

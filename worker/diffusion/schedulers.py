@@ -51,8 +51,12 @@ def _table() -> dict[str, tuple[str, dict[str, Any]]]:
 SCHEDULERS = _table()
 
 #: The samplers of flow-matching models (SD3, FLUX; their config is a ``FlowMatch*`` scheduler's):
-#: the registry's ``FAMILY_SAMPLERS`` lets only these names through to them.
-FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {"K_EULER": ("FlowMatchEulerDiscreteScheduler", {})}
+#: the registry's ``FAMILY_SAMPLERS`` lets only these names through to them (``K_HEUN`` to SD3 only:
+#: the Heun scheduler takes no custom sigmas, which FLUX's pipeline passes).
+FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "K_EULER": ("FlowMatchEulerDiscreteScheduler", {}),
+    "K_HEUN": ("FlowMatchHeunDiscreteScheduler", {}),
+}
 
 
 def is_flow_matching(config: Any) -> bool:
