@@ -89,6 +89,29 @@ def request_prompts(request: GenerateRequest) -> list[WeightedPrompt]:
     return prompts
 
 
+def check_sampler(model: ModelSpec, sampler: str) -> None:
+    """Raise ``invalid_sampler`` unless ``model``'s family can run ``sampler``."""
+    if sampler not in model.samplers:
+        valid = ", ".join(model.samplers)
+        raise LatentqError.for_field(
+            "invalid_sampler", "sampler",
+            f"sampler: model '{model.id}' ({model.family} family) cannot run {sampler}; it runs: {valid}",
+        )  # fmt: skip
+
+
+def check_negative_prompts(model: ModelSpec, request: GenerateRequest, prompts: list[WeightedPrompt]) -> None:
+    """Raise ``invalid_negative_prompt`` (or ``invalid_text_prompts`` for a negative weight) if
+    ``model``'s family has no negative prompt (FLUX: guidance is an embedding, not a second pass)."""
+    if model.takes_negative_prompt or all(p.weight >= 0 for p in prompts):
+        return
+    field = "negative_prompt" if request.negative_prompt is not None else "text_prompts"
+    what = "a negative prompt" if field == "negative_prompt" else "prompts of negative weight"
+    raise LatentqError.for_field(
+        f"invalid_{field}", field,
+        f"{field}: model '{model.id}' ({model.family} family) takes no negative prompt; leave out {what}",
+    )  # fmt: skip
+
+
 def build_spec(
     job_id: str, folder: str, request: GenerateRequest, model: ModelSpec, inputs: Inputs,
     webhook: WebhookTarget | None,
@@ -106,6 +129,7 @@ def build_spec(
         height = request.height if request.height is not None else defaults.height
         check_size(model, width, height)
     prompts = request_prompts(request)
+    check_negative_prompts(model, request, prompts)
     if request.style_preset is not None:
         if request.style_preset not in style_presets():
             valid = ", ".join(sorted(style_presets()))
@@ -115,6 +139,10 @@ def build_spec(
                 f"style_preset: unknown preset '{request.style_preset}'; valid presets: {valid}",
             )
         prompts = apply_style(request.style_preset, prompts)
+        if not model.takes_negative_prompt:  # a style's negative text is advice the model cannot take
+            prompts = [p for p in prompts if p.weight > 0]
+    sampler = request.sampler or defaults.sampler
+    check_sampler(model, sampler)
     return JobSpec(
         job_id=job_id,
         model=model.id,
@@ -125,7 +153,7 @@ def build_spec(
         cfg_scale=request.cfg_scale if request.cfg_scale is not None else defaults.cfg_scale,
         samples=request.samples,
         seed=request.seed or secrets.randbelow(MAX_SEED) + 1,
-        sampler=request.sampler or defaults.sampler,
+        sampler=sampler,
         style_preset=request.style_preset,
         output_format=request.output_format,
         preview=request.preview,

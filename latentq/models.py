@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latentq.contract import JobKind, Sampler
+from latentq.contract import SAMPLERS, JobKind, Sampler
 
 #: Registry shipped with latentq: the embedded tiny models.
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -25,9 +25,13 @@ EMBEDDED_PREFIX = "embedded:"
 #: Model ids are used in queue names and URLs.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
-#: Pipeline families: four that draw (text-to-image, image-to-image, masking) and two that
-#: upscale: diffusers' x4 upscaler, and a plain Lanczos resampler that loads no weights.
-Family = Literal["sd1", "sd2", "sdxl", "turbo", "upscaler-x4", "resampler"]
+#: Pipeline families: six that draw (text-to-image, image-to-image, masking), four UNet ones and
+#: two flow-matching transformers (``sd3``: SD3/3.5, ``flux``: FLUX.1), and two that upscale:
+#: diffusers' x4 upscaler, and a plain Lanczos resampler that loads no weights.
+Family = Literal["sd1", "sd2", "sdxl", "turbo", "sd3", "flux", "upscaler-x4", "resampler"]
+
+#: Families that sample by flow matching (a transformer, bf16 on CUDA, their own samplers).
+FLOW_FAMILIES = ("sd3", "flux")
 
 #: Source of a model that needs no weights (the resampler).
 BUILTIN_SOURCE = "builtin"
@@ -79,6 +83,9 @@ FAMILY_LIMITS: dict[str, dict[str, Any]] = {
     "sd2": {"min_side": 128, "min_pixels": 262_144, "max_pixels": 1_048_576},
     "sdxl": {"min_side": 512, "min_pixels": 262_144, "max_pixels": 1_048_576, "sizes": SDXL_SIZES},
     "turbo": {"min_side": 256, "min_pixels": 65_536, "max_pixels": 1_048_576},
+    # Sides a multiple of 16: the VAE's factor 8 times the transformer's 2x2 patches.
+    "sd3": {"min_side": 256, "multiple": 16, "min_pixels": 65_536, "max_pixels": 2_097_152},
+    "flux": {"min_side": 256, "multiple": 16, "min_pixels": 65_536, "max_pixels": 2_097_152},
     # Upscalers' limits are on the output; inputs may be any size under them.
     "upscaler-x4": _UPSCALE_LIMITS,
     "resampler": _UPSCALE_LIMITS,
@@ -88,14 +95,25 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd2": {},
     "sdxl": {"width": 1024, "height": 1024},
     "turbo": {"steps": 1, "cfg_scale": 0.0, "sampler": "K_EULER_ANCESTRAL"},
+    # diffusers' defaults for these pipelines; FLUX's cfg_scale is its guidance embedding's value.
+    "sd3": {"width": 1024, "height": 1024, "steps": 28, "cfg_scale": 7.0, "sampler": "K_EULER"},
+    "flux": {"width": 1024, "height": 1024, "steps": 28, "cfg_scale": 3.5, "sampler": "K_EULER"},
     # The x4 upscaler's own scheduler settings (DDIM, v-prediction); the resampler ignores them.
     "upscaler-x4": {"steps": 20, "cfg_scale": 9.0, "sampler": "DDIM"},
     "resampler": {},
 }
 FAMILY_TASKS: dict[str, tuple[str, ...]] = {
-    "sd1": _DRAWING, "sd2": _DRAWING, "sdxl": _DRAWING, "turbo": _DRAWING,
+    "sd1": _DRAWING, "sd2": _DRAWING, "sdxl": _DRAWING, "turbo": _DRAWING, "sd3": _DRAWING,
+    "flux": _DRAWING,
     "upscaler-x4": ("upscale",), "resampler": ("upscale",),
 }  # fmt: skip
+
+#: The samplers of families that do not take every name: the flow-matching families sample with
+#: diffusers' flow-matching Euler (``K_EULER``) and, SD3 only, Heun (``K_HEUN``: its scheduler takes
+#: no custom sigmas, which FLUX's pipeline passes); the other names are noise-prediction schedulers.
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {"sd3": ("K_EULER", "K_HEUN"), "flux": ("K_EULER",)}
+#: Families with no negative prompt (FLUX: a guidance embedding, no classifier-free guidance).
+NO_NEGATIVE_PROMPT = ("flux",)
 
 
 class ModelSpec(BaseModel):
@@ -115,6 +133,9 @@ class ModelSpec(BaseModel):
     defaults: ModelDefaults
     #: Credits one 512x512 image of 30 steps costs (``cost``: scaled by pixels, steps and samples).
     cost: float = Field(1.0, ge=0, le=1_000_000)
+    #: ``sd3`` only: false loads the model without its T5 encoder (``text_encoder_3=None``: prompts
+    #: read by the two CLIP encoders alone), saving its memory (8.9 GiB in bf16 for SD3.5 Large).
+    t5: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -137,7 +158,22 @@ class ModelSpec(BaseModel):
         problem = size_problem(self.limits, self.defaults.width, self.defaults.height)
         if problem:
             raise ValueError(f"model {self.id!r}: its default size is not valid: {problem[2]}")
+        if self.defaults.sampler not in self.samplers:
+            raise ValueError(f"model {self.id!r}: default sampler {self.defaults.sampler!r} is not one of "
+                             f"the {self.family} family's: {', '.join(self.samplers)}")  # fmt: skip
+        if not self.t5 and self.family != "sd3":
+            raise ValueError(f"model {self.id!r}: t5 = false is for the sd3 family only")
         return self
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The sampler names this model's family can run."""
+        return FAMILY_SAMPLERS.get(self.family, SAMPLERS)
+
+    @property
+    def takes_negative_prompt(self) -> bool:
+        """Whether this model's family has negative prompts."""
+        return self.family not in NO_NEGATIVE_PROMPT
 
     @property
     def embedded_name(self) -> str | None:

@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 
 from latentq.keys import queue_name
 from latentq.logs import configure_logging
-from latentq.models import ModelRegistry, ModelSpec
+from latentq.models import FLOW_FAMILIES, ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
@@ -26,6 +26,7 @@ from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
 from worker.context import WarmState
+from worker.diffusion.flow import FlowPipeline
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, ensure_tiny_model
@@ -61,6 +62,9 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
         pipeline = Resampler()
     elif model.family == "upscaler-x4":
         pipeline = Upscaler.load(model_source(model, settings), settings.device)
+    elif model.family in FLOW_FAMILIES:
+        source = model_source(model, settings)
+        pipeline = FlowPipeline.load(source, settings.device, settings.compile, t5=model.t5)
     else:
         pipeline = WarmPipeline.load(model_source(model, settings), settings.device, settings.compile)
     if settings.warmup:

@@ -9,7 +9,6 @@ from rq import Queue, Worker
 
 from api.deps import Caller, CallerDep
 from api.presets import style_presets
-from latentq.contract import SAMPLERS
 from latentq.errors import LatentqError
 from latentq.keys import queue_name
 from latentq.models import ModelSpec
@@ -52,7 +51,7 @@ def model_view(caller: Caller, model: ModelSpec) -> dict[str, Any]:
         "default": model.id == registry.default_id,
         "limits": model.limits.model_dump(),
         "defaults": model.defaults.model_dump(),
-        "samplers": list(SAMPLERS),
+        "samplers": list(model.samplers),
         "workers": workers,
     }
 

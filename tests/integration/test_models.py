@@ -54,13 +54,19 @@ def test_models_lists_the_registry_with_live_workers(client, worker, sdxl_worker
     listing = response.json()
     assert listing["object"] == "list"
     models = {model["id"]: model for model in listing["data"]}
-    assert list(models) == ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos"]
+    assert list(models) == [
+        "tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos", "tiny-sd3", "tiny-flux",
+    ]  # fmt: skip
     sd, sdxl = models["tiny-sd"], models["tiny-sdxl"]
     assert (sd["family"], sdxl["family"], sd["default"], sdxl["default"]) == ("sd1", "sdxl", True, False)
     assert models["lanczos"]["tasks"] == ["upscale"] and "masking" in sd["tasks"]
     assert (sd["workers"], sdxl["workers"]) == (1, 1)
     assert sd["limits"]["min_pixels"] == 4096 and sd["defaults"]["sampler"] == "K_EULER"
     assert "K_DPMPP_2M_KARRAS" in sd["samplers"] and len(sd["samplers"]) == 19
+    assert models["tiny-sd3"]["samplers"] == ["K_EULER", "K_HEUN"]
+    assert models["tiny-flux"]["samplers"] == ["K_EULER"]
+    flux = models["tiny-flux"]
+    assert (flux["family"], flux["limits"]["multiple"], flux["defaults"]["cfg_scale"]) == ("flux", 16, 3.5)
 
 
 def test_styles_are_listed(client):

@@ -11,12 +11,14 @@ from latentq.settings import CommonSettings, get_registry
 
 def test_packaged_registry_holds_the_embedded_models_and_a_resampler():
     registry = build_registry(PACKAGED_REGISTRY, (), None)
-    assert registry.ids() == ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos"]
+    assert registry.ids() == [
+        "tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", "lanczos", "tiny-sd3", "tiny-flux",
+    ]  # fmt: skip
     assert registry.default.id == "tiny-sd"
     families = [m.family for m in registry.models.values()]
-    assert families == ["sd1", "sdxl", "sd1", "upscaler-x4", "resampler"]
+    assert families == ["sd1", "sdxl", "sd1", "upscaler-x4", "resampler", "sd3", "flux"]
     assert [m.embedded_name for m in registry.models.values()] == [
-        "tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", None,
+        "tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-x4-upscaler", None, "tiny-sd3", "tiny-flux",
     ]  # fmt: skip
     tasks = {m.id: m.tasks for m in registry.models.values()}
     assert tasks["tiny-sd"] == ("text-to-image", "image-to-image", "masking")
@@ -53,6 +55,20 @@ def test_family_defaults_and_limits_apply_unless_overridden():
     )
 
 
+def test_flow_families_have_their_own_limits_defaults_and_samplers():
+    sd3 = ModelSpec.model_validate({"id": "sd35", "source": "x", "family": "sd3", "t5": False})
+    flux = ModelSpec.model_validate({"id": "flux", "source": "x", "family": "flux"})
+    for model in (sd3, flux):
+        assert model.tasks == ("text-to-image", "image-to-image", "masking")
+        assert (model.limits.multiple, model.limits.min_side, model.limits.max_pixels) == (16, 256, 2_097_152)
+        assert (model.defaults.width, model.defaults.steps, model.defaults.sampler) == (1024, 28, "K_EULER")
+    assert (sd3.samplers, flux.samplers) == (("K_EULER", "K_HEUN"), ("K_EULER",))
+    assert (sd3.defaults.cfg_scale, flux.defaults.cfg_scale) == (7.0, 3.5)
+    assert sd3.takes_negative_prompt and not flux.takes_negative_prompt and not sd3.t5
+    sd15 = ModelSpec.model_validate({"id": "sd15", "source": "x", "family": "sd1"})
+    assert len(sd15.samplers) == 19 and sd15.takes_negative_prompt and sd15.t5
+
+
 @pytest.mark.parametrize(
     "entry",
     [
@@ -61,6 +77,9 @@ def test_family_defaults_and_limits_apply_unless_overridden():
         {"id": "x", "source": "x", "family": "sdxl", "defaults": {"width": 512}},
         {"id": "x", "source": "x", "family": "sd1", "limits": {"colour": 1}},
         {"id": "x", "source": "", "family": "sd1"},
+        {"id": "x", "source": "x", "family": "flux", "defaults": {"sampler": "K_DPMPP_2M_KARRAS"}},
+        {"id": "x", "source": "x", "family": "sd3", "defaults": {"width": 1000}},
+        {"id": "x", "source": "x", "family": "flux", "t5": False},
     ],
 )
 def test_bad_entries_are_refused(entry):
@@ -91,6 +110,11 @@ def test_registry_file_with_unknown_top_level_keys_is_refused(tmp_path):
         ("sd1", (512, 4096), "invalid_height"),
         ("sdxl", (1216, 832), None),
         ("sdxl", (1024, 960), "invalid_size"),
+        ("flux", (1024, 1024), None),
+        ("flux", (1440, 1440), None),
+        ("flux", (1024, 1000), "invalid_height"),
+        ("sd3", (1024, 1024), None),
+        ("sd3", (2048, 2048), "invalid_pixel_count"),
     ],
 )
 def test_size_rules(family, size, problem):

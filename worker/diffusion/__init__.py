@@ -2,7 +2,7 @@
 
 ``pipelines`` (warm Stable Diffusion pipelines, batched sampling), ``upscalers``, ``prompts``
 (weighted and long prompts), ``schedulers`` (samplers by Stability's names), ``preview`` (latent
-previews).
+previews), ``flow`` and ``flow_prompts`` (SD3 and FLUX, flow-matching transformers).
 """
 
 from worker.diffusion.quiet import quiet_third_party

@@ -41,12 +41,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_pretrained(loader: Any, source: str, device: str) -> tuple[Any, torch.device]:
-    """Load ``source`` (a folder or hub id) with ``loader``: fp16 on CUDA, fp32 on CPU."""
+def load_pretrained(
+    loader: Any, source: str, device: str, cuda_dtype: torch.dtype = torch.float16, **components: Any
+) -> tuple[Any, torch.device]:
+    """Load ``source`` (a folder or hub id) with ``loader``: ``cuda_dtype`` on CUDA, fp32 on CPU;
+    ``components`` replace the checkpoint's (None: leave one out)."""
     target = resolve_device(device)
-    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    dtype = cuda_dtype if target.type == "cuda" else torch.float32
     started = time.perf_counter()
-    pipe = loader.from_pretrained(source, **{DTYPE_KEYWORD: dtype}).to(target)
+    pipe = loader.from_pretrained(source, **{DTYPE_KEYWORD: dtype}, **components).to(target)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s (%s) on %s %s in %.1f s", source, type(pipe).__name__, target, dtype,
              time.perf_counter() - started)  # fmt: skip
@@ -91,11 +94,14 @@ TILE_ABOVE_PIXELS = 1536 * 1536
 
 def tune_for_cuda(pipe: Any, compile_unet: bool) -> None:
     """Make ``pipe`` fast on CUDA: a channels-last UNet (SDPA attention is diffusers' default with
-    torch 2), VAE slicing (a batch decodes one image at a time) and, if asked, ``torch.compile``."""
-    pipe.unet.to(memory_format=torch.channels_last)
+    torch 2), VAE slicing (a batch decodes one image at a time) and, if asked, ``torch.compile`` of
+    the denoiser (the UNet, or the transformer of a flow-matching model)."""
+    denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    if denoiser == "unet":
+        pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.enable_slicing()
     if compile_unet:
-        pipe.unet = torch.compile(pipe.unet)
+        setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
 
 
 class WarmPipeline:

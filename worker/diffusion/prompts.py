@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from latentq.contract import WeightedPrompt
+from worker.diffusion.flow_prompts import flow_conditioning, flow_prompt_arguments, is_flow_pipeline
 
 #: Tokens of text per encoder window (77 positions less BOS and EOS).
 WINDOW = 75
@@ -100,6 +101,8 @@ def _blend(pipe: Any, prompts: list[tuple[str, float]], count: int) -> Condition
 
 def prompt_arguments(pipe: Any, prompts: list[WeightedPrompt]) -> dict[str, Any]:
     """Return the conditioning keyword arguments of a diffusers text-to-image call for ``prompts``."""
+    if is_flow_pipeline(pipe):
+        return flow_prompt_arguments(pipe, prompts)
     plain = plain_prompts(pipe, prompts)
     if plain is not None:
         return {"prompt": plain[0], "negative_prompt": plain[1]}
@@ -124,6 +127,8 @@ def conditioning(pipe: Any, prompts: list[WeightedPrompt], device: torch.device)
     """Return ``prompts``' conditioning as tensors, one row each (``prompt_embeds``,
     ``negative_prompt_embeds`` and, for SDXL, the pooled pair), exactly as a call with
     ``prompt_arguments`` would compute it: for jobs batched with others, whose rows are stacked."""
+    if is_flow_pipeline(pipe):
+        return flow_conditioning(pipe, prompts, device)
     arguments = prompt_arguments(pipe, prompts)
     if "prompt_embeds" in arguments:
         return {name: value for name, value in arguments.items() if value is not None}

@@ -50,8 +50,21 @@ def _table() -> dict[str, tuple[str, dict[str, Any]]]:
 #: Every sampler name: (diffusers scheduler class name, options given to ``from_config``).
 SCHEDULERS = _table()
 
+#: The samplers of flow-matching models (SD3, FLUX; their config is a ``FlowMatch*`` scheduler's):
+#: the registry's ``FAMILY_SAMPLERS`` lets only these names through to them (``K_HEUN`` to SD3 only:
+#: the Heun scheduler takes no custom sigmas, which FLUX's pipeline passes).
+FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "K_EULER": ("FlowMatchEulerDiscreteScheduler", {}),
+    "K_HEUN": ("FlowMatchHeunDiscreteScheduler", {}),
+}
+
+
+def is_flow_matching(config: Any) -> bool:
+    """Whether the scheduler ``config`` is a flow-matching one (the model predicts a velocity)."""
+    return str(config.get("_class_name", "")).startswith("FlowMatch")
+
 
 def make_scheduler(sampler: str, config: Any) -> Any:
     """Return a fresh scheduler for ``sampler`` built from the model's scheduler ``config``."""
-    cls, options = SCHEDULERS[sampler]
+    cls, options = (FLOW_SCHEDULERS if is_flow_matching(config) else SCHEDULERS)[sampler]
     return getattr(diffusers, cls).from_config(config, **options)

@@ -5,7 +5,8 @@ builders for structurally real checkpoints that ``from_pretrained`` loads like a
 ``tiny-sd`` (SD 1.x: UNet with cross-attention, a VAE with scale factor 8, a CLIP text
 encoder and a complete byte-level CLIP tokenizer) and ``tiny-sdxl`` (SDXL: two text
 encoders, pooled-text and size micro-conditioning), ``tiny-sd-inpainting`` (a 9-channel
-inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler). Their weights are random: they draw
+inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler); ``tiny-sd3`` and ``tiny-flux``
+come from ``worker.embedded.flow_models``. Their weights are random: they draw
 noise. The same bytes come out on every run, so their images are reproducible anywhere.
 
 Usage: ``python -m worker.embedded DIR [--name NAME]`` (a name of ``BUILDERS``)
@@ -210,6 +211,16 @@ BUILDERS = {
 }
 
 
+def _flow_builders() -> None:
+    """Register the flow-matching builders (their own module, which imports this one)."""
+    from worker.embedded.flow_models import build_flux_pipeline, build_sd3_pipeline
+
+    BUILDERS.update({"tiny-sd3": build_sd3_pipeline, "tiny-flux": build_flux_pipeline})
+
+
+_flow_builders()
+
+
 def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
     """Write embedded model ``name`` to ``directory`` (created if needed) and return it."""
     directory = Path(directory)
@@ -217,7 +228,8 @@ def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
     pipeline = BUILDERS[name]()
     pipeline.save_pretrained(staging, safe_serialization=True)
     for folder in ("tokenizer", "tokenizer_2"):
-        if (staging / folder).is_dir():
+        # CLIP tokenizers only: FLUX's tokenizer_2 is a T5 one, complete in its tokenizer.json.
+        if (staging / folder).is_dir() and type(getattr(pipeline, folder)).__name__.startswith("CLIP"):
             write_slow_tokenizer_files(pipeline.tokenizer, staging / folder)
     # model_index.json moves last: its presence means the folder is complete.
     directory.mkdir(parents=True, exist_ok=True)
