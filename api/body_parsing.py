@@ -23,6 +23,10 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         raise validation_error(error.errors(include_url=False), model) from None
 
 
+#: Request fields whose errors have a name other than ``invalid_<field>``.
+FIELD_ERROR_NAMES = {"loras": "invalid_lora"}
+
+
 def validation_error(errors: Sequence[Any], model: type[BaseModel] | None = None) -> LatentqError:
     """Return one ``LatentqError`` for pydantic ``errors``: named after the first, listing all."""
     problems = [_describe(error, model) for error in errors]
@@ -59,7 +63,9 @@ def _describe(error: Any, model: type[BaseModel] | None) -> tuple[str, str | Non
     elif "input" in error:
         text = f"{text[0].lower()}{text[1:]} (got {_shorten(error['input'])})"
     top = str(loc[0])
-    name = f"invalid_{top}" if f"invalid_{top}" in ERRORS else "invalid_request"
+    name = FIELD_ERROR_NAMES.get(top) or (
+        f"invalid_{top}" if f"invalid_{top}" in ERRORS else "invalid_request"
+    )
     return name, field, f"{field}: {text}"
 
 

@@ -62,6 +62,7 @@ _ROWS = [
         for field in (*REQUEST_FIELDS, *OPENAI_REQUEST_FIELDS)
     ),
     ErrorSpec(400, "invalid_size", "width x height is not a size this model accepts."),
+    ErrorSpec(400, "invalid_lora", "A LoRA adapter is unknown, not made for this model, or badly given."),
     ErrorSpec(400, "invalid_pixel_count", "width x height is outside the model's pixel-count limits."),
     ErrorSpec(400, "invalid_image", "An image could not be read: it is malformed, truncated or too large."),
     ErrorSpec(400, "invalid_file_size", "An uploaded file is larger than allowed."),
