@@ -117,3 +117,24 @@ def test_openai_and_stability_routes_take_loras(client, worker, reference_pipe):
         "text_prompts": [{"text": PROMPT}], "width": 128, "height": 128, "loras": [{"id": "nope"}],
     })  # fmt: skip
     assert refused.status_code == 400 and "nope" in refused.json()["message"]
+
+
+def test_sdxl_adapter_job_equals_diffusers_with_the_adapter(client, sdxl_worker, tiny_sdxl_model, models_dir):
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    from worker.embedded.loras import LORA_WEIGHT_NAME, ensure_tiny_lora
+
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_sdxl_model)
+    pipe.set_progress_bar_config(disable=True)
+    folder = ensure_tiny_lora(models_dir / "reference-sdxl-lora", "tiny-sdxl-lora")
+    pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="tiny")
+    pipe.set_adapters(["tiny"], [0.7])
+    expected = pipe(PROMPT, width=64, height=64, num_inference_steps=BODY["steps"], guidance_scale=7.0,
+                    generator=torch.Generator("cpu").manual_seed(BODY["seed"])).images[0]  # fmt: skip
+    image = served(client, model="tiny-sdxl", loras=[{"id": "tiny-sdxl-lora", "weight": 0.7}])
+    assert np.array_equal(image, np.asarray(expected))
+    pipe.disable_lora()
+    base = pipe(PROMPT, width=64, height=64, num_inference_steps=BODY["steps"], guidance_scale=7.0,
+                generator=torch.Generator("cpu").manual_seed(BODY["seed"])).images[0]  # fmt: skip
+    assert np.array_equal(served(client, model="tiny-sdxl"), np.asarray(base))
