@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from latentq.errors import ERRORS, LatentqError
+from latentq.errors import ERRORS, FIELD_ERROR_NAMES, LatentqError
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -21,10 +21,6 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         return model.model_validate_json(body)
     except ValidationError as error:
         raise validation_error(error.errors(include_url=False), model) from None
-
-
-#: Request fields whose errors have a name other than ``invalid_<field>``.
-FIELD_ERROR_NAMES = {"loras": "invalid_lora"}
 
 
 def validation_error(errors: Sequence[Any], model: type[BaseModel] | None = None) -> LatentqError:

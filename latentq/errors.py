@@ -49,6 +49,10 @@ REQUEST_FIELDS = (
     "webhook_events",
 )
 
+#: Request fields whose errors have another name than ``invalid_<field>`` (one name for all of a
+#: request's LoRA problems, malformed or unknown).
+FIELD_ERROR_NAMES = {"loras": "invalid_lora"}
+
 #: Fields only OpenAI's image requests have (``api/routes/openai_images.py``): named alike.
 OPENAI_REQUEST_FIELDS = ("n", "response_format", "quality", "style", "user")
 
