@@ -108,3 +108,12 @@ def test_the_adapters_of_the_call_stay_even_over_the_cap():
     assert list(cache.loaded) == ["a", "b"]
     cache.activate([LoraWeight(id="c", weight=1.0)])
     assert list(cache.loaded) == ["c"]
+
+
+def test_a_round_with_the_same_adapters_as_the_last_sets_nothing():
+    pipe = FakeLoraPipe()
+    cache = LoadedAdapters(pipe, lambda lora_id: AdapterFile(lora_id), max_loaded=4)
+    cache.activate([LoraWeight(id="a", weight=1.0)])
+    cache.activate([LoraWeight(id="a", weight=1.0)])
+    cache.activate([LoraWeight(id="a", weight=0.5)])
+    assert [call[0] for call in pipe.calls] == ["load", "set", "set"]

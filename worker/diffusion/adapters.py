@@ -84,6 +84,8 @@ class LoadedAdapters:
         self._loads = 0
         #: Whether adapters are switched on in the modules (off after a call without adapters).
         self._enabled = True
+        #: The (id, weight) pairs last given to ``set_adapters``: a round like the last one sets nothing.
+        self._active: tuple[tuple[str, float], ...] = ()
 
     @property
     def loaded_bytes(self) -> int:
@@ -98,6 +100,9 @@ class LoadedAdapters:
                 self.pipe.disable_lora()
                 self._enabled = False
             return
+        active = tuple((lora.id, lora.weight) for lora in loras)
+        if self._enabled and active == self._active and all(lora.id in self.loaded for lora in loras):
+            return
         wanted = {lora.id for lora in loras}
         for lora in loras:
             self._ensure(lora.id, wanted)
@@ -106,6 +111,7 @@ class LoadedAdapters:
             self._enabled = True
         names = [self.loaded[lora.id][0] for lora in loras]
         self.pipe.set_adapters(names, [lora.weight for lora in loras])
+        self._active = active
 
     def _ensure(self, lora_id: str, keep: set[str]) -> None:
         """Load adapter ``lora_id`` unless loaded (making room first); mark it most recently used."""
