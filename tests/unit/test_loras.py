@@ -16,8 +16,9 @@ from worker.rounds import batch_key
 
 
 def spec(name: str, loras: list[LoraWeight]) -> JobSpec:
-    return JobSpec(job_id=name, model="m", prompts=[WeightedPrompt(text=name, weight=1.0)], width=64,
-                   height=64, steps=20, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER", loras=loras)  # fmt: skip
+    prompts = [WeightedPrompt(text=name, weight=1.0)]
+    return JobSpec(job_id=name, model="m", prompts=prompts, width=64, height=64, steps=20, cfg_scale=7.0,
+                   samples=1, seed=1, sampler="K_EULER", loras=loras)  # fmt: skip
 
 
 A, B = LoraWeight(id="a", weight=1.0), LoraWeight(id="b", weight=0.5)
