@@ -12,6 +12,7 @@ from latentq.errors import LatentqError
 from latentq.loras import LoraSpec
 from latentq.models import PACKAGED_REGISTRY, build_registry
 from worker.diffusion.adapters import AdapterFile, LoadedAdapters
+from worker.encoding import parameters_text, reproduce_request
 from worker.rounds import batch_key
 
 
@@ -118,3 +119,11 @@ def test_a_round_with_the_same_adapters_as_the_last_sets_nothing():
     cache.activate([LoraWeight(id="a", weight=1.0)])
     cache.activate([LoraWeight(id="a", weight=0.5)])
     assert [call[0] for call in pipe.calls] == ["load", "set", "set"]
+
+
+def test_image_files_name_the_adapters():
+    job = spec("a cat", [A, B])
+    assert parameters_text(job, 1).splitlines()[0] == "a cat <lora:a:1> <lora:b:0.5>"
+    assert reproduce_request(job, 1)["loras"] == [{"id": "a", "weight": 1.0}, {"id": "b", "weight": 0.5}]
+    assert "loras" not in reproduce_request(spec("a cat", []), 1)
+    assert parameters_text(spec("a cat", []), 1).splitlines()[0] == "a cat"
