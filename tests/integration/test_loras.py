@@ -138,3 +138,26 @@ def test_sdxl_adapter_job_equals_diffusers_with_the_adapter(client, sdxl_worker,
     base = pipe(PROMPT, width=64, height=64, num_inference_steps=BODY["steps"], guidance_scale=7.0,
                 generator=torch.Generator("cpu").manual_seed(BODY["seed"])).images[0]  # fmt: skip
     assert np.array_equal(served(client, model="tiny-sdxl"), np.asarray(base))
+
+
+def test_stability_multipart_image_to_image_takes_loras_as_form_fields(client, worker):
+    import base64
+
+    from tests.integration.test_image_inputs import encoded
+    from tests.integration.test_image_jobs import INIT, pixels
+    from tests.integration.test_stability_images import artifacts, png
+
+    form = {"text_prompts[0][text]": PROMPT, "image_strength": "0.35", "steps": "10", "seed": "77",
+            "sampler": "K_EULER", "loras[0][id]": "tiny-sd-lora", "loras[0][weight]": "0.6"}  # fmt: skip
+    found = artifacts(client.post("/v1/generation/tiny-sd/image-to-image", data=form,
+                                  files={"init_image": png(INIT)}, timeout=60))  # fmt: skip
+    plain = artifacts(client.post("/v1/generation/tiny-sd/image-to-image",
+                                  data={k: v for k, v in form.items() if "loras" not in k},
+                                  files={"init_image": png(INIT)}, timeout=60))  # fmt: skip
+    body = {"init_image": base64.b64encode(encoded(INIT, "PNG")).decode(), "image_strength": 0.35,
+            "prompt": PROMPT, "steps": 10, "seed": 77, "sampler": "K_EULER",
+            "loras": [{"id": "tiny-sd-lora", "weight": 0.6}]}  # fmt: skip
+    job = wait_for_job(client, client.post("/v1/generate", json=body).json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert np.array_equal(found[0][1], pixels(download_image(job["images"][0]["url"])))
+    assert not np.array_equal(found[0][1], plain[0][1])  # the adapter reached the image-to-image pipeline
