@@ -127,3 +127,15 @@ def test_image_files_name_the_adapters():
     assert reproduce_request(job, 1)["loras"] == [{"id": "a", "weight": 1.0}, {"id": "b", "weight": 0.5}]
     assert "loras" not in reproduce_request(spec("a cat", []), 1)
     assert parameters_text(spec("a cat", []), 1).splitlines()[0] == "a cat"
+
+
+def test_the_memory_cap_unloads_the_least_recently_used(monkeypatch):
+    import worker.diffusion.adapters as adapters
+
+    monkeypatch.setattr(adapters, "adapter_bytes", lambda _pipe, _name: 2**20)  # 1 MiB each
+    pipe = FakeLoraPipe()
+    cache = LoadedAdapters(pipe, lambda lora_id: AdapterFile(lora_id), max_loaded=8, max_bytes=2 * 2**20)
+    for lora_id in ("a", "b", "c"):
+        cache.activate([LoraWeight(id=lora_id, weight=1.0)])
+    assert list(cache.loaded) == ["b", "c"] and cache.loaded_bytes == 2 * 2**20
+    assert ("delete", "lora1") in pipe.calls
