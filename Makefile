@@ -52,6 +52,14 @@ model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
 $(STATE)/models/%/model_index.json: | $(STAMP)
 	$(PY) -m worker.embedded $(STATE)/models/$* --name $*
 
+# The embedded LoRA adapters ([[loras]] of latentq/models.toml), built up front like the models.
+EMBEDDED_LORAS := tiny-sd-lora tiny-sdxl-lora
+
+model: $(foreach name,$(EMBEDDED_LORAS),$(STATE)/models/$(name)/pytorch_lora_weights.safetensors)
+
+$(STATE)/models/%/pytorch_lora_weights.safetensors: | $(STAMP)
+	$(PY) -m worker.embedded.loras $(STATE)/models/$* --name $*
+
 # The embedded models are built up front (a worker would build them on first start anyway).
 run: install redis-server model
 	PORT=$(PORT) $(PY) -m latentq_dev.devrun --state $(STATE)

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from latentq.errors import ERRORS, LatentqError
+from latentq.errors import ERRORS, FIELD_ERROR_NAMES, LatentqError
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -59,7 +59,9 @@ def _describe(error: Any, model: type[BaseModel] | None) -> tuple[str, str | Non
     elif "input" in error:
         text = f"{text[0].lower()}{text[1:]} (got {_shorten(error['input'])})"
     top = str(loc[0])
-    name = f"invalid_{top}" if f"invalid_{top}" in ERRORS else "invalid_request"
+    name = FIELD_ERROR_NAMES.get(top) or (
+        f"invalid_{top}" if f"invalid_{top}" in ERRORS else "invalid_request"
+    )
     return name, field, f"{field}: {text}"
 
 

@@ -22,6 +22,8 @@ from latentq.contract import (
     MAX_SEED,
     GenerateRequest,
     JobSpec,
+    LoraChoice,
+    LoraWeight,
     OutputFormat,
     UpscaleRequest,
     WebhookFields,
@@ -62,6 +64,32 @@ def check_size(model: ModelSpec, width: int, height: int) -> None:
     if problem:
         name, field, message = problem
         raise LatentqError.for_field(name, field, f"{field}: {message} for model '{model.id}'")
+
+
+def resolve_loras(
+    registry: ModelRegistry, model: ModelSpec, choices: list[LoraChoice] | None
+) -> list[LoraWeight]:
+    """Return the adapters ``choices`` name with their final weights; raise ``invalid_lora`` for one
+    that is unknown, made for another model, or named twice."""
+    fitting = sorted(lora.id for lora in registry.loras.values() if lora.fits(model.id, model.family))
+    valid = f"adapters for model '{model.id}': {', '.join(fitting) or 'none'}"
+    resolved: list[LoraWeight] = []
+    for index, choice in enumerate(choices or ()):
+        lora = registry.loras.get(choice.id)
+        if lora is None or not lora.fits(model.id, model.family):
+            made_for = (
+                "unknown adapter" if lora is None else f"made for {', '.join(lora.models) or lora.family}"
+            )
+            raise LatentqError.for_field(
+                "invalid_lora", f"loras.{index}.id", f"loras.{index}.id: '{choice.id}' ({made_for}); {valid}"
+            )
+        if any(taken.id == lora.id for taken in resolved):
+            raise LatentqError.for_field(
+                "invalid_lora", f"loras.{index}.id", f"loras.{index}.id: adapter '{lora.id}' is named twice"
+            )
+        weight = choice.weight if choice.weight is not None else lora.default_weight
+        resolved.append(LoraWeight(id=lora.id, weight=weight))
+    return resolved
 
 
 def request_prompts(request: GenerateRequest) -> list[WeightedPrompt]:
@@ -249,8 +277,11 @@ def generation_spec(
     kind = request_kind(request)
     model = resolve_model(registry, request.model)
     check_kind(model, kind, registry)
+    loras = resolve_loras(registry, model, request.loras)
     inputs = read_inputs(request, model, kind)
-    return build_spec(job_id, folder, request, model, inputs, webhook), inputs
+    spec = build_spec(job_id, folder, request, model, inputs, webhook)
+    spec.loras = loras  # the spec was made just above: no one else holds it yet
+    return spec, inputs
 
 
 def upscale_spec(

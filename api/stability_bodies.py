@@ -19,9 +19,11 @@ from starlette.datastructures import UploadFile
 from api.body_parsing import validation_error
 from api.uploads import MAX_IMAGE_BYTES
 from latentq.contract import (
+    MAX_LORAS,
     MAX_SEED,
     GenerateRequest,
     InitImageMode,
+    LoraChoice,
     MaskSource,
     Sampler,
     TextPrompt,
@@ -53,6 +55,11 @@ class GenerationOptions(BaseModel):
     steps: int = Field(50, ge=10, le=150)
     style_preset: str | None = None
     extras: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
+    loras: list[LoraChoice] | None = Field(
+        None,
+        max_length=MAX_LORAS,
+        description="Extension: LoRA adapters (GET /v1/loras), as on /v1/generate.",
+    )
 
 
 class TextToImageBody(GenerationOptions):
@@ -69,6 +76,12 @@ class FormTextPrompt(TextPrompt):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+class FormLoraChoice(LoraChoice):
+    """An adapter from form fields (``loras[0][id]``, ``loras[0][weight]``): its weight arrives as text."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
 class ImageToImageBody(GenerationOptions):
     """Stability v1's ``ImageToImageRequestBody`` (multipart; ``init_image`` is a file part)."""
 
@@ -76,6 +89,7 @@ class ImageToImageBody(GenerationOptions):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     text_prompts: list[FormTextPrompt] = Field(min_length=1, max_length=16)
+    loras: list[FormLoraChoice] | None = Field(None, max_length=MAX_LORAS)  # type: ignore[assignment]
     init_image_mode: InitImageMode = "IMAGE_STRENGTH"
     image_strength: float | None = Field(None, ge=0, le=1)
     step_schedule_start: float | None = Field(None, ge=0, le=1)
@@ -88,6 +102,7 @@ class MaskingBody(GenerationOptions):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     text_prompts: list[FormTextPrompt] = Field(min_length=1, max_length=16)
+    loras: list[FormLoraChoice] | None = Field(None, max_length=MAX_LORAS)  # type: ignore[assignment]
     mask_source: MaskSource
 
 
@@ -112,6 +127,7 @@ def check_sides(body: TextToImageBody) -> None:
 
 
 _PROMPT_KEY = re.compile(r"^text_prompts\[(\d+)\]\[(text|weight)\]$")
+_LORA_KEY = re.compile(r"^loras\[(\d+)\]\[(id|weight)\]$")
 
 
 async def read_form(request: Request, files: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -133,6 +149,7 @@ async def read_form(request: Request, files: tuple[str, ...]) -> tuple[dict[str,
         raise LatentqError("invalid_request", f"The multipart body could not be read: {error}") from None
     fields: dict[str, Any] = {}
     prompts: dict[int, dict[str, Any]] = {}
+    loras: dict[int, dict[str, Any]] = {}
     uploads: dict[str, str] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
@@ -143,10 +160,14 @@ async def read_form(request: Request, files: tuple[str, ...]) -> tuple[dict[str,
         elif match := _PROMPT_KEY.match(key):
             # Duplicate entries override earlier ones, as Stability documents.
             prompts.setdefault(int(match[1]), {})[match[2]] = value
+        elif match := _LORA_KEY.match(key):
+            loras.setdefault(int(match[1]), {})[match[2]] = value
         else:
             fields[key] = value
     if prompts:
         fields["text_prompts"] = [prompts[index] for index in sorted(prompts)]
+    if loras:
+        fields["loras"] = [loras[index] for index in sorted(loras)]
     return fields, uploads
 
 
@@ -167,7 +188,8 @@ def parse_fields(model: type[BaseModel], fields: dict[str, Any]) -> Any:
 
 def options(body: GenerationOptions) -> dict[str, Any]:
     """Return the fields of ``body`` that our ``GenerateRequest`` shares."""
-    return body.model_dump(include={"cfg_scale", "sampler", "samples", "seed", "steps", "style_preset"})
+    fields = {"cfg_scale", "sampler", "samples", "seed", "steps", "style_preset", "loras"}
+    return body.model_dump(include=fields)
 
 
 def generate_request(

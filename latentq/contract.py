@@ -58,6 +58,12 @@ MAX_PROMPTS = 16
 #: Longest prompt text, characters (Stability's limit).
 MAX_PROMPT_CHARS = 2000
 
+#: Most LoRA adapters one request may name.
+MAX_LORAS = 4
+#: Bounds of a LoRA adapter's weight (its LoRA scale: 0 = no effect, 1 = as trained, negative = away).
+MIN_LORA_WEIGHT = -2.0
+MAX_LORA_WEIGHT = 2.0
+
 
 class JobStatus(StrEnum):
     """A job's public status."""
@@ -111,6 +117,27 @@ class WeightedPrompt(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     text: str
+    weight: float
+
+
+class LoraChoice(BaseModel):
+    """One adapter a request names: ``{"id", "weight"}`` (weight omitted: the adapter's default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: str = Field(min_length=1, max_length=64, description="A registered adapter id (GET /v1/loras).")
+    weight: float | None = Field(
+        None, allow_inf_nan=False, ge=MIN_LORA_WEIGHT, le=MAX_LORA_WEIGHT,
+        description="LoRA scale: 0 no effect, 1 as trained; omitted: the adapter's default_weight.",
+    )  # fmt: skip
+
+
+class LoraWeight(BaseModel):
+    """An adapter of a job spec, with its final weight."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
     weight: float
 
 
@@ -184,6 +211,9 @@ class GenerateRequest(WebhookFields):
         None,
         description="Base64 mask (MASK_IMAGE_WHITE/BLACK), the init image's size; grey = partial repaint.",
     )
+    loras: list[LoraChoice] | None = Field(
+        None, max_length=MAX_LORAS, description="LoRA adapters to apply (GET /v1/loras), each with a weight."
+    )
 
 
 class UpscaleRequest(WebhookFields):
@@ -247,6 +277,8 @@ class JobSpec(BaseModel):
     #: The ``X-Request-Id`` of the request that submitted the job (its log lines carry it); None in
     #: specs queued before requests had ids.
     request_id: str | None = None
+    #: LoRA adapters active for the job, in order, with their final weights; [] for the base model.
+    loras: list[LoraWeight] = Field(default_factory=list)
 
     @property
     def account(self) -> str:

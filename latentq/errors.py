@@ -49,6 +49,10 @@ REQUEST_FIELDS = (
     "webhook_events",
 )
 
+#: Request fields whose errors have another name than ``invalid_<field>`` (one name for all of a
+#: request's LoRA problems, malformed or unknown).
+FIELD_ERROR_NAMES = {"loras": "invalid_lora"}
+
 #: Fields only OpenAI's image requests have (``api/routes/openai_images.py``): named alike.
 OPENAI_REQUEST_FIELDS = ("n", "response_format", "quality", "style", "user")
 
@@ -62,6 +66,7 @@ _ROWS = [
         for field in (*REQUEST_FIELDS, *OPENAI_REQUEST_FIELDS)
     ),
     ErrorSpec(400, "invalid_size", "width x height is not a size this model accepts."),
+    ErrorSpec(400, "invalid_lora", "A LoRA adapter is unknown, not made for this model, or badly given."),
     ErrorSpec(400, "invalid_pixel_count", "width x height is outside the model's pixel-count limits."),
     ErrorSpec(400, "invalid_image", "An image could not be read: it is malformed, truncated or too large."),
     ErrorSpec(400, "invalid_file_size", "An uploaded file is larger than allowed."),

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from latentq.contract import SAMPLERS, JobKind, Sampler
+
+if TYPE_CHECKING:
+    from latentq.loras import LoraSpec
 
 #: Registry shipped with latentq: the embedded tiny models.
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -202,10 +205,14 @@ def size_problem(limits: ModelLimits, width: int, height: int) -> tuple[str, str
 class ModelRegistry:
     """The registered models, by id, and which one a request gets when it names none."""
 
-    def __init__(self, models: list[ModelSpec], default: str | None = None) -> None:
+    def __init__(
+        self, models: list[ModelSpec], default: str | None = None, loras: list[LoraSpec] | None = None
+    ) -> None:
         if not models:
             raise ValueError("the model registry is empty")
         self.models = {model.id: model for model in models}
+        #: The registered LoRA adapters (``[[loras]]`` tables), by id.
+        self.loras = {lora.id: lora for lora in loras or ()}
         self.default_id = default or models[0].id
         if self.default_id not in self.models:
             raise ValueError(f"default model {self.default_id!r} is not registered; known: {self.ids()}")
@@ -228,7 +235,7 @@ def read_registry_file(path: Path) -> list[ModelSpec]:
     """Return the entries of a registry TOML file (``[[models]]`` tables)."""
     with open(path, "rb") as file:
         data = tomllib.load(file)
-    unknown = set(data) - {"models"}
+    unknown = set(data) - {"models", "loras"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected [[models]] tables")
     return [ModelSpec.model_validate(entry) for entry in data.get("models", [])]
@@ -238,7 +245,9 @@ def build_registry(file: Path, extra: tuple[ModelSpec, ...], default: str | None
     """Return the registry of ``file``'s entries, with ``extra`` entries added or replacing by id."""
     merged = {model.id: model for model in read_registry_file(file)}
     merged.update({model.id: model for model in extra})
-    return ModelRegistry(list(merged.values()), default)
+    from latentq.loras import read_lora_entries  # it imports this module
+
+    return ModelRegistry(list(merged.values()), default, read_lora_entries(file))
 
 
 #: Each kind of job's share of the cost rule (``job_cost``): an upscale samples few steps at low

@@ -186,6 +186,12 @@ class WorkerSettings(CommonSettings):
     #: ``torch.compile`` each model's UNet on CUDA (slower start-up and a compile per new shape,
     #: faster steps); the warm-up compiles before the worker takes jobs.
     compile: bool = False
+    #: Most LoRA adapters kept loaded per model (the least recently used is unloaded first); at least
+    #: the most one request may name.
+    max_loaded_loras: int = Field(8, ge=4, le=1024)
+    #: Most MiB of LoRA adapter weights kept loaded per model, as measured when each loads; 0: no cap
+    #: but ``max_loaded_loras``.
+    lora_cache_mib: float = Field(0.0, ge=0)
     #: Seconds between two ``progress`` webhooks of one job (0: at every progress update).
     webhook_progress_interval_s: float = Field(2.0, ge=0)
 

@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 
 from latentq.keys import queue_name
 from latentq.logs import configure_logging
+from latentq.loras import LoraSpec
 from latentq.models import FLOW_FAMILIES, ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.probes import Vitals, serve_probes
@@ -26,6 +27,7 @@ from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
 from worker.context import WarmState
+from worker.diffusion.adapters import LoadedAdapters, adapter_file
 from worker.diffusion.flow import FlowPipeline
 from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.upscalers import Resampler, Upscaler
@@ -67,9 +69,25 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
         pipeline = FlowPipeline.load(source, settings.device, settings.compile, t5=model.t5)
     else:
         pipeline = WarmPipeline.load(model_source(model, settings), settings.device, settings.compile)
+        pipeline.adapters = lora_cache(pipeline, registry_loras(settings), settings)
     if settings.warmup:
         log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up(model.tasks[0]))
     return pipeline
+
+
+def registry_loras(settings: WorkerSettings) -> dict[str, LoraSpec]:
+    """Return the registered LoRA adapters, by id."""
+    return get_registry(settings).loras
+
+
+def lora_cache(
+    pipeline: WarmPipeline, loras: dict[str, LoraSpec], settings: WorkerSettings
+) -> LoadedAdapters:
+    """Return the cache of ``pipeline``'s LoRA adapters, loading registered ones on first use."""
+    return LoadedAdapters(
+        pipeline.pipe, lambda lora_id: adapter_file(loras[lora_id], settings.embedded_model_dir),
+        settings.max_loaded_loras, int(settings.lora_cache_mib * 2**20),
+    )  # fmt: skip
 
 
 def wait_for_services(store: ImageStore, redis: Redis) -> None:

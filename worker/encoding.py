@@ -49,7 +49,10 @@ def parameters_text(spec: JobSpec, seed: int) -> str:
     """Return the A1111 "parameters" text of the image of ``spec`` made with ``seed``."""
     positive = [(p.text, p.weight) for p in spec.prompts if p.weight > 0]
     negative = [(p.text, -p.weight) for p in spec.prompts if p.weight < 0]
-    lines = [_prompt_text(positive)]
+    # LoRA adapters as AUTOMATIC1111 writes them: <lora:name:weight> tags after the prompt.
+    lines = [
+        " ".join([_prompt_text(positive), *(f"<lora:{lora.id}:{lora.weight:g}>" for lora in spec.loras)])
+    ]
     if negative:
         lines.append(f"Negative prompt: {_prompt_text(negative)}")
     settings = [
@@ -74,7 +77,7 @@ def reproduce_request(spec: JobSpec, seed: int) -> dict:
         "text_prompts": [{"text": p.text, "weight": p.weight} for p in spec.prompts],
         "width": spec.width, "height": spec.height, "steps": spec.steps, "cfg_scale": spec.cfg_scale,
         "sampler": spec.sampler, "seed": seed, "output_format": spec.output_format,
-    }  # fmt: skip
+    } | ({"loras": [lora.model_dump() for lora in spec.loras]} if spec.loras else {})  # fmt: skip
 
 
 def encode_image(image: Image, spec: JobSpec, seed: int) -> bytes:

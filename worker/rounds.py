@@ -72,11 +72,13 @@ def free_accelerator_memory() -> None:
 def batch_key(spec: JobSpec) -> tuple | None:
     """Return what jobs must share to sample in one pipeline call, or None if ``spec`` runs alone.
 
-    Per-job prompts and seeds differ freely; guidance is one number per pipeline call here.
+    Per-job prompts and seeds differ freely; guidance is one number per pipeline call here, and so
+    is the set of LoRA adapters with their weights.
     """
     if spec.task != "text-to-image":
         return None
-    return (spec.model, spec.width, spec.height, spec.steps, spec.sampler, spec.cfg_scale)
+    loras = tuple((lora.id, lora.weight) for lora in spec.loras)
+    return (spec.model, spec.width, spec.height, spec.steps, spec.sampler, spec.cfg_scale, loras)
 
 
 @dataclass

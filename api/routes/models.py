@@ -1,4 +1,5 @@
-"""What can be asked for: ``GET /v1/models`` (the model registry) and ``GET /v1/styles``."""
+"""What can be asked for: ``GET /v1/models`` (the model registry), ``GET /v1/loras`` (its LoRA
+adapters) and ``GET /v1/styles``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from api.deps import Caller, CallerDep
 from api.presets import style_presets
 from latentq.errors import LatentqError
 from latentq.keys import queue_name
-from latentq.models import ModelSpec
+from latentq.loras import LoraSpec
+from latentq.models import ModelRegistry, ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -53,6 +55,28 @@ def model_view(caller: Caller, model: ModelSpec) -> dict[str, Any]:
         "defaults": model.defaults.model_dump(),
         "samplers": list(model.samplers),
         "workers": workers,
+    }
+
+
+@router.get("/loras")
+def list_loras(caller: CallerDep) -> dict[str, Any]:
+    """List registered LoRA adapters: their family, the models they fit, default weight and trigger words."""
+    registry = caller.services.registry
+    return {"object": "list", "data": [lora_view(registry, lora) for lora in registry.loras.values()]}
+
+
+def lora_view(registry: ModelRegistry, lora: LoraSpec) -> dict[str, Any]:
+    """Return ``lora`` as ``GET /v1/loras`` lists it (its source stays private to the operator)."""
+    models = [model.id for model in registry.models.values() if lora.fits(model.id, model.family)]
+    return {
+        "id": lora.id,
+        "object": "lora",
+        "name": lora.name or lora.id,
+        "description": lora.description,
+        "family": lora.family,
+        "models": models,
+        "default_weight": lora.default_weight,
+        "trigger_words": list(lora.trigger_words),
     }
 
 

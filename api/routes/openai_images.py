@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from api.body_parsing import json_body_openapi, multipart_openapi, parse_body
@@ -30,10 +31,12 @@ from api.shaped_route import Revision, ShapedRoute, wait_for_images
 from api.stability_bodies import parse_fields, read_form, require_file
 from api.uploads import FORMATS, decode_base64, open_image, png_bytes
 from latentq.contract import (
+    MAX_LORAS,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     GenerateRequest,
     JobSpec,
+    LoraChoice,
     OutputFormat,
     Sampler,
     WeightedPrompt,
@@ -46,7 +49,7 @@ _SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
 MAX_MASK_PIXELS = 16_777_216
 #: The body's fields our request takes as they are.
 _PASSED_ON = {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "style_preset",
-              "output_format", "image_strength"}  # fmt: skip
+              "output_format", "image_strength", "loras"}  # fmt: skip
 #: Most denoising steps a request may ask for (our contract's limit).
 MAX_STEPS = 150
 #: OpenAI's ``quality`` values (gpt-image's and DALL-E 3's).
@@ -96,6 +99,21 @@ class ImageOptions(BaseModel):
     cfg_scale: float | None = Field(None, ge=0, le=35, description="Classifier-free guidance scale.")
     sampler: Sampler | None = Field(None, description="Sampler; omitted: the model's.")
     style_preset: str | None = Field(None, description="A style preset name (see GET /v1/styles).")
+    loras: list[LoraChoice] | None = Field(
+        None, max_length=MAX_LORAS,
+        description="Extra: LoRA adapters (GET /v1/loras); in a multipart form, as a JSON string.",
+    )  # fmt: skip
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_form(cls, value: Any) -> Any:
+        """A multipart form carries the list as JSON text."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON list of {id, weight} objects") from None
+        return value
 
 
 class ImageFields(ImageOptions):

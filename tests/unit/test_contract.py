@@ -14,7 +14,7 @@ from latentq.contract import (
     WeightedPrompt,
     status_from_rq,
 )
-from latentq.errors import ERRORS, REQUEST_FIELDS, LatentqError, stability_name
+from latentq.errors import ERRORS, FIELD_ERROR_NAMES, REQUEST_FIELDS, LatentqError, stability_name
 from worker.diffusion.schedulers import SCHEDULERS
 
 
@@ -35,9 +35,12 @@ def test_integral_float_cfg_and_int_cfg_are_both_numbers():
 
 
 def test_every_request_field_has_a_named_error():
-    assert set(GenerateRequest.model_fields) | set(UpscaleRequest.model_fields) == set(REQUEST_FIELDS)
+    named = set(REQUEST_FIELDS) | set(FIELD_ERROR_NAMES)
+    assert set(GenerateRequest.model_fields) | set(UpscaleRequest.model_fields) == named
     for field in REQUEST_FIELDS:
         assert ERRORS[f"invalid_{field}"].status == 400
+    for name in FIELD_ERROR_NAMES.values():
+        assert ERRORS[name].status == 400
 
 
 def test_samplers_are_stabilitys_ten_their_karras_variants_unipc_and_lcm():

@@ -20,8 +20,9 @@ from diffusers.utils import deprecation_utils as diffusers_deprecations
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from latentq.contract import JobKind, JobSpec, WeightedPrompt
+from latentq.contract import JobKind, JobSpec, LoraWeight, WeightedPrompt
 from worker.context import OnStep
+from worker.diffusion.adapters import LoadedAdapters
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
@@ -124,6 +125,15 @@ class WarmPipeline:
             derived.set_progress_bar_config(disable=True)
         # Kept from load time: every job builds its scheduler from the model's own config.
         self.scheduler_config = pipe.scheduler.config
+        #: The model's LoRA adapters (set by the worker's start-up); None: jobs may name none.
+        self.adapters: LoadedAdapters | None = None
+
+    def use_loras(self, loras: list[LoraWeight]) -> None:
+        """Make ``loras`` the active adapters of the next call (none: the base model exactly)."""
+        if self.adapters is not None:
+            self.adapters.activate(loras)
+        elif loras:
+            raise RuntimeError("this worker loads no LoRA adapters for this model")
 
     @property
     def pipe(self) -> Any:
@@ -175,6 +185,7 @@ class WarmPipeline:
 
     def _generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None) -> list[Image]:
         pipe = self.pipes[spec.task]
+        self.use_loras(spec.loras)
         pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
         common = {
             **prompt_arguments(pipe, spec.prompts),
@@ -206,6 +217,7 @@ class WarmPipeline:
         ends at once and each gets no images."""
         first = members[0][0]
         pipe = self.pipe
+        self.use_loras(first.loras)  # part of the batch key: every member names the same
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
         with torch.inference_mode():
             parts = [conditioning(pipe, spec.prompts, self.device) for spec, _ in members]

@@ -57,6 +57,8 @@ class GenerateOptions(WebhookOptions, total=False):
     step_schedule_end: float
     mask_image: ImageInput
     mask_source: MaskSource
+    #: Up to 4 LoRA adapters ``[{"id", "weight"}]`` (``GET /v1/loras``).
+    loras: list[dict[str, Any]]
 
 
 class UpscaleOptions(WebhookOptions, total=False):
