@@ -72,9 +72,10 @@ def free_accelerator_memory() -> None:
 def batch_key(spec: JobSpec) -> tuple | None:
     """Return what jobs must share to sample in one pipeline call, or None if ``spec`` runs alone.
 
-    Per-job prompts and seeds differ freely; guidance is one number per pipeline call here.
+    Per-job prompts and seeds differ freely; guidance is one number per pipeline call here. A job
+    with a ControlNet runs alone: its control image is its own.
     """
-    if spec.task != "text-to-image":
+    if spec.task != "text-to-image" or spec.control_model is not None:
         return None
     return (spec.model, spec.width, spec.height, spec.steps, spec.sampler, spec.cfg_scale)
 
