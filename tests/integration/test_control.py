@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import API_KEY, object_folder
+from tests.integration.test_generate import download_image
 from tests.integration.test_image_jobs import INIT, MASK, b64, noise_image, pixels, run, seeded
 
 PROMPT = "a lighthouse at dusk"
@@ -73,6 +74,10 @@ def test_controlled_text_to_image_equals_diffusers(client, worker, controlled):
     assert request["control_image_key"] == f"{object_folder(client, job['id'])}/inputs/control.png"
     assert (job["images"][0]["width"], job["images"][0]["height"]) == SKETCH.size
     assert np.array_equal(served, reference(controlled["text"], image=SKETCH))
+    # The PNG says which ControlNet drew it, and carries no body that would redo it without its sketch.
+    info = download_image(job["images"][0]["url"]).info
+    assert 'ControlNet 0: "Module: none, Model: tiny-sd-scribble, Weight: 1' in info["parameters"]
+    assert "latentq" not in info
 
 
 def test_strength_and_schedule_share_are_diffusers_arguments(client, worker, controlled):
