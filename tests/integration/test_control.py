@@ -125,6 +125,22 @@ def test_canny_preprocessing_conditions_on_the_photos_edges(client, worker, cont
     assert not np.array_equal(served, raw)
 
 
+def test_controlled_sdxl_equals_diffusers(client, sdxl_worker, tiny_sdxl_model, models_dir):
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
+
+    from worker.embedded.models import ensure_tiny_model
+
+    folder = ensure_tiny_model(models_dir / "tiny-sdxl-controlnet", "tiny-sdxl-controlnet")
+    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+        tiny_sdxl_model, controlnet=ControlNetModel.from_pretrained(folder)
+    )
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    job, [served] = run(client, model="tiny-sdxl", control_image=b64(SKETCH), control_strength=0.8, **COMMON)
+    assert job["request"]["control_model"] == "tiny-sdxl-canny"  # the family's first
+    assert np.array_equal(served, reference(pipe, image=SKETCH, controlnet_conditioning_scale=0.8))
+
+
 def test_controlnets_are_listed(client):
     response = client.get("/v1/controlnets")
     assert response.status_code == 200
@@ -136,7 +152,11 @@ def test_controlnets_are_listed(client):
 
 BAD_REQUESTS = [
     ({"control_image": b64(SKETCH), "control_model": "nope"}, "invalid_control_model", "tiny-sd-scribble"),
-    ({"control_image": b64(SKETCH), "model": "tiny-sdxl"}, "invalid_control_model", "no ControlNet"),
+    (
+        {"control_image": b64(SKETCH), "model": "tiny-sdxl", "control_model": CONTROL_ID},
+        "invalid_control_model",
+        "for sd1 models",
+    ),
     ({"control_strength": 0.5}, "invalid_control_strength", "only used with control_image"),
     ({"control_model": CONTROL_ID}, "invalid_control_model", "only used with control_image"),
     ({"control_image": b64(SKETCH), "control_strength": 2.5}, "invalid_control_strength", "2"),

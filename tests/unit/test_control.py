@@ -12,16 +12,15 @@ from tests.unit.test_batching import spec
 from worker.rounds import batch_key
 
 
-def test_packaged_registry_registers_the_embedded_controlnet_for_sd1():
+def test_packaged_registry_registers_the_embedded_controlnets():
     registry = build_registry(PACKAGED_REGISTRY, (), None)
-    [controlnet] = registry.controlnets.values()
-    assert (controlnet.id, controlnet.family, controlnet.control_type) == (
-        "tiny-sd-scribble",
-        "sd1",
-        "scribble",
-    )
-    assert controlnet.embedded_name == "tiny-sd-controlnet"
-    assert registry.controlnets_for("sd1") == [controlnet] and registry.controlnets_for("sdxl") == []
+    [controlnet] = registry.controlnets_for("sd1")
+    assert (controlnet.id, controlnet.control_type, controlnet.embedded_name) == (
+        "tiny-sd-scribble", "scribble", "tiny-sd-controlnet",
+    )  # fmt: skip
+    [xl] = registry.controlnets_for("sdxl")
+    assert (xl.id, xl.control_type, xl.embedded_name) == ("tiny-sdxl-canny", "canny", "tiny-sdxl-controlnet")
+    assert registry.controlnets_for("turbo") == []
 
 
 def test_controlnet_tables_are_read_from_a_registry_file(tmp_path):

@@ -201,20 +201,20 @@ def build_x4_upscaler_pipeline():  # -> StableDiffusionUpscalePipeline
     )  # fmt: skip
 
 
-def build_sd_controlnet():  # -> ControlNetModel
-    """Return a tiny ControlNet for ``tiny-sd``: its UNet's encoder shape (the same blocks, channels
-    and cross-attention) with a small control-image embedding, seeded random weights. diffusers
-    zero-initialises a ControlNet's output convolutions; they are drawn at random here, or the
-    control image would change nothing."""
+def _tiny_controlnet(**architecture):  # -> ControlNetModel
+    """Return a tiny ControlNet shaped like ``_tiny_unet``'s encoder (``architecture`` adds or
+    overrides), seeded. diffusers zero-initialises a ControlNet's output convolutions; they are
+    drawn at random here, or the control image would change nothing."""
     import torch
     from diffusers import ControlNetModel
 
     torch.manual_seed(BUILD_SEED)
-    controlnet = ControlNetModel(
-        in_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, conditioning_embedding_out_channels=(16, 32, 96, 256),
-    )  # fmt: skip
+    config = {
+        "in_channels": 4, "block_out_channels": (32, 64), "layers_per_block": 1, "norm_num_groups": 32,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "conditioning_embedding_out_channels": (16, 32, 96, 256),
+    }  # fmt: skip
+    controlnet = ControlNetModel(**(config | architecture))
     zeroed = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
               controlnet.controlnet_mid_block]  # fmt: skip
     generator = torch.Generator().manual_seed(BUILD_SEED + 2)
@@ -224,8 +224,25 @@ def build_sd_controlnet():  # -> ControlNetModel
     return controlnet
 
 
+def build_sd_controlnet():  # -> ControlNetModel
+    """Return the tiny ControlNet of ``tiny-sd``: its UNet's encoder, a small control-image embedding."""
+    return _tiny_controlnet(cross_attention_dim=32, attention_head_dim=8)
+
+
+def build_sdxl_controlnet():  # -> ControlNetModel
+    """Return the tiny ControlNet of ``tiny-sdxl``: its UNet's encoder, with SDXL's micro-conditioning."""
+    return _tiny_controlnet(
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+    )  # fmt: skip
+
+
 #: Embedded ControlNets (``ControlNetModel``, not pipelines) by the name an ``embedded:<name>`` source gives.
-CONTROLNET_BUILDERS = {"tiny-sd-controlnet": build_sd_controlnet}
+CONTROLNET_BUILDERS = {
+    "tiny-sd-controlnet": build_sd_controlnet,
+    "tiny-sdxl-controlnet": build_sdxl_controlnet,
+}
 
 #: Embedded models by the name an ``embedded:<name>`` source gives.
 BUILDERS = {
