@@ -45,7 +45,7 @@ chromium:
 	    echo "chromium is missing: run 'sudo apt-get install chromium' (or LATENTQ_CHROMIUM=<a chromium>)"; exit 1; \
 	  fi; }
 
-EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux
+EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux tiny-sd-controlnet tiny-sdxl-controlnet
 
 model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
 

@@ -21,7 +21,17 @@ from api.metrics import install_metrics, metrics_port
 from api.openapi_doc import describe
 from api.request_guard import RequestGuard, SecurityHeaders
 from api.request_ids import REQUEST_ID_HEADER, RequestIds
-from api.routes import admin, events, health, jobs, models, openai_images, stability, webhook_settings
+from api.routes import (
+    admin,
+    events,
+    health,
+    jobs,
+    models,
+    openai_images,
+    stability,
+    stability_v2,
+    webhook_settings,
+)
 from api.routes.pages import add_pages
 from api.services import Services
 from latentq.accounts import MIN_BOOTSTRAP_KEY_LENGTH
@@ -142,6 +152,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(models.router)
     app.include_router(stability.router)
+    app.include_router(stability_v2.router)
     app.include_router(openai_images.router)
     app.include_router(webhook_settings.router)
     app.include_router(admin.router)

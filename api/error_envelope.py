@@ -12,6 +12,8 @@ from latentq.errors import LatentqError, retry_after, stability_name
 
 #: Where Stability's routes (and their error shape) live.
 STABILITY_PREFIXES = ("/v1/generation/", "/v1/engines/", "/v1/user/")
+#: Where Stability's v2beta routes (and its v2beta error shape) live.
+STABILITY_V2_PREFIXES = ("/v2beta/",)
 #: Where the OpenAI Images routes (and OpenAI's error shape) live.
 OPENAI_PREFIXES = ("/v1/images/",)
 #: OpenAI's error ``type`` by status; any other 4xx is ``invalid_request_error``.
@@ -48,6 +50,15 @@ def stability_error(error: LatentqError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=retry)
 
 
+def stability_v2_error(error: LatentqError) -> JSONResponse:
+    """Render ``error`` in Stability v2beta's shape (``{"id", "name", "errors": [message]}``)."""
+    # v2beta names every invalid request bad_request.
+    name = "bad_request" if error.status == 400 else stability_name(error.name)
+    body = {"id": uuid.uuid4().hex, "name": name, "errors": [error.message]}
+    seconds = retry_after(error)
+    return JSONResponse(body, status_code=error.status, headers={"Retry-After": seconds} if seconds else None)
+
+
 def openai_error(error: LatentqError) -> JSONResponse:
     """Render ``error`` in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``),
     with our status; ``code`` is our error's name, ``param`` the field in OpenAI's names."""
@@ -62,4 +73,6 @@ def error_response_for(path: str, error: LatentqError) -> JSONResponse:
     """Render ``error`` in the shape the route at ``path`` answers with."""
     if path.startswith(STABILITY_PREFIXES):
         return stability_error(error)
+    if path.startswith(STABILITY_V2_PREFIXES):
+        return stability_v2_error(error)
     return openai_error(error) if path.startswith(OPENAI_PREFIXES) else error_response(error)

@@ -33,8 +33,11 @@ class Inputs:
 
     @property
     def size(self) -> tuple[int, int] | None:
-        """The output size the init image sets, if there is one."""
-        return self.images["init"].size if "init" in self.images else None
+        """The output size the init image sets (else the control image), if there is one."""
+        for name in ("init", "control"):
+            if name in self.images:
+                return self.images[name].size
+        return None
 
 
 def field_error(name: str, field_name: str, message: str) -> LatentqError:

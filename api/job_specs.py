@@ -11,9 +11,11 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL.Image import Image
 
+from api.control_inputs import control_settings, read_control_image
 from api.image_inputs import Inputs, check_kind, read_inputs, request_kind, upscale_size
 from api.presets import apply_style, style_presets
 from api.uploads import decode_base64, open_image
@@ -142,12 +144,13 @@ def check_negative_prompts(model: ModelSpec, request: GenerateRequest, prompts: 
 
 def build_spec(
     job_id: str, folder: str, request: GenerateRequest, model: ModelSpec, inputs: Inputs,
-    webhook: WebhookTarget | None,
+    webhook: WebhookTarget | None, control: dict[str, Any] | None = None,
 ) -> JobSpec:  # fmt: skip
     """Resolve ``request`` for ``model``: fill defaults, check sizes, apply the style, pick a seed.
 
-    ``inputs`` are its decoded images (image-to-image, masking): they set the output size, and the
-    spec names the object keys they are stored under, in the job's S3 ``folder``.
+    ``inputs`` are its decoded images (image-to-image, masking, control): they set the output size,
+    and the spec names the object keys they are stored under, in the job's S3 ``folder``.
+    ``control`` are its ControlNet's spec fields (``api.control_inputs.control_settings``).
     """
     defaults = model.defaults
     if inputs.size:
@@ -192,6 +195,7 @@ def build_spec(
         webhook=webhook,
         folder=folder,
         **input_keys(folder, inputs),
+        **(control or {}),
     )
 
 
@@ -279,7 +283,10 @@ def generation_spec(
     check_kind(model, kind, registry)
     loras = resolve_loras(registry, model, request.loras)
     inputs = read_inputs(request, model, kind)
-    spec = build_spec(job_id, folder, request, model, inputs, webhook)
+    control = control_settings(request, model, registry)
+    if control:
+        inputs.images["control"] = read_control_image(request, model, inputs.images.get("init"))
+    spec = build_spec(job_id, folder, request, model, inputs, webhook, control)
     spec.loras = loras  # the spec was made just above: no one else holds it yet
     return spec, inputs
 
@@ -304,4 +311,8 @@ def upscale_spec(
 
 def carries_images(request: GenerateRequest | UpscaleRequest) -> bool:
     """Whether validating ``request`` decodes images (CPU work, run off the event loop)."""
-    return isinstance(request, UpscaleRequest) or request.init_image is not None
+    return (
+        isinstance(request, UpscaleRequest)
+        or request.init_image is not None
+        or (request.control_image is not None)
+    )

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.routes import openai_images as openai_routes
 from api.routes import stability as stability_routes
+from api.routes import stability_v2 as stability_v2_routes
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -42,6 +43,15 @@ STABILITY_ERROR_SCHEMA: dict[str, Any] = {
         "name": {"type": "string"},
         "message": {"type": "string"},
         "status": {"type": "integer"},
+    },
+}
+STABILITY_V2_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "name", "errors"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "string"}},
     },
 }
 OPENAI_ERROR_SCHEMA: dict[str, Any] = {
@@ -104,9 +114,10 @@ def describe(app: FastAPI) -> dict[str, Any]:
     components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
     schemas = components.setdefault("schemas", {})
     schemas["Error"], schemas["StabilityError"] = ERROR_SCHEMA, STABILITY_ERROR_SCHEMA
-    schemas["OpenAIError"] = OPENAI_ERROR_SCHEMA
+    schemas["OpenAIError"], schemas["StabilityV2Error"] = OPENAI_ERROR_SCHEMA, STABILITY_V2_ERROR_SCHEMA
     shapes = {getattr(route, "path", ""): shape for router, shape in
-              ((stability_routes.router, "StabilityError"), (openai_routes.router, "OpenAIError"))
+              ((stability_routes.router, "StabilityError"), (openai_routes.router, "OpenAIError"),
+               (stability_v2_routes.router, "StabilityV2Error"))
               for route in router.routes}  # fmt: skip
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
@@ -125,7 +136,7 @@ def _fix(path: str, method: str, operation: dict[str, Any], error_schema: str) -
     reads = "requestBody" in operation or any(p["in"] != "path" for p in operation.get("parameters", []))
     if reads:  # ... which only a route reading a body, a query or a header can answer
         responses.setdefault("400", {"description": _STANDARD["400"]})
-    if not path.startswith("/v1/"):
+    if not path.startswith(("/v1/", "/v2beta/")):
         return  # /healthz and /readyz: no key, and their own answers
     operation["security"] = [{"bearer": []}]
     for status in ("401", "403", "429", "503"):  # any keyed route: its key, scope, rate, Redis

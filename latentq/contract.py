@@ -42,6 +42,10 @@ InitImageMode = Literal["IMAGE_STRENGTH", "STEP_SCHEDULE"]
 #: Where a mask comes from (Stability v1): white or black pixels of a mask image, or the init image's alpha.
 MaskSource = Literal["MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA"]
 
+#: What the API may do to a control image before the ControlNet sees it: nothing (it is already a
+#: sketch, edge map, depth map or pose), or Canny edge detection of a photo (done by the worker).
+ControlPreprocess = Literal["none", "canny"]
+
 #: Job events a webhook can be sent for: the job started, a progress update (throttled, never
 #: retried), the job ended (succeeded, failed or canceled; retried until delivered).
 WebhookEvent = Literal["started", "progress", "completed"]
@@ -214,6 +218,26 @@ class GenerateRequest(WebhookFields):
     loras: list[LoraChoice] | None = Field(
         None, max_length=MAX_LORAS, description="LoRA adapters to apply (GET /v1/loras), each with a weight."
     )
+    control_image: str | None = Field(
+        None,
+        description="Base64 PNG, JPEG or WebP control image for a ControlNet (sketch, edges, depth, pose); "
+        "sets the output size unless init_image does (then it must be the init image's size).",
+    )
+    control_model: str | None = Field(
+        None, description="Registered ControlNet id (GET /v1/controlnets); omitted: the model family's first."
+    )
+    control_strength: float | None = Field(
+        None, ge=0, le=2, description="ControlNet conditioning scale; 0 ignores the control image; default 1."
+    )
+    control_start: float | None = Field(
+        None, ge=0, le=1, description="Share of the schedule before the ControlNet acts; default 0."
+    )
+    control_end: float | None = Field(
+        None, ge=0, le=1, description="Share of the schedule after which it stops acting; default 1."
+    )
+    control_preprocess: ControlPreprocess | None = Field(
+        None, description="none (default): the control image is used as sent; canny: its Canny edges are."
+    )
 
 
 class UpscaleRequest(WebhookFields):
@@ -265,6 +289,14 @@ class JobSpec(BaseModel):
     init_image_key: str | None = None
     #: A greyscale mask, white = repaint fully, black = keep (normalised by the API whatever the source).
     mask_image_key: str | None = None
+    #: A ControlNet's control image (RGB), stored by the API; None: no ControlNet.
+    control_image_key: str | None = None
+    #: The registered ControlNet the job is conditioned by, with its settings (``GenerateRequest``).
+    control_model: str | None = None
+    control_strength: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    control_preprocess: ControlPreprocess = "none"
     #: Share of the noise schedule run (diffusers' ``strength``; Stability's step_schedule_start).
     strength: float | None = None
     #: Share of the schedule left unrun at the clean end (Stability's step_schedule_end).

@@ -184,6 +184,35 @@ class ModelSpec(BaseModel):
         return self.source.removeprefix(EMBEDDED_PREFIX) if self.source.startswith(EMBEDDED_PREFIX) else None
 
 
+#: What a ControlNet reads from its control image.
+ControlType = Literal[
+    "scribble", "sketch", "canny", "depth", "openpose", "lineart", "softedge", "mlsd", "normal",
+    "segmentation", "tile", "other",
+]  # fmt: skip
+#: Control types the sketch route (``/v2beta/stable-image/control/sketch``) uses, in preference order.
+SKETCH_TYPES = ("sketch", "scribble", "lineart")
+
+
+class ControlNetSpec(BaseModel):
+    """One registered ControlNet (a ``[[controlnets]]`` table): it conditions the models of its family."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="Id requests name in control_model.")
+    name: str = ""
+    description: str = ""
+    #: A local diffusers ``ControlNetModel`` folder, a hub id, or ``embedded:<name>``.
+    source: str = Field(min_length=1)
+    #: The base family it was trained for; it conditions only models of that family.
+    family: Literal["sd1", "sd2", "sdxl", "turbo"]
+    control_type: ControlType
+
+    @property
+    def embedded_name(self) -> str | None:
+        """The embedded ControlNet's name when ``source`` is ``embedded:<name>``, else None."""
+        return self.source.removeprefix(EMBEDDED_PREFIX) if self.source.startswith(EMBEDDED_PREFIX) else None
+
+
 def size_problem(limits: ModelLimits, width: int, height: int) -> tuple[str, str, str] | None:
     """Return (error name, field, message) if ``width`` x ``height`` breaks ``limits``, else None."""
     for field, value in (("width", width), ("height", height)):
@@ -206,8 +235,14 @@ class ModelRegistry:
     """The registered models, by id, and which one a request gets when it names none."""
 
     def __init__(
-        self, models: list[ModelSpec], default: str | None = None, loras: list[LoraSpec] | None = None
+        self,
+        models: list[ModelSpec],
+        default: str | None = None,
+        loras: list[LoraSpec] | None = None,
+        controlnets: tuple[ControlNetSpec, ...] = (),
     ) -> None:
+        #: The registered ControlNets, by id.
+        self.controlnets = {controlnet.id: controlnet for controlnet in controlnets}
         if not models:
             raise ValueError("the model registry is empty")
         self.models = {model.id: model for model in models}
@@ -230,15 +265,26 @@ class ModelRegistry:
         """Return every registered id, in registry order."""
         return list(self.models)
 
+    def controlnets_for(self, family: str) -> list[ControlNetSpec]:
+        """Return the ControlNets that condition models of ``family``, in registry order."""
+        return [controlnet for controlnet in self.controlnets.values() if controlnet.family == family]
+
 
 def read_registry_file(path: Path) -> list[ModelSpec]:
     """Return the entries of a registry TOML file (``[[models]]`` tables)."""
     with open(path, "rb") as file:
         data = tomllib.load(file)
-    unknown = set(data) - {"models", "loras"}
+    unknown = set(data) - {"models", "loras", "controlnets"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected [[models]] tables")
     return [ModelSpec.model_validate(entry) for entry in data.get("models", [])]
+
+
+def read_controlnets(path: Path) -> tuple[ControlNetSpec, ...]:
+    """Return the ControlNets of a registry TOML file (``[[controlnets]]`` tables)."""
+    with open(path, "rb") as file:
+        entries = tomllib.load(file).get("controlnets", [])
+    return tuple(ControlNetSpec.model_validate(entry) for entry in entries)
 
 
 def build_registry(file: Path, extra: tuple[ModelSpec, ...], default: str | None) -> ModelRegistry:
@@ -247,7 +293,7 @@ def build_registry(file: Path, extra: tuple[ModelSpec, ...], default: str | None
     merged.update({model.id: model for model in extra})
     from latentq.loras import read_lora_entries  # it imports this module
 
-    return ModelRegistry(list(merged.values()), default, read_lora_entries(file))
+    return ModelRegistry(list(merged.values()), default, read_lora_entries(file), read_controlnets(file))
 
 
 #: Each kind of job's share of the cost rule (``job_cost``): an upscale samples few steps at low

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -17,7 +18,7 @@ from rq.serializers import JSONSerializer
 from latentq.keys import queue_name
 from latentq.logs import configure_logging
 from latentq.loras import LoraSpec
-from latentq.models import FLOW_FAMILIES, ModelRegistry, ModelSpec
+from latentq.models import FLOW_FAMILIES, ControlNetSpec, ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
@@ -28,10 +29,11 @@ from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
 from worker.context import WarmState
 from worker.diffusion.adapters import LoadedAdapters, adapter_file
+from worker.diffusion.controlnets import load_controlnet
 from worker.diffusion.flow import FlowPipeline
-from worker.diffusion.pipelines import WarmPipeline
+from worker.diffusion.pipelines import WarmPipeline, resolve_device
 from worker.diffusion.upscalers import Resampler, Upscaler
-from worker.embedded.models import BUILDERS, ensure_tiny_model
+from worker.embedded.models import BUILDERS, CONTROLNET_BUILDERS, ensure_tiny_model
 from worker.metrics import REGISTRY, declare_models
 from worker.patient_store import transient
 from worker.warm_worker import WarmWorker
@@ -57,8 +59,39 @@ def model_source(model: ModelSpec, settings: WorkerSettings) -> str:
     return str(ensure_tiny_model(settings.embedded_model_dir / model.embedded_name, model.embedded_name))
 
 
-def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | Upscaler | Resampler:
-    """Load ``model`` with the wrapper of its family and warm it up."""
+def controlnet_source(controlnet: ControlNetSpec, settings: WorkerSettings) -> str:
+    """Return what ``from_pretrained`` loads for ``controlnet``, building an embedded one if needed."""
+    name = controlnet.embedded_name
+    if name is None:
+        return controlnet.source
+    if name not in CONTROLNET_BUILDERS:
+        raise SystemExit(
+            f"ControlNet {controlnet.id!r}: unknown embedded ControlNet; {sorted(CONTROLNET_BUILDERS)}"
+        )
+    return str(ensure_tiny_model(settings.embedded_model_dir / name, name))
+
+
+def load_controlnets(
+    models: list[ModelSpec], registry: ModelRegistry, settings: WorkerSettings
+) -> dict[str, dict[str, Any]]:
+    """Load every registered ControlNet of the served models' families, once each; return them by
+    family, then id."""
+    families = {model.family for model in models}
+    device = resolve_device(settings.device)
+    loaded: dict[str, dict[str, Any]] = {family: {} for family in families}
+    for controlnet in registry.controlnets.values():
+        if controlnet.family in families:
+            loaded[controlnet.family][controlnet.id] = load_controlnet(
+                controlnet_source(controlnet, settings), device
+            )
+    return loaded
+
+
+def load_pipeline(
+    model: ModelSpec, settings: WorkerSettings, controlnets: dict[str, Any] | None = None
+) -> WarmPipeline | Upscaler | Resampler:
+    """Load ``model`` with the wrapper of its family (with ``controlnets``, by id, if it draws) and
+    warm it up."""
     pipeline: WarmPipeline | Upscaler | Resampler
     if model.family == "resampler":
         pipeline = Resampler()
@@ -68,7 +101,8 @@ def load_pipeline(model: ModelSpec, settings: WorkerSettings) -> WarmPipeline | 
         source = model_source(model, settings)
         pipeline = FlowPipeline.load(source, settings.device, settings.compile, t5=model.t5)
     else:
-        pipeline = WarmPipeline.load(model_source(model, settings), settings.device, settings.compile)
+        source = model_source(model, settings)
+        pipeline = WarmPipeline.load(source, settings.device, settings.compile, controlnets)
         pipeline.adapters = lora_cache(pipeline, registry_loras(settings), settings)
     if settings.warmup:
         log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up(model.tasks[0]))
@@ -137,8 +171,10 @@ def main() -> int:
     store = ImageStore(settings)
     redis = redis_client(settings)
     wait_for_services(store, redis)
-    models = served_models(settings, get_registry(settings))
-    pipelines = {model.id: load_pipeline(model, settings) for model in models}
+    registry = get_registry(settings)
+    models = served_models(settings, registry)
+    controlnets = load_controlnets(models, registry, settings)
+    pipelines = {model.id: load_pipeline(model, settings, controlnets[model.family]) for model in models}
     declare_models(pipelines)
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
     warm = WarmState(

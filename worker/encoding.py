@@ -63,6 +63,12 @@ def parameters_text(spec: JobSpec, seed: int) -> str:
         settings.append(f"Denoising strength: {spec.strength:g}")  # A1111's name for diffusers' strength
     if spec.task != "text-to-image":
         settings.append(f"Task: {spec.task}")
+    if spec.control_model is not None:  # as AUTOMATIC1111's ControlNet extension writes it
+        settings.append(
+            f'ControlNet 0: "Module: {spec.control_preprocess}, Model: {spec.control_model}, '
+            f"Weight: {spec.control_strength:g}, Guidance Start: {spec.control_start:g}, "
+            f'Guidance End: {spec.control_end:g}"'
+        )
     if spec.style_preset:
         settings.append(f"Style preset: {spec.style_preset}")
     settings.append(f"Version: latentq {latentq.__version__}")
@@ -87,7 +93,8 @@ def encode_image(image: Image, spec: JobSpec, seed: int) -> bytes:
     if spec.output_format == "png":
         info = PngInfo()
         info.add_text("parameters", text)
-        if spec.task == "text-to-image":  # other tasks also need their input images to be redone
+        # Other tasks, and controlled jobs, also need their input images to be redone.
+        if spec.task == "text-to-image" and spec.control_model is None:
             info.add_text("latentq", json.dumps(reproduce_request(spec, seed)))
         image.save(buffer, format="PNG", pnginfo=info)
     else:

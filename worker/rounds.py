@@ -73,9 +73,10 @@ def batch_key(spec: JobSpec) -> tuple | None:
     """Return what jobs must share to sample in one pipeline call, or None if ``spec`` runs alone.
 
     Per-job prompts and seeds differ freely; guidance is one number per pipeline call here, and so
-    is the set of LoRA adapters with their weights.
+    is the set of LoRA adapters with their weights. A job with a ControlNet runs alone: its
+    control image is its own.
     """
-    if spec.task != "text-to-image":
+    if spec.task != "text-to-image" or spec.control_model is not None:
         return None
     loras = tuple((lora.id, lora.weight) for lora in spec.loras)
     return (spec.model, spec.width, spec.height, spec.steps, spec.sampler, spec.cfg_scale, loras)

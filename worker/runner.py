@@ -229,7 +229,7 @@ def pipeline_for(warm: WarmState, model: str) -> ImagePipeline:
 
 def load_inputs(store: ObjectStore, spec: JobSpec) -> dict[str, Image]:
     """Return the job's input images (checked and stored as PNG by the API), by name."""
-    keys = {"init": spec.init_image_key, "mask": spec.mask_image_key}
+    keys = {"init": spec.init_image_key, "mask": spec.mask_image_key, "control": spec.control_image_key}
     images = {}
     for name, key in keys.items():
         if key is not None:

@@ -1,5 +1,5 @@
 """What can be asked for: ``GET /v1/models`` (the model registry), ``GET /v1/loras`` (its LoRA
-adapters) and ``GET /v1/styles``."""
+adapters), ``GET /v1/controlnets`` and ``GET /v1/styles``."""
 
 from __future__ import annotations
 
@@ -84,3 +84,20 @@ def lora_view(registry: ModelRegistry, lora: LoraSpec) -> dict[str, Any]:
 def list_styles(_caller: CallerDep) -> dict[str, Any]:
     """List the style presets a request may name, with their prompt templates."""
     return {"data": [{"name": name, **preset} for name, preset in sorted(style_presets().items())]}
+
+
+@router.get("/controlnets")
+def list_controlnets(caller: CallerDep) -> dict[str, Any]:
+    """List the registered ControlNets (``control_model``) and the models each can condition."""
+    registry = caller.services.registry
+    return {
+        "object": "list",
+        "data": [
+            {
+                **controlnet.model_dump(exclude={"source"}),
+                "object": "controlnet",
+                "models": [m.id for m in registry.models.values() if m.family == controlnet.family],
+            }
+            for controlnet in registry.controlnets.values()
+        ],
+    }

@@ -17,7 +17,7 @@ def test_the_document_declares_the_key_and_the_errors(api_url):
     assert document["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert "422" not in response.text and "HTTPValidationError" not in response.text
     for method, path, operation in operations(document):
-        if not path.startswith("/v1/"):
+        if not path.startswith(("/v1/", "/v2beta/")):
             continue
         assert operation["security"] == [{"bearer": []}], (method, path)
         assert "401" in operation["responses"], (method, path)
@@ -25,6 +25,7 @@ def test_the_document_declares_the_key_and_the_errors(api_url):
             if status[0] in "45":
                 schema = answer["content"]["application/json"]["schema"]["$ref"]
                 expected = "StabilityError" if "/generation/" in path or "/user/" in path else "Error"
+                expected = "StabilityV2Error" if path.startswith("/v2beta/") else expected
                 assert schema.endswith(expected), (method, path, status)
         if "requestBody" in operation:
             assert {"400", "413"} <= set(operation["responses"]), (method, path)

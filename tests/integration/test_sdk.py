@@ -147,6 +147,18 @@ def test_image_to_image_and_masking_take_bytes_or_paths(sdk, worker, tmp_path):
     assert opened(masked.images()[0]).size == (72, 64)
 
 
+def test_a_control_image_is_sent_from_a_path(sdk, worker, tmp_path):
+    sketch = tmp_path / "sketch.png"
+    sketch.write_bytes(png_bytes(80, 64))
+    job = sdk.generate("a boat", control_image=sketch, control_strength=0.5, seed=2, steps=4).wait(60)
+    assert job.status == "succeeded", job.error
+    assert (job.data["request"]["control_model"], job.data["request"]["control_strength"]) == (
+        "tiny-sd-scribble",
+        0.5,
+    )
+    assert opened(job.images()[0]).size == (80, 64)
+
+
 def test_upscale_saves_the_enlarged_image(sdk, image_worker, tmp_path):
     job = sdk.upscale(png_bytes(48, 32), model="lanczos", width=96)
     [path] = job.save(tmp_path)

@@ -23,6 +23,7 @@ from PIL.Image import Image
 from latentq.contract import JobKind, JobSpec, LoraWeight, WeightedPrompt
 from worker.context import OnStep
 from worker.diffusion.adapters import LoadedAdapters
+from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
@@ -109,8 +110,18 @@ class WarmPipeline:
     """A warm Stable Diffusion model: text-to-image, and image-to-image and inpainting pipelines
     made from the same components (``from_pipe``: no second copy of the weights)."""
 
-    def __init__(self, pipe: Any, device: torch.device, compile_unet: bool = False) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        device: torch.device,
+        compile_unet: bool = False,
+        controlnets: dict[str, Any] | None = None,
+    ) -> None:
         self.device = device
+        #: ControlNets this model may be conditioned by, by registry id (loaded by the worker).
+        self.controlnets = controlnets or {}
+        #: Controlled pipelines, by (job kind, ControlNet id): made on first use with ``from_pipe``.
+        self.controlled: dict[tuple[str, str], Any] = {}
         if device.type == "cuda":
             tune_for_cuda(pipe, compile_unet)
         #: Bytes of GPU memory one more image of a ``MEASURE_SIDE`` square batch takes (measured by
@@ -147,9 +158,29 @@ class WarmPipeline:
         return preview_jpeg(latents, SD_FACTORS)
 
     @classmethod
-    def load(cls, model: str, device: str = "auto", compile_unet: bool = False) -> WarmPipeline:
+    def load(
+        cls,
+        model: str,
+        device: str = "auto",
+        compile_unet: bool = False,
+        controlnets: dict[str, Any] | None = None,
+    ) -> WarmPipeline:
         """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
-        return cls(*load_pretrained(AutoPipelineForText2Image, model, device), compile_unet=compile_unet)
+        pipe, target = load_pretrained(AutoPipelineForText2Image, model, device)
+        return cls(pipe, target, compile_unet=compile_unet, controlnets=controlnets)
+
+    def pipe_for(self, spec: JobSpec) -> Any:
+        """Return the pipeline of ``spec``'s kind, controlled by its ControlNet if it names one."""
+        if spec.control_model is None:
+            return self.pipes[spec.task]
+        key = (spec.task, spec.control_model)
+        if key not in self.controlled:
+            if spec.control_model not in self.controlnets:
+                raise LookupError(f"this worker has no ControlNet '{spec.control_model}'")
+            self.controlled[key] = controlled_pipeline(
+                self.pipe, spec.task, self.controlnets[spec.control_model]
+            )
+        return self.controlled[key]
 
     def batch_limit(self, spec: JobSpec) -> int | None:
         """Most images of ``spec``'s size one call can hold in the GPU memory free now (None: no
@@ -184,10 +215,12 @@ class WarmPipeline:
             return []
 
     def _generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None) -> list[Image]:
-        pipe = self.pipes[spec.task]
-        self.use_loras(spec.loras)
+        pipe = self.pipe_for(spec)
+        self.use_loras(spec.loras)  # the controlled pipelines share the UNet, adapters included
         pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
+        control = control_arguments(spec, inputs["control"]) if spec.control_model is not None else {}
         common = {
+            **control,
             **prompt_arguments(pipe, spec.prompts),
             "num_inference_steps": spec.steps,
             "guidance_scale": spec.cfg_scale,

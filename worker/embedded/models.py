@@ -202,6 +202,49 @@ def build_x4_upscaler_pipeline():  # -> StableDiffusionUpscalePipeline
     )  # fmt: skip
 
 
+def _tiny_controlnet(**architecture):  # -> ControlNetModel
+    """Return a tiny ControlNet shaped like ``_tiny_unet``'s encoder (``architecture`` adds or
+    overrides), seeded. diffusers zero-initialises a ControlNet's output convolutions; they are
+    drawn at random here, or the control image would change nothing."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(BUILD_SEED)
+    config = {
+        "in_channels": 4, "block_out_channels": (32, 64), "layers_per_block": 1, "norm_num_groups": 32,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "conditioning_embedding_out_channels": (16, 32, 96, 256),
+    }  # fmt: skip
+    controlnet = ControlNetModel(**(config | architecture))
+    zeroed = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+              controlnet.controlnet_mid_block]  # fmt: skip
+    generator = torch.Generator().manual_seed(BUILD_SEED + 2)
+    with torch.no_grad():
+        for layer in zeroed:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
+    return controlnet
+
+
+def build_sd_controlnet():  # -> ControlNetModel
+    """Return the tiny ControlNet of ``tiny-sd``: its UNet's encoder, a small control-image embedding."""
+    return _tiny_controlnet(cross_attention_dim=32, attention_head_dim=8)
+
+
+def build_sdxl_controlnet():  # -> ControlNetModel
+    """Return the tiny ControlNet of ``tiny-sdxl``: its UNet's encoder, with SDXL's micro-conditioning."""
+    return _tiny_controlnet(
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+    )  # fmt: skip
+
+
+#: Embedded ControlNets (``ControlNetModel``, not pipelines) by the name an ``embedded:<name>`` source gives.
+CONTROLNET_BUILDERS = {
+    "tiny-sd-controlnet": build_sd_controlnet,
+    "tiny-sdxl-controlnet": build_sdxl_controlnet,
+}
+
 #: Embedded models by the name an ``embedded:<name>`` source gives.
 BUILDERS = {
     "tiny-sd": build_sd_pipeline,
@@ -225,12 +268,17 @@ def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
     """Write embedded model ``name`` to ``directory`` (created if needed) and return it."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".partial")
-    pipeline = BUILDERS[name]()
-    pipeline.save_pretrained(staging, safe_serialization=True)
-    for folder in ("tokenizer", "tokenizer_2"):
-        # CLIP tokenizers only: FLUX's tokenizer_2 is a T5 one, complete in its tokenizer.json.
-        if (staging / folder).is_dir() and type(getattr(pipeline, folder)).__name__.startswith("CLIP"):
-            write_slow_tokenizer_files(pipeline.tokenizer, staging / folder)
+    if name in CONTROLNET_BUILDERS:
+        CONTROLNET_BUILDERS[name]().save_pretrained(staging, safe_serialization=True)
+        # A lone model has no model_index.json: the marker says the folder is complete.
+        (staging / COMPLETE_MARKER).write_text('{"_class_name": "ControlNetModel"}\n')
+    else:
+        pipeline = BUILDERS[name]()
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        for folder in ("tokenizer", "tokenizer_2"):
+            # CLIP tokenizers only: FLUX's tokenizer_2 is a T5 one, complete in its tokenizer.json.
+            if (staging / folder).is_dir() and type(getattr(pipeline, folder)).__name__.startswith("CLIP"):
+                write_slow_tokenizer_files(pipeline.tokenizer, staging / folder)
     # model_index.json moves last: its presence means the folder is complete.
     directory.mkdir(parents=True, exist_ok=True)
     for path in sorted(staging.rglob("*"), key=lambda p: p.name == COMPLETE_MARKER):
@@ -264,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m worker.embedded DIR [--name NAME] [--force]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="folder to write the model to")
-    parser.add_argument("--name", choices=sorted(BUILDERS), default="tiny-sd", help="which embedded model")
+    names = sorted([*BUILDERS, *CONTROLNET_BUILDERS])
+    parser.add_argument("--name", choices=names, default="tiny-sd", help="which embedded model")
     parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
     args = parser.parse_args(argv)
     if args.force or not is_complete(args.directory):

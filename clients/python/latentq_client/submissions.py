@@ -17,7 +17,7 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 MaskSource = Literal["MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA"]
 WebhookEvent = Literal["started", "progress", "completed"]
 #: The fields whose values are images, sent as base64.
-IMAGE_FIELDS = ("init_image", "mask_image", "image")
+IMAGE_FIELDS = ("init_image", "mask_image", "control_image", "image")
 
 
 class WebhookOptions(TypedDict, total=False):
@@ -59,6 +59,16 @@ class GenerateOptions(WebhookOptions, total=False):
     mask_source: MaskSource
     #: Up to 4 LoRA adapters ``[{"id", "weight"}]`` (``GET /v1/loras``).
     loras: list[dict[str, Any]]
+    #: A ControlNet's control image (sketch, edges, depth, pose); alone, the output takes its size.
+    control_image: ImageInput
+    #: A registered ControlNet (``GET /v1/controlnets``); left out, the model family's first.
+    control_model: str
+    #: 0-2, default 1; 0 is the uncontrolled image.
+    control_strength: float
+    control_start: float
+    control_end: float
+    #: "canny": the worker conditions on the image's Canny edges (send a photo).
+    control_preprocess: Literal["none", "canny"]
 
 
 class UpscaleOptions(WebhookOptions, total=False):
