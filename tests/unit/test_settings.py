@@ -30,7 +30,7 @@ def test_worker_reads_its_settings(monkeypatch):
     ("name", "value"),
     [("LATENTQ_MODELS", '[{"id": "has space", "source": "x", "family": "sd1"}]'),
      ("LATENTQ_MODELS", '[{"id": "../x", "source": "x", "family": "sd1"}]'),
-     ("LATENTQ_MODELS", '[{"id": "x", "source": "x", "family": "sd3"}]'),
+     ("LATENTQ_MODELS", '[{"id": "x", "source": "x", "family": "sd4"}]'),
      ("LATENTQ_MODELS", "not json"), ("LATENTQ_S3_URL_EXPIRES_S", "0"),
      ("LATENTQ_S3_URL_EXPIRES_S", "604801"), ("LATENTQ_DEVICE", "tpu")],
 )  # fmt: skip
