@@ -102,7 +102,14 @@ def run_faults(
             return False
 
     def kill_worker(claim: bool) -> bool:
-        found = kill_on_claim(stack) if claim else busiest(stack)
+        found = kill_on_claim(stack) if claim else None
+        # A busy worker is waited for (up to 20 s): between two rounds, or after a batching worker
+        # cleared a backlog (a slow S3 restart makes one), none may be busy at the gate's moment.
+        deadline = time.monotonic() + 20
+        while not claim and found is None and time.monotonic() < deadline and not stop.is_set():
+            found = busiest(stack)
+            if found is None:
+                time.sleep(0.02)
         if found is None:
             return False
         process, jobs = found
