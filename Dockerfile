@@ -65,7 +65,7 @@ COPY worker ./worker
 # hadolint ignore=DL3013
 RUN pip install ".[worker]" \
  && python -m worker.embedded /opt/latentq/models/tiny-sd --name tiny-sd \
- && for name in tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux; do \
+ && for name in tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux tiny-safety-all tiny-safety-none; do \
       python -m worker.embedded /opt/latentq/models/$name --name $name; done \
  && useradd --system --uid 10001 latentq && mkdir -p /models && chown 10001 /models
 USER 10001

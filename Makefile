@@ -45,7 +45,8 @@ chromium:
 	    echo "chromium is missing: run 'sudo apt-get install chromium' (or LATENTQ_CHROMIUM=<a chromium>)"; exit 1; \
 	  fi; }
 
-EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux tiny-sd-controlnet tiny-sdxl-controlnet
+EMBEDDED := tiny-sd tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux tiny-sd-controlnet tiny-sdxl-controlnet \
+            tiny-safety-all tiny-safety-none
 
 model: $(foreach name,$(EMBEDDED),$(STATE)/models/$(name)/model_index.json)
 

@@ -336,6 +336,10 @@ class StoredImage(BaseModel):
     width: int
     height: int
     content_type: str = "image/png"
+    #: Whether the model's safety checker flagged the image; None: not checked (safety ``off``).
+    nsfw: bool | None = None
+    #: Whether the image was replaced by a black one because it was flagged (safety ``filter``).
+    filtered: bool = False
 
 
 class JobError(BaseModel):

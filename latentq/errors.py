@@ -85,6 +85,8 @@ _ROWS = [
     ErrorSpec(405, "method_not_allowed", "This method is not allowed here."),
     ErrorSpec(409, "job_finished", "The job has already finished; it cannot be canceled."),
     ErrorSpec(409, "job_canceled", "The job was canceled before it finished."),
+    # OpenAI's name: its routes answer it when every image of a job was filtered (safety "filter").
+    ErrorSpec(400, "content_policy_violation", "The safety checker filtered every image of this request."),
     ErrorSpec(409, "idempotency_conflict", "This Idempotency-Key was used with a different request."),
     ErrorSpec(400, "invalid_idempotency_key", "The Idempotency-Key header is not valid."),
     ErrorSpec(429, "rate_limited", "Too many requests; retry later."),

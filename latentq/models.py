@@ -18,6 +18,7 @@ from latentq.contract import SAMPLERS, JobKind, Sampler
 
 if TYPE_CHECKING:
     from latentq.loras import LoraSpec
+    from latentq.safety import SafetyCheckerSpec
 
 #: Registry shipped with latentq: the embedded tiny models.
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -35,6 +36,10 @@ Family = Literal["sd1", "sd2", "sdxl", "turbo", "sd3", "flux", "upscaler-x4", "r
 
 #: Families that sample by flow matching (a transformer, bf16 on CUDA, their own samplers).
 FLOW_FAMILIES = ("sd3", "flux")
+
+#: What a model does with the images it draws (``latentq.safety``): not checked, checked and marked
+#: ``nsfw``, or checked and the flagged ones replaced by black images.
+SafetyMode = Literal["off", "flag", "filter"]
 
 #: Source of a model that needs no weights (the resampler).
 BUILTIN_SOURCE = "builtin"
@@ -139,6 +144,11 @@ class ModelSpec(BaseModel):
     #: ``sd3`` only: false loads the model without its T5 encoder (``text_encoder_3=None``: prompts
     #: read by the two CLIP encoders alone), saving its memory (8.9 GiB in bf16 for SD3.5 Large).
     t5: bool = True
+    #: ``off``, ``flag`` or ``filter`` (``latentq.safety``); None: the deployment's ``LATENTQ_SAFETY``.
+    safety: SafetyMode | None = None
+    #: Id of the ``[[safety_checkers]]`` entry that checks this model's images; None: the
+    #: deployment's ``LATENTQ_SAFETY_CHECKER``, else the registry's first.
+    safety_checker: str | None = Field(None, pattern=MODEL_ID_PATTERN)
 
     @model_validator(mode="before")
     @classmethod
@@ -240,7 +250,14 @@ class ModelRegistry:
         default: str | None = None,
         loras: list[LoraSpec] | None = None,
         controlnets: tuple[ControlNetSpec, ...] = (),
+        safety_checkers: tuple[SafetyCheckerSpec, ...] = (),
+        safety: SafetyMode = "off",
+        safety_checker: str | None = None,
     ) -> None:
+        #: The registered safety checkers, by id.
+        self.safety_checkers = {checker.id: checker for checker in safety_checkers}
+        #: The deployment's safety mode and checker id (``LATENTQ_SAFETY``, ``LATENTQ_SAFETY_CHECKER``).
+        self.default_safety, self.default_checker = safety, safety_checker
         #: The registered ControlNets, by id.
         self.controlnets = {controlnet.id: controlnet for controlnet in controlnets}
         if not models:
@@ -251,6 +268,25 @@ class ModelRegistry:
         self.default_id = default or models[0].id
         if self.default_id not in self.models:
             raise ValueError(f"default model {self.default_id!r} is not registered; known: {self.ids()}")
+        for model in models:
+            self.safety_of(model)  # every model's checker resolves, or the registry is refused
+
+    def safety_of(self, model: ModelSpec) -> tuple[SafetyMode, SafetyCheckerSpec | None]:
+        """Return ``model``'s safety mode (its own, else the deployment's) and, unless ``off``, its
+        checker (its own, else the deployment's, else the first registered); raise ValueError if
+        the checker is not registered."""
+        mode: SafetyMode = model.safety or self.default_safety
+        checker_id = model.safety_checker or self.default_checker
+        if checker_id is not None and checker_id not in self.safety_checkers:
+            known = ", ".join(self.safety_checkers) or "none"
+            raise ValueError(f"model {model.id!r}: safety checker {checker_id!r} is not registered "
+                             f"([[safety_checkers]]: {known})")  # fmt: skip
+        if mode == "off":
+            return mode, None
+        if checker_id is None and not self.safety_checkers:
+            raise ValueError(f"model {model.id!r}: safety {mode!r} needs a safety checker, and the "
+                             "registry has no [[safety_checkers]] table")  # fmt: skip
+        return mode, self.safety_checkers[checker_id or next(iter(self.safety_checkers))]
 
     def get(self, model_id: str) -> ModelSpec | None:
         """Return the entry for ``model_id``, or None."""
@@ -274,7 +310,7 @@ def read_registry_file(path: Path) -> list[ModelSpec]:
     """Return the entries of a registry TOML file (``[[models]]`` tables)."""
     with open(path, "rb") as file:
         data = tomllib.load(file)
-    unknown = set(data) - {"models", "loras", "controlnets"}
+    unknown = set(data) - {"models", "loras", "controlnets", "safety_checkers"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected [[models]] tables")
     return [ModelSpec.model_validate(entry) for entry in data.get("models", [])]
@@ -287,13 +323,24 @@ def read_controlnets(path: Path) -> tuple[ControlNetSpec, ...]:
     return tuple(ControlNetSpec.model_validate(entry) for entry in entries)
 
 
-def build_registry(file: Path, extra: tuple[ModelSpec, ...], default: str | None) -> ModelRegistry:
-    """Return the registry of ``file``'s entries, with ``extra`` entries added or replacing by id."""
+def build_registry(
+    file: Path,
+    extra: tuple[ModelSpec, ...],
+    default: str | None,
+    safety: SafetyMode = "off",
+    safety_checker: str | None = None,
+) -> ModelRegistry:
+    """Return the registry of ``file``'s entries, with ``extra`` entries added or replacing by id;
+    models that do not say get safety mode ``safety`` and checker ``safety_checker``."""
     merged = {model.id: model for model in read_registry_file(file)}
     merged.update({model.id: model for model in extra})
-    from latentq.loras import read_lora_entries  # it imports this module
+    from latentq.loras import read_lora_entries  # these modules import this one
+    from latentq.safety import read_safety_checkers
 
-    return ModelRegistry(list(merged.values()), default, read_lora_entries(file), read_controlnets(file))
+    return ModelRegistry(
+        list(merged.values()), default, read_lora_entries(file), read_controlnets(file),
+        read_safety_checkers(file), safety, safety_checker,
+    )  # fmt: skip
 
 
 #: Each kind of job's share of the cost rule (``job_cost``): an upscale samples few steps at low

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from latentq.models import PACKAGED_REGISTRY, ModelRegistry, ModelSpec, build_registry
+from latentq.models import PACKAGED_REGISTRY, ModelRegistry, ModelSpec, SafetyMode, build_registry
 
 
 def split_commas(value: object) -> object:
@@ -45,6 +45,12 @@ class CommonSettings(BaseSettings):
     models: tuple[ModelSpec, ...] = ()
     #: Model of requests that name none; default: the registry's first.
     default_model: str | None = None
+    #: Safety mode of the models whose registry entry sets no ``safety``: ``off`` (images not
+    #: checked), ``flag`` (checked, marked ``nsfw``) or ``filter`` (flagged ones replaced by black).
+    safety: SafetyMode = "off"
+    #: Safety checker (a ``[[safety_checkers]]`` id) of the models whose entry names none; default:
+    #: the registry's first.
+    safety_checker: str | None = None
     #: S3-compatible endpoint; None means AWS S3 itself.
     s3_endpoint_url: str | None = None
     #: Endpoint used in presigned URLs, when clients reach S3 by another address than workers.
@@ -231,7 +237,13 @@ class DispatcherSettings(CommonSettings):
 @lru_cache
 def get_registry(settings: CommonSettings) -> ModelRegistry:
     """Return the model registry ``settings`` describe (read once per settings)."""
-    return build_registry(settings.models_file, settings.models, settings.default_model)
+    return build_registry(
+        settings.models_file,
+        settings.models,
+        settings.default_model,
+        settings.safety,
+        settings.safety_checker,
+    )
 
 
 @lru_cache

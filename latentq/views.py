@@ -23,6 +23,12 @@ class ImagePublic(BaseModel):
     width: int
     height: int
     content_type: str
+    nsfw: bool | None = Field(
+        None, description="Whether the model's safety checker flagged the image; null: not checked."
+    )
+    filtered: bool = Field(
+        False, description="Whether the image was flagged and replaced by a black one (safety: filter)."
+    )
 
 
 class Progress(BaseModel):
@@ -91,6 +97,8 @@ def job_public(record: JobRecord, store: ImageStore) -> JobPublic:
                 width=image.width,
                 height=image.height,
                 content_type=image.content_type,
+                nsfw=image.nsfw,
+                filtered=image.filtered,
             )
             for image in record.images
         ],

@@ -24,6 +24,7 @@ from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
 from latentq.redis_client import redis_client
+from latentq.safety import SafetyCheckerSpec
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
@@ -32,10 +33,12 @@ from worker.diffusion.adapters import LoadedAdapters, adapter_file
 from worker.diffusion.controlnets import load_controlnet
 from worker.diffusion.flow import FlowPipeline
 from worker.diffusion.pipelines import WarmPipeline, resolve_device
+from worker.diffusion.safety import SafetyChecker
 from worker.diffusion.upscalers import Resampler, Upscaler
-from worker.embedded.models import BUILDERS, CONTROLNET_BUILDERS, ensure_tiny_model
+from worker.embedded.models import BUILDERS, CONTROLNET_BUILDERS, SAFETY_CHECKER_BUILDERS, ensure_tiny_model
 from worker.metrics import REGISTRY, declare_models
 from worker.patient_store import transient
+from worker.safety import SafetyGate
 from worker.warm_worker import WarmWorker
 
 log = logging.getLogger("latentq.worker")
@@ -85,6 +88,36 @@ def load_controlnets(
                 controlnet_source(controlnet, settings), device
             )
     return loaded
+
+
+def checker_source(checker: SafetyCheckerSpec, settings: WorkerSettings) -> str:
+    """Return the folder or hub id of ``checker``, building an embedded one if needed."""
+    name = checker.embedded_name
+    if name is None:
+        return checker.source
+    if name not in SAFETY_CHECKER_BUILDERS:
+        raise SystemExit(
+            f"safety checker {checker.id!r}: unknown embedded checker; {sorted(SAFETY_CHECKER_BUILDERS)}"
+        )
+    return str(ensure_tiny_model(settings.embedded_model_dir / name, name))
+
+
+def safety_gates(
+    models: list[ModelSpec], registry: ModelRegistry, settings: WorkerSettings
+) -> dict[str, SafetyGate]:
+    """Return the safety gate of each served model whose images are checked, by model id; each
+    checker is loaded once, however many models it checks."""
+    checkers: dict[str, SafetyChecker] = {}
+    gates = {}
+    for model in models:
+        mode, spec = registry.safety_of(model)
+        if mode == "off" or spec is None:
+            continue
+        if spec.id not in checkers:
+            checkers[spec.id] = SafetyChecker.load(checker_source(spec, settings), settings.device)
+        gates[model.id] = SafetyGate(mode, checkers[spec.id])
+        log.info("model %s: safety %s with checker %s", model.id, mode, spec.id)
+    return gates
 
 
 def load_pipeline(
@@ -175,6 +208,8 @@ def main() -> int:
     models = served_models(settings, registry)
     controlnets = load_controlnets(models, registry, settings)
     pipelines = {model.id: load_pipeline(model, settings, controlnets[model.family]) for model in models}
+    for model_id, gate in safety_gates(models, registry, settings).items():
+        pipelines[model_id].safety = gate
     declare_models(pipelines)
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
     warm = WarmState(

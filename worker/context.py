@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from PIL.Image import Image
 
 from latentq.contract import JobError, JobSpec, JobStatus, StoredImage
+from worker.safety import review_call
 
 #: Called after each denoising step with (step, total steps, latents); returning True stops the job.
 OnStep = Callable[[int, int, Any], bool]
@@ -110,13 +111,23 @@ class CancelSource(Protocol):
         ...
 
 
+class Sampled(NamedTuple):
+    """A job's sampling outcome."""
+
+    images: list[Image]
+    #: Jobs in the pipeline call that sampled it, itself included.
+    batch_size: int = 1
+    #: Per image, whether the model's safety checker flagged it (``worker.safety``); None: not checked.
+    nsfw: list[bool] | None = None
+
+
 class Sampler(Protocol):
     """Where a job's sampling runs: its seat in a round (``worker.rounds.RoundSeat``)."""
 
     def sample(
         self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
-    ) -> tuple[list[Image], int]:
-        """Return the job's images and the number of jobs in its pipeline call."""
+    ) -> Sampled:
+        """Return the job's images (checked, if its model's are), and its pipeline call's size."""
         ...
 
 
@@ -125,9 +136,10 @@ class SampleAlone:
 
     def sample(
         self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
-    ) -> tuple[list[Image], int]:
-        """Return the job's images from its own pipeline call."""
-        return pipeline.generate(spec, inputs, on_step), 1
+    ) -> Sampled:
+        """Return the job's images from its own pipeline call, checked if its model's are."""
+        [(images, nsfw)] = review_call(pipeline, [pipeline.generate(spec, inputs, on_step)])
+        return Sampled(images, 1, nsfw)
 
 
 @dataclass(frozen=True)

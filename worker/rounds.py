@@ -30,8 +30,9 @@ from typing import Any, TypeVar
 from PIL.Image import Image
 
 from latentq.contract import JobSpec
-from worker.context import OnStep
+from worker.context import OnStep, Sampled
 from worker.metrics import BATCH_SIZE, SAMPLING_SECONDS
+from worker.safety import review_call
 
 log = logging.getLogger("latentq.worker")
 
@@ -94,6 +95,8 @@ class SampleRequest:
     error: BaseException | None = None
     #: Jobs sampled in the same pipeline call, this one included.
     batch_size: int = 1
+    #: Per image, whether the model's safety checker flagged it; None: not checked.
+    nsfw: list[bool] | None = None
     #: Set once the job no longer waits (it stopped, timed out or failed): its slot is wasted work.
     abandoned: bool = False
     done: threading.Event = field(default_factory=threading.Event)
@@ -107,10 +110,15 @@ class SampleRequest:
             return True
         return False
 
-    def finish(self, images: list[Image] | None = None, error: BaseException | None = None) -> None:
-        """Hand the job its images (or error), once."""
+    def finish(
+        self,
+        images: list[Image] | None = None,
+        error: BaseException | None = None,
+        nsfw: list[bool] | None = None,
+    ) -> None:
+        """Hand the job its images (or error) and their safety flags, once."""
         if not self.done.is_set():
-            self.images, self.error = images, error
+            self.images, self.error, self.nsfw = images, error, nsfw
             self.done.set()
 
 
@@ -187,14 +195,17 @@ def _chunks(members: list[SampleRequest], max_images: int) -> list[list[SampleRe
 
 
 def run_chunk(chunk: list[SampleRequest]) -> None:
-    """Sample ``chunk`` in one call (or alone, for one member). A batch that runs out of memory is
-    tried again in halves, down to single jobs; one that fails otherwise runs each member alone.
+    """Sample ``chunk`` in one call (or alone, for one member), its images checked by the model's
+    safety checker in one call after it. A batch that runs out of memory is tried again in halves,
+    down to single jobs; one that fails otherwise (its check included) runs each member alone.
     Raises ``DeviceFault`` when the accelerator fails (no member is finished then)."""
     live = [request for request in chunk if not request.abandoned]
     if len(live) > 1:
         try:
             jobs = [(request.spec, request.step) for request in live]
-            results = _counted(live, partial(live[0].pipeline.generate_batch, jobs))
+            results = review_call(
+                live[0].pipeline, _counted(live, partial(live[0].pipeline.generate_batch, jobs))
+            )
         except Exception as error:
             if is_device_fault(error):
                 raise DeviceFault(str(error)) from error
@@ -208,9 +219,9 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
                 return
             log.warning("a batch of %d jobs failed (%s); running them one by one", len(live), error)
         else:
-            for request, images in zip(live, results, strict=True):
+            for request, (images, nsfw) in zip(live, results, strict=True):
                 request.batch_size = len(live)
-                request.finish(images)
+                request.finish(images, nsfw=nsfw)
             images = sum(request.spec.samples for request in live)
             log.info("sampled %d jobs (%d images) in one batch", len(live), images,
                      extra={"batch_size": len(live), "images": images})  # fmt: skip
@@ -218,7 +229,8 @@ def run_chunk(chunk: list[SampleRequest]) -> None:
     for request in live:
         try:
             call = partial(request.pipeline.generate, request.spec, request.inputs, request.step)
-            request.finish(_counted([request], call))
+            [(images, nsfw)] = review_call(request.pipeline, [_counted([request], call)])
+            request.finish(images, nsfw=nsfw)
         except BaseException as error:
             if is_device_fault(error):
                 raise DeviceFault(str(error)) from error
@@ -248,9 +260,9 @@ class RoundSeat:
 
     def sample(
         self, pipeline: Any, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None
-    ) -> tuple[list[Image], int]:
-        """Sample ``spec`` with the round (called by the job's thread); return its images and the
-        number of jobs in its pipeline call."""
+    ) -> Sampled:
+        """Sample ``spec`` with the round (called by the job's thread); return its images, checked if
+        its model's are, and the number of jobs in its pipeline call."""
         request = SampleRequest(pipeline, spec, inputs, on_step)
         self.sampled = True
         self.round.add_request(request)
@@ -261,7 +273,7 @@ class RoundSeat:
             request.abandoned = True
         if request.error is not None:
             raise request.error
-        return request.images or [], request.batch_size
+        return Sampled(request.images or [], request.batch_size, request.nsfw)
 
     def leave(self) -> None:
         """Note that the job thread is done; if it never sampled, the round stops waiting for it."""

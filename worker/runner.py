@@ -29,6 +29,7 @@ from worker.encoding import CONTENT_TYPES, encode_image
 from worker.metrics import JOBS_FINISHED, model_label, note_succeeded
 from worker.patient_store import PatientStore
 from worker.rounds import is_out_of_memory
+from worker.safety import gate_of
 
 log = logging.getLogger("latentq.worker")
 
@@ -150,13 +151,14 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
         with timings.stage("load_ms"):
             inputs = load_inputs(store, spec)
         with timings.stage("sampling_ms"):
-            images, batch_size = context.sampler.sample(pipeline, spec, inputs, reporter)
+            images, batch_size, nsfw = context.sampler.sample(pipeline, spec, inputs, reporter)
         if reporter.canceled:
             if warm.records.mark_canceled(spec, run):
                 JOBS_FINISHED.labels(model, spec.task, "canceled").inc()
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
-        stored = store_images(store, spec, images, timings)
+        gate = gate_of(pipeline)
+        stored = store_images(store, spec, images, timings, nsfw, gate is not None and gate.filters)
     except RedisError:
         # Its outcome cannot be recorded: the job keeps its lease and runs again once it expires.
         log.warning("job %s: Redis unreachable; left to its lease", spec.job_id)
@@ -210,9 +212,11 @@ def _patiently(write: Callable[[], bool], spec: JobSpec, deadline: float) -> boo
 def step_reporter(
     warm: WarmState, spec: JobSpec, pipeline: ImagePipeline, cancel: threading.Event, run: str | None = None
 ) -> StepReporter:
-    """Return the step callback of ``spec``'s job: progress, previews if asked, progress webhooks if
-    asked, and its cancel."""
-    preview = getattr(pipeline, "preview", None) if spec.preview else None
+    """Return the step callback of ``spec``'s job: progress, previews if asked (never for a model whose
+    safety mode filters: a preview is not checked), progress webhooks if asked, and its cancel."""
+    gate = gate_of(pipeline)
+    previews = spec.preview and not (gate is not None and gate.filters)
+    preview = getattr(pipeline, "preview", None) if previews else None
     wants_progress = spec.webhook is not None and "progress" in spec.webhook.events
     return StepReporter(
         warm.records, spec.job_id, warm.progress_interval_s, cancel, preview,
@@ -239,21 +243,35 @@ def load_inputs(store: ObjectStore, spec: JobSpec) -> dict[str, Image]:
 
 
 def store_images(
-    store: ObjectStore, spec: JobSpec, images: list[Image], timings: StageTimings | None = None
+    store: ObjectStore,
+    spec: JobSpec,
+    images: list[Image],
+    timings: StageTimings | None = None,
+    nsfw: list[bool] | None = None,
+    filtering: bool = False,
 ) -> list[StoredImage]:
-    """Encode each image in the job's format, upload it under its server-made key and describe it."""
+    """Encode each image in the job's format, upload it under its server-made key and describe it,
+    with its safety flag (``nsfw``: one per image; None: not checked) and whether a flagged one was
+    replaced (``filtering``)."""
     timings = timings or StageTimings()
     stored = []
     content_type = CONTENT_TYPES[spec.output_format]
-    for index, (image, seed) in enumerate(zip(images, spec.image_seeds(), strict=True)):
+    flags: list[bool | None] = list(nsfw) if nsfw is not None else [None] * len(images)
+    if any(flags):
+        log.info("job %s: the safety checker flagged %d of %d image(s)%s", spec.job_id, sum(map(bool, flags)),
+                 len(images), " (filtered)" if filtering else "")  # fmt: skip
+    for index, (image, seed, flagged) in enumerate(zip(images, spec.image_seeds(), flags, strict=True)):
         key = image_object_key(spec.object_folder, index, spec.output_format)
         with timings.stage("encode_ms"):
             data = encode_image(image, spec, seed)
         with timings.stage("upload_ms"):
             store.put(key, data, content_type)
         stored.append(
-            StoredImage(key=key, seed=seed, width=image.width, height=image.height, content_type=content_type)
-        )
+            StoredImage(
+                key=key, seed=seed, width=image.width, height=image.height, content_type=content_type,
+                nsfw=flagged, filtered=bool(flagged and filtering),
+            )
+        )  # fmt: skip
     return stored
 
 

@@ -54,6 +54,7 @@ def model_view(caller: Caller, model: ModelSpec) -> dict[str, Any]:
         "limits": model.limits.model_dump(),
         "defaults": model.defaults.model_dump(),
         "samplers": list(model.samplers),
+        "safety": registry.safety_of(model)[0],
         "workers": workers,
     }
 

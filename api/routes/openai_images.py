@@ -248,8 +248,17 @@ async def images_answer(
     caller: Caller, ours: GenerateRequest, body: ImageOptions, prompt: str, revise: Revision | None = None
 ) -> dict[str, Any]:
     """Run ``ours`` (its spec changed by ``revise``, if given) and answer with its images as OpenAI
-    does, in ``body``'s ``response_format``, with ``prompt`` as their revised prompt."""
+    does, in ``body``'s ``response_format``, with ``prompt`` as their revised prompt. Images the
+    model's safety checker filtered are left out, as OpenAI shows none; if that leaves none, the
+    answer is OpenAI's ``content_policy_violation`` error."""
     stored = await wait_for_images(caller, ours, revise)
+    shown = [image for image in stored if not image.filtered]
+    if stored and not shown:
+        raise LatentqError(
+            "content_policy_violation",
+            "Your request was rejected by the safety system: every image was filtered.",
+        )
+    stored = shown
     store = caller.services.store
     if body.style_preset is not None:  # the prompt as drawn: in the style's template
         prompt = apply_style(body.style_preset, [WeightedPrompt(text=prompt, weight=1.0)])[0].text

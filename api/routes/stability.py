@@ -30,7 +30,7 @@ from api.stability_bodies import (
     require_file,
     upscale_request,
 )
-from latentq.contract import GenerateRequest, UpscaleRequest
+from latentq.contract import GenerateRequest, StoredImage, UpscaleRequest
 from latentq.errors import LatentqError
 
 #: Balance reported by ``/v1/user/balance`` until credits exist: effectively unlimited.
@@ -71,16 +71,22 @@ async def answer(caller: Caller, ours: GenerateRequest | UpscaleRequest, png: bo
             "`application/json`",
         )  # fmt: skip
     stored = await wait_for_images(caller, ours)
-    images = [(image.seed, await run_in_threadpool(services.store.get, image.key)) for image in stored]
+    images = [(image, await run_in_threadpool(services.store.get, image.key)) for image in stored]
     if png:
-        seed, data = images[0]
-        headers = {"Finish-Reason": "SUCCESS", "Seed": str(seed)}
+        image, data = images[0]
+        headers = {"Finish-Reason": finish_reason(image), "Seed": str(image.seed)}
         return Response(data, media_type="image/png", headers=headers)
     artifacts = [
-        {"base64": base64.b64encode(data).decode(), "seed": seed, "finishReason": "SUCCESS"}
-        for seed, data in images
+        {"base64": base64.b64encode(data).decode(), "seed": image.seed, "finishReason": finish_reason(image)}
+        for image, data in images
     ]
     return JSONResponse({"artifacts": artifacts})
+
+
+def finish_reason(image: StoredImage) -> str:
+    """Stability's finish reason of ``image``: ``CONTENT_FILTERED`` when the model's safety checker
+    replaced it (safety ``filter``; the artifact is then a black image), else ``SUCCESS``."""
+    return "CONTENT_FILTERED" if image.filtered else "SUCCESS"
 
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.body_parsing import multipart_openapi
 from api.error_envelope import stability_v2_error
-from api.routes.stability import StabilityCallerDep
+from api.routes.stability import StabilityCallerDep, finish_reason
 from api.shaped_route import ShapedRoute, wait_for_images
 from api.stability_bodies import parse_fields, read_form, require_file
 from latentq.contract import MAX_PROMPT_CHARS, GenerateRequest, OutputFormat
@@ -104,8 +104,8 @@ async def control_sketch(request: Request, caller: StabilityCallerDep) -> Respon
         raise LatentqError.for_field(error.name, "image", message) from None
     data = await run_in_threadpool(caller.services.store.get, image.key)
     if wants_json(request):
-        answer: dict[str, Any] = {"image": base64.b64encode(data).decode(), "finish_reason": "SUCCESS",
-                                  "seed": image.seed}  # fmt: skip
+        encoded = base64.b64encode(data).decode()
+        answer: dict[str, Any] = {"image": encoded, "finish_reason": finish_reason(image), "seed": image.seed}
         return JSONResponse(answer)
-    headers = {"finish-reason": "SUCCESS", "seed": str(image.seed)}
+    headers = {"finish-reason": finish_reason(image), "seed": str(image.seed)}
     return Response(data, media_type=image.content_type, headers=headers)

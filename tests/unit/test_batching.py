@@ -52,9 +52,12 @@ class FakePipeline:
         return [[f"{spec.job_id}:{index}" for index in range(spec.samples)] for spec, _ in members]
 
 
-def run_round(pipeline: FakePipeline, specs: list[JobSpec | None], max_images: int = 8, raised=None) -> dict:
-    """Run a round of job threads (None: a job that leaves before sampling); return each outcome
-    (a job still waiting when the round ended has none). What the round raised goes in ``raised``."""
+def run_round(
+    pipeline: FakePipeline, specs: list[JobSpec | None], max_images: int = 8, raised=None, flags: bool = False
+) -> dict:
+    """Run a round of job threads (None: a job that leaves before sampling); return each outcome,
+    (images, batch size), and their safety flags if ``flags`` (a job still waiting when the round
+    ended has none). What the round raised goes in ``raised``."""
     round_ = SamplingRound(len(specs))
     outcomes: dict = {}
 
@@ -62,7 +65,8 @@ def run_round(pipeline: FakePipeline, specs: list[JobSpec | None], max_images: i
         seat = round_.seat()
         try:
             if job_spec is not None:
-                outcomes[index] = seat.sample(pipeline, job_spec, {}, None)
+                sampled = seat.sample(pipeline, job_spec, {}, None)
+                outcomes[index] = tuple(sampled) if flags else tuple(sampled[:2])
         except Exception as error:  # noqa: BLE001 - the outcome under test
             outcomes[index] = error
         finally:

@@ -27,6 +27,7 @@ from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
+from worker.safety import SafetyGate
 
 log = logging.getLogger("latentq.worker")
 
@@ -138,6 +139,8 @@ class WarmPipeline:
         self.scheduler_config = pipe.scheduler.config
         #: The model's LoRA adapters (set by the worker's start-up); None: jobs may name none.
         self.adapters: LoadedAdapters | None = None
+        #: The model's safety gate (set by the worker's start-up); None: its images are not checked.
+        self.safety: SafetyGate | None = None
 
     def use_loras(self, loras: list[LoraWeight]) -> None:
         """Make ``loras`` the active adapters of the next call (none: the base model exactly)."""

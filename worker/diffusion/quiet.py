@@ -1,7 +1,8 @@
 """Third-party noise kept out of the worker's log: transformers' notice that its image processors
 fall back to PIL without torchvision (at import, three paragraphs), diffusers' paragraph on the
-safety checker it is loaded without (at every load), and both libraries' progress bars, which
-a log file records as screens of carriage returns. Their warnings and errors otherwise stay."""
+safety checker pipelines are loaded without (at every load) and its checker's warning at each
+flagged batch, and both libraries' progress bars, which a log file records as screens of carriage
+returns. Their warnings and errors otherwise stay."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import logging
 #: Parts of the messages dropped: each a notice about a choice made on purpose here.
 NOISE = (
     "requires torchvision (not installed)",  # the PIL image processors serve (no torchvision here)
-    "You have disabled the safety checker",  # latentq loads no safety checker (docs/MODELS.md)
+    # Pipelines are loaded without their safety checker: it runs after them (worker.safety).
+    "You have disabled the safety checker",
+    "Potential NSFW content was detected",  # the worker counts and records flagged images itself
 )
 
 

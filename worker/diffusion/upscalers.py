@@ -18,6 +18,7 @@ from worker.context import OnStep
 from worker.diffusion.pipelines import generators_for, load_pretrained
 from worker.diffusion.prompts import prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
+from worker.safety import SafetyGate
 
 
 class Upscaler:
@@ -25,6 +26,8 @@ class Upscaler:
 
     #: The model's scale factor.
     FACTOR = 4
+    #: The model's safety gate (set by the worker's start-up); None: its images are not checked.
+    safety: SafetyGate | None = None
 
     def __init__(self, pipe: Any, device: torch.device) -> None:
         self.pipe = pipe
@@ -66,6 +69,9 @@ class Upscaler:
 
 class Resampler:
     """The non-diffusion upscaler: Lanczos resampling, no weights, no GPU."""
+
+    #: The model's safety gate (set by the worker's start-up); None: its images are not checked.
+    safety: SafetyGate | None = None
 
     def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
         """Resample the init image to the requested size."""

@@ -6,7 +6,8 @@ builders for structurally real checkpoints that ``from_pretrained`` loads like a
 encoder and a complete byte-level CLIP tokenizer) and ``tiny-sdxl`` (SDXL: two text
 encoders, pooled-text and size micro-conditioning), ``tiny-sd-inpainting`` (a 9-channel
 inpainting UNet) and ``tiny-x4-upscaler`` (an x4 diffusion upscaler); ``tiny-sd3`` and ``tiny-flux``
-come from ``worker.embedded.flow_models``. Their weights are random: they draw
+come from ``worker.embedded.flow_models``, the safety checkers ``tiny-safety-all`` and
+``tiny-safety-none`` from ``worker.embedded.safety_checkers``. Their weights are random: they draw
 noise. The same bytes come out on every run, so their images are reproducible anywhere.
 
 Usage: ``python -m worker.embedded DIR [--name NAME]`` (a name of ``BUILDERS``)
@@ -254,11 +255,18 @@ BUILDERS = {
 }
 
 
+#: Embedded safety checkers (``worker.embedded.safety_checkers``), by name: each writes itself to a folder.
+SAFETY_CHECKER_BUILDERS: dict = {}
+
+
 def _flow_builders() -> None:
-    """Register the flow-matching builders (their own module, which imports this one)."""
+    """Register the flow-matching builders and the safety checkers (their own modules, which import
+    this one)."""
     from worker.embedded.flow_models import build_flux_pipeline, build_sd3_pipeline
+    from worker.embedded.safety_checkers import SAFETY_CHECKER_BUILDERS as checkers
 
     BUILDERS.update({"tiny-sd3": build_sd3_pipeline, "tiny-flux": build_flux_pipeline})
+    SAFETY_CHECKER_BUILDERS.update(checkers)
 
 
 _flow_builders()
@@ -272,6 +280,9 @@ def build_tiny_model(directory: Path, name: str = "tiny-sd") -> Path:
         CONTROLNET_BUILDERS[name]().save_pretrained(staging, safe_serialization=True)
         # A lone model has no model_index.json: the marker says the folder is complete.
         (staging / COMPLETE_MARKER).write_text('{"_class_name": "ControlNetModel"}\n')
+    elif name in SAFETY_CHECKER_BUILDERS:
+        SAFETY_CHECKER_BUILDERS[name](staging)
+        (staging / COMPLETE_MARKER).write_text('{"_class_name": "StableDiffusionSafetyChecker"}\n')
     else:
         pipeline = BUILDERS[name]()
         pipeline.save_pretrained(staging, safe_serialization=True)
@@ -312,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m worker.embedded DIR [--name NAME] [--force]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="folder to write the model to")
-    names = sorted([*BUILDERS, *CONTROLNET_BUILDERS])
+    names = sorted([*BUILDERS, *CONTROLNET_BUILDERS, *SAFETY_CHECKER_BUILDERS])
     parser.add_argument("--name", choices=names, default="tiny-sd", help="which embedded model")
     parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
     args = parser.parse_args(argv)

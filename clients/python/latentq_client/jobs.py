@@ -71,7 +71,8 @@ class JobView:
 
     @property
     def image_info(self) -> list[dict[str, Any]]:
-        """A succeeded job's images: ``{"url", "seed", "width", "height", "content_type"}`` each."""
+        """A succeeded job's images: ``{"url", "seed", "width", "height", "content_type", "nsfw",
+        "filtered"}`` each (``nsfw``/``filtered``: the model's safety checker's verdict)."""
         return list(self.data.get("images") or [])
 
     def _take(self, event: Event) -> None:
