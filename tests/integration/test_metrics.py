@@ -223,7 +223,10 @@ def test_a_draining_worker_is_not_ready(metrics_api, metrics_worker):
     )
     # 150 steps: it still samples for seconds after it is seen running, while the probes are read.
     os.kill(process.popen.pid, signal.SIGTERM)  # warm shutdown: it finishes the job first
-    assert status(f"{base}/readyz") == 503
+    # Python runs the handler when the sampling thread next returns to the interpreter (a step's
+    # callback): not necessarily before the first read below.
+    wait_until(lambda: status(f"{base}/readyz") == 503, 30, "not ready while draining")
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"  # still draining
     assert status(f"{base}/livez") == 200  # draining, not stuck
     assert wait_for_job(client, job["id"], timeout_s=300)["status"] == "succeeded"  # drained
     assert process.popen.wait(timeout=60) == 0
