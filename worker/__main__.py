@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from redis import Redis
@@ -18,13 +19,12 @@ from rq.serializers import JSONSerializer
 from latentq.keys import queue_name
 from latentq.logs import configure_logging
 from latentq.loras import LoraSpec
-from latentq.models import FLOW_FAMILIES, ControlNetSpec, ModelRegistry, ModelSpec
+from latentq.models import FLOW_FAMILIES, ModelRegistry, ModelSpec
 from latentq.periodic import call_with_backoff
 from latentq.probes import Vitals, serve_probes
 from latentq.reaper import Reaper, clear_stale_registration
 from latentq.records import JobRecords
 from latentq.redis_client import redis_client
-from latentq.safety import SafetyCheckerSpec
 from latentq.settings import WorkerSettings, get_registry, get_worker_settings
 from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
@@ -53,25 +53,21 @@ def served_models(settings: WorkerSettings, registry: ModelRegistry) -> list[Mod
     return [registry.models[model_id] for model_id in ids]
 
 
+def built_source(
+    what: str, source: str, embedded_name: str | None, builders: Mapping[str, Any], settings: WorkerSettings
+) -> str:
+    """Return what ``from_pretrained`` loads for registry entry ``what``: its ``source``, or the
+    embedded model ``embedded_name`` (one of ``builders``), built first if missing."""
+    if embedded_name is None:
+        return source
+    if embedded_name not in builders:
+        raise SystemExit(f"{what}: unknown embedded name {embedded_name!r}; embedded: {sorted(builders)}")
+    return str(ensure_tiny_model(settings.embedded_model_dir / embedded_name, embedded_name))
+
+
 def model_source(model: ModelSpec, settings: WorkerSettings) -> str:
-    """Return what ``from_pretrained`` loads for ``model``, building an embedded model if needed."""
-    if model.embedded_name is None:
-        return model.source
-    if model.embedded_name not in BUILDERS:
-        raise SystemExit(f"model {model.id!r}: unknown embedded model; embedded: {sorted(BUILDERS)}")
-    return str(ensure_tiny_model(settings.embedded_model_dir / model.embedded_name, model.embedded_name))
-
-
-def controlnet_source(controlnet: ControlNetSpec, settings: WorkerSettings) -> str:
-    """Return what ``from_pretrained`` loads for ``controlnet``, building an embedded one if needed."""
-    name = controlnet.embedded_name
-    if name is None:
-        return controlnet.source
-    if name not in CONTROLNET_BUILDERS:
-        raise SystemExit(
-            f"ControlNet {controlnet.id!r}: unknown embedded ControlNet; {sorted(CONTROLNET_BUILDERS)}"
-        )
-    return str(ensure_tiny_model(settings.embedded_model_dir / name, name))
+    """Return what ``from_pretrained`` loads for ``model`` (``built_source``)."""
+    return built_source(f"model {model.id!r}", model.source, model.embedded_name, BUILDERS, settings)
 
 
 def load_controlnets(
@@ -85,21 +81,16 @@ def load_controlnets(
     for controlnet in registry.controlnets.values():
         if controlnet.family in families:
             loaded[controlnet.family][controlnet.id] = load_controlnet(
-                controlnet_source(controlnet, settings), device
+                built_source(
+                    f"ControlNet {controlnet.id!r}",
+                    controlnet.source,
+                    controlnet.embedded_name,
+                    CONTROLNET_BUILDERS,
+                    settings,
+                ),
+                device,
             )
     return loaded
-
-
-def checker_source(checker: SafetyCheckerSpec, settings: WorkerSettings) -> str:
-    """Return the folder or hub id of ``checker``, building an embedded one if needed."""
-    name = checker.embedded_name
-    if name is None:
-        return checker.source
-    if name not in SAFETY_CHECKER_BUILDERS:
-        raise SystemExit(
-            f"safety checker {checker.id!r}: unknown embedded checker; {sorted(SAFETY_CHECKER_BUILDERS)}"
-        )
-    return str(ensure_tiny_model(settings.embedded_model_dir / name, name))
 
 
 def safety_gates(
@@ -114,7 +105,16 @@ def safety_gates(
         if mode == "off" or spec is None:
             continue
         if spec.id not in checkers:
-            checkers[spec.id] = SafetyChecker.load(checker_source(spec, settings), settings.device)
+            checkers[spec.id] = SafetyChecker.load(
+                built_source(
+                    f"safety checker {spec.id!r}",
+                    spec.source,
+                    spec.embedded_name,
+                    SAFETY_CHECKER_BUILDERS,
+                    settings,
+                ),
+                settings.device,
+            )
         gates[model.id] = SafetyGate(mode, checkers[spec.id])
         log.info("model %s: safety %s with checker %s", model.id, mode, spec.id)
     return gates
