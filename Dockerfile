@@ -61,9 +61,11 @@ COPY pyproject.toml README.md ./
 COPY latentq ./latentq
 COPY worker ./worker
 # The project itself, from this folder: its dependencies are bounded in pyproject.toml, as in
-# the api stage (whose `pip install .` hadolint does not flag).
+# the api stage (whose `pip install .` hadolint does not flag). The watermark's library comes
+# without its desktop-OpenCV requirement (see pyproject.toml).
 # hadolint ignore=DL3013
 RUN pip install ".[worker]" \
+ && pip install --no-deps invisible-watermark==0.2.0 \
  && python -m worker.embedded /opt/latentq/models/tiny-sd --name tiny-sd \
  && for name in tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux tiny-safety-all tiny-safety-none; do \
       python -m worker.embedded /opt/latentq/models/$name --name $name; done \

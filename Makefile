@@ -10,6 +10,8 @@ STATE ?= .run
 # TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128" (see README).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# The invisible watermark's library, without its desktop-OpenCV requirement (see pyproject.toml).
+WATERMARK_SPEC ?= invisible-watermark==0.2.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install run model test test-unit lint format redis-server chromium clean
@@ -21,6 +23,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(PY) -m pip install -q -e ".[worker,dev]"
+	$(PY) -m pip install -q --no-deps "$(WATERMARK_SPEC)"
 	$(PY) -m pip install -q -e clients/python
 	@touch $@
 

@@ -200,6 +200,9 @@ class WorkerSettings(CommonSettings):
     lora_cache_mib: float = Field(0.0, ge=0)
     #: Seconds between two ``progress`` webhooks of one job (0: at every progress update).
     webhook_progress_interval_s: float = Field(2.0, ge=0)
+    #: Mark every stored image of at least 256x256 pixels with an invisible watermark (DWT-DCT, the
+    #: message SDXL's reference code uses: ``worker.watermark``).
+    watermark: bool = False
 
     _split_models = field_validator("worker_models", mode="before")(split_commas)
 

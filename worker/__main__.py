@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from PIL.Image import Image
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
@@ -157,6 +158,20 @@ def lora_cache(
     )  # fmt: skip
 
 
+def watermark_of(settings: WorkerSettings) -> Callable[[Image], Image] | None:
+    """Return what marks each stored image (``LATENTQ_WATERMARK``), or None."""
+    if not settings.watermark:
+        return None
+    try:  # imported only when on: OpenCV is slow to import
+        from worker.watermark import Watermark
+    except ImportError as error:
+        raise SystemExit(
+            f"LATENTQ_WATERMARK needs invisible-watermark ({error}): pip install --no-deps "
+            "invisible-watermark==0.2.0 (its other needs come with the worker's: see the README)"
+        ) from error
+    return Watermark().mark
+
+
 def wait_for_services(store: ImageStore, redis: Redis) -> None:
     """Wait until the bucket and Redis answer: a worker started while either is briefly down (or
     not up yet) takes jobs once both are. A refusal (wrong credentials, a bad bucket name) ends
@@ -214,7 +229,7 @@ def main() -> int:
     records = JobRecords(redis, settings.job_retention_s, settings.max_job_retention_s)
     warm = WarmState(
         pipelines, store, records, CancelWatch(records).start(),
-        settings.progress_interval_s, settings.webhook_progress_interval_s,
+        settings.progress_interval_s, settings.webhook_progress_interval_s, watermark_of(settings),
     )  # fmt: skip
     worker = build_worker(settings, redis, warm)
     worker.vitals = vitals

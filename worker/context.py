@@ -155,6 +155,8 @@ class WarmState:
     progress_interval_s: float = 0.25
     #: Seconds between two progress webhooks of a job that asked for them.
     webhook_progress_interval_s: float = 2.0
+    #: Marks each image as it is stored (``worker.watermark``); None: images are stored as made.
+    watermark: Callable[[Image], Image] | None = None
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,8 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
             log.info("job %s canceled after %.0f ms", spec.job_id, (time.perf_counter() - started) * 1000)
             return []
         gate = gate_of(pipeline)
-        stored = store_images(store, spec, images, timings, nsfw, gate is not None and gate.filters)
+        filtering = gate is not None and gate.filters
+        stored = store_images(store, spec, images, timings, nsfw, filtering, warm.watermark)
     except RedisError:
         # Its outcome cannot be recorded: the job keeps its lease and runs again once it expires.
         log.warning("job %s: Redis unreachable; left to its lease", spec.job_id)
@@ -249,10 +250,11 @@ def store_images(
     timings: StageTimings | None = None,
     nsfw: list[bool] | None = None,
     filtering: bool = False,
+    watermark: Callable[[Image], Image] | None = None,
 ) -> list[StoredImage]:
-    """Encode each image in the job's format, upload it under its server-made key and describe it,
-    with its safety flag (``nsfw``: one per image; None: not checked) and whether a flagged one was
-    replaced (``filtering``)."""
+    """Encode each image in the job's format (marked first by ``watermark``, if any), upload it
+    under its server-made key and describe it, with its safety flag (``nsfw``: one per image; None:
+    not checked) and whether a flagged one was replaced (``filtering``)."""
     timings = timings or StageTimings()
     stored = []
     content_type = CONTENT_TYPES[spec.output_format]
@@ -263,7 +265,7 @@ def store_images(
     for index, (image, seed, flagged) in enumerate(zip(images, spec.image_seeds(), flags, strict=True)):
         key = image_object_key(spec.object_folder, index, spec.output_format)
         with timings.stage("encode_ms"):
-            data = encode_image(image, spec, seed)
+            data = encode_image(watermark(image) if watermark is not None else image, spec, seed)
         with timings.stage("upload_ms"):
             store.put(key, data, content_type)
         stored.append(

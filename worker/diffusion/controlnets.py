@@ -23,6 +23,7 @@ from PIL.Image import Image
 
 from latentq.contract import JobKind, JobSpec
 from worker.diffusion.edges import canny_edges
+from worker.diffusion.quiet import serving
 
 log = logging.getLogger("latentq.worker")
 
@@ -47,9 +48,7 @@ def load_controlnet(source: str, device: torch.device) -> Any:
 
 def controlled_pipeline(base: Any, task: JobKind, controlnet: Any) -> Any:
     """Return ``task``'s controlled pipeline made from ``base`` (shared components) and ``controlnet``."""
-    pipe = CONTROLLED[task].from_pipe(base, controlnet=controlnet)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return serving(CONTROLLED[task].from_pipe(base, controlnet=controlnet))
 
 
 def control_arguments(spec: JobSpec, control: Image) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from worker.diffusion.adapters import LoadedAdapters
 from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
+from worker.diffusion.quiet import serving
 from worker.diffusion.schedulers import make_scheduler
 from worker.safety import SafetyGate
 
@@ -52,8 +53,7 @@ def load_pretrained(
     target = resolve_device(device)
     dtype = cuda_dtype if target.type == "cuda" else torch.float32
     started = time.perf_counter()
-    pipe = loader.from_pretrained(source, **{DTYPE_KEYWORD: dtype}, **components).to(target)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = serving(loader.from_pretrained(source, **{DTYPE_KEYWORD: dtype}, **components).to(target))
     log.info("loaded %s (%s) on %s %s in %.1f s", source, type(pipe).__name__, target, dtype,
              time.perf_counter() - started)  # fmt: skip
     return pipe, target
@@ -134,7 +134,7 @@ class WarmPipeline:
             "masking": AutoPipelineForInpainting.from_pipe(pipe),
         }
         for derived in self.pipes.values():
-            derived.set_progress_bar_config(disable=True)
+            serving(derived)
         # Kept from load time: every job builds its scheduler from the model's own config.
         self.scheduler_config = pipe.scheduler.config
         #: The model's LoRA adapters (set by the worker's start-up); None: jobs may name none.

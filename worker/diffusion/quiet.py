@@ -7,6 +7,7 @@ returns. Their warnings and errors otherwise stay."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 #: Parts of the messages dropped: each a notice about a choice made on purpose here.
 NOISE = (
@@ -38,3 +39,13 @@ def quiet_third_party() -> None:
         for handler in library.get_logger().handlers:
             if not any(isinstance(item, DropNoise) for item in handler.filters):
                 handler.addFilter(DropNoise())
+
+
+def serving(pipe: Any) -> Any:
+    """Return ``pipe`` set up to serve: no progress bar, and none of diffusers' own watermark (its
+    SDXL pipelines mark every image of 256 pixels and wider whenever invisible-watermark is
+    installed; here the deployment decides, ``LATENTQ_WATERMARK``, and marks what it stores)."""
+    pipe.set_progress_bar_config(disable=True)
+    if getattr(pipe, "watermark", None) is not None:
+        pipe.watermark = None
+    return pipe
