@@ -207,7 +207,8 @@ def model_rows(model: str, args: argparse.Namespace, device: torch.device):
         torch.cuda.empty_cache()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Measure each model's rows; print and append each as it finishes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=list(SIDES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8, 16])
@@ -218,7 +219,7 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (as LATENTQ_COMPILE)")
     parser.add_argument("--jsonl", type=Path, help="append each row here as it finishes")
     parser.add_argument("--json", type=Path, help="write every row here at the end")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench.gpu needs a CUDA device (or --device cpu to check the script)", file=sys.stderr)
