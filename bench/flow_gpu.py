@@ -148,7 +148,7 @@ def measure_model(model: str, args: argparse.Namespace, device: torch.device) ->
                            "dtype": "bfloat16", "weights_gib": {}, "seconds": {}}  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    modules: list[Any] = []
+    modules: list[Any] = []  # every component stays alive until the row is complete
     try:
         if args.encoders:
             modules += encoder_seconds(model, configs, device, dtype, row)
@@ -169,9 +169,6 @@ def measure_model(model: str, args: argparse.Namespace, device: torch.device) ->
         row.update(error_fields(error))
     if device.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    del modules
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -194,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for model in args.models:
         row = measure_model(model, args, device)
+        if device.type == "cuda":  # the model's tensors died with measure_model's frame: give them back
+            torch.cuda.empty_cache()
         row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         append_row(args.jsonl, row)
         print(row, flush=True)

@@ -31,13 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Append the test's outcome: from its call, or from its set-up or tear-down where that failed
-    or skipped it (seconds of that phase; the failure's last line as the message)."""
+    or skipped it (seconds of that phase; the exception's message, or the skip's reason)."""
     if not _ROWS or (report.when != "call" and report.passed):
         return
     row = {"stage": "pytest", "test": report.nodeid, "phase": report.when, "outcome": report.outcome,
            "seconds": round(report.duration, 3)}  # fmt: skip
     if report.failed:
-        row["message"] = str(report.longrepr).strip().splitlines()[-1][:500] if report.longrepr else ""
+        crash = getattr(report.longrepr, "reprcrash", None)  # the exception's own line, where pytest kept it
+        row["message"] = (crash.message if crash else str(report.longrepr))[:500]
     elif report.skipped and isinstance(report.longrepr, tuple):
-        row["message"] = str(report.longrepr[2])[:500]
+        row["message"] = str(report.longrepr[2]).removeprefix("Skipped: ")[:500]
     append_row(_ROWS[-1], row)

@@ -4,6 +4,8 @@ a failing, crashing or hanging stage is recorded and the run goes on."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,3 +109,25 @@ def test_bench_gpu_records_any_error_in_its_row_and_goes_on(monkeypatch):
     assert [(row["batch"], row["path"], row["error"]) for row in got] == [
         (1, "direct", "AttributeError"), (1, "worker batch", "RuntimeError"),
         (8, "direct", "AttributeError"), (8, "worker batch", "RuntimeError")]  # fmt: skip
+
+
+def test_the_pytest_plugin_writes_each_test_outcome_as_it_finishes(tmp_path):
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n"
+        "def test_passes(): pass\n"
+        "def test_fails(): assert 1 == 2, 'one is not two'\n"
+        "@pytest.mark.skip(reason='no CUDA device')\n"
+        "def test_skipped(): pass\n"
+    )
+    out = tmp_path / "rows.jsonl"
+    repository = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-m", "pytest", str(tmp_path / "test_sample.py"), "-q", "-p", "no:cacheprovider",
+            "-p", "bench.pytest_rows", "--rows", str(out)]  # fmt: skip
+    completed = subprocess.run(argv, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repository)},
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    got = {row["test"].split("::")[1]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert {name: row["outcome"] for name, row in got.items()} == {
+        "test_passes": "passed", "test_fails": "failed", "test_skipped": "skipped"}  # fmt: skip
+    assert "one is not two" in got["test_fails"]["message"]
+    assert got["test_skipped"]["message"] == "no CUDA device"
