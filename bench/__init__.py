@@ -23,6 +23,20 @@ def write_result(path: Path | None, result: dict) -> None:
         path.write_text(json.dumps(result, indent=2))
 
 
+def append_row(path: Path | None, row: dict) -> None:
+    """Append ``row`` to ``path`` as one JSON line, closed (so flushed) at once: a crash or a time
+    limit later in the run loses none of the rows already written."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as stream:
+            stream.write(json.dumps(row, default=str) + "\n")
+
+
+def error_fields(error: BaseException) -> dict[str, str]:
+    """Return a row's record of ``error``: its class name and (the start of) its message."""
+    return {"error": type(error).__name__, "message": str(error)[:500]}
+
+
 def service_env(redis_url: str, **settings: str) -> dict[str, str]:
     """Return the environment of a latentq process on ``redis_url`` with dummy S3 credentials (the
     benchmarks that use it never touch S3), plus ``settings`` (``LATENTQ_*`` names)."""
