@@ -45,6 +45,8 @@ export function applyModel(form, model) {
   form.elements.steps.value = defaults.steps;
   form.elements.cfg_scale.value = defaults.cfg_scale;
   form.elements.sampler.value = defaults.sampler;
+  // A model without negative prompts (FLUX) refuses one: the input is off, and not sent.
+  form.elements.negative_prompt.disabled = model.takes_negative_prompt === false;
 }
 
 export function randomSeed() {
@@ -55,6 +57,7 @@ export function randomSeed() {
 export function readParams(form) {
   const params = {};
   for (const name of TEXT_FIELDS) {
+    if (form.elements[name].disabled) continue;
     const value = form.elements[name].value.trim();
     if (value) params[name] = value;
   }

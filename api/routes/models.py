@@ -54,6 +54,8 @@ def model_view(caller: Caller, model: ModelSpec) -> dict[str, Any]:
         "limits": model.limits.model_dump(),
         "defaults": model.defaults.model_dump(),
         "samplers": list(model.samplers),
+        # FLUX has none (a negative prompt there is refused: invalid_negative_prompt).
+        "takes_negative_prompt": model.takes_negative_prompt,
         "safety": registry.safety_of(model)[0],
         "workers": workers,
     }

@@ -362,6 +362,15 @@ def test_a_bad_size_shows_the_apis_message_beside_width(session, worker, client)
     assert slot.inner_text() == ""  # cleared by the next submit
 
 
+def test_a_model_without_negative_prompts_turns_that_input_off(session):
+    page = session.page
+    session.enter_key()
+    page.select_option(field("model"), "tiny-flux")
+    assert page.is_disabled(field("negative_prompt"))
+    page.select_option(field("model"), "tiny-sd")
+    assert page.is_enabled(field("negative_prompt"))
+
+
 def test_a_wrong_key_is_said(session, client):
     page = session.page
     page.goto("/")

@@ -148,6 +148,12 @@ def test_flux_refuses_negative_prompts(client, body, name):
     assert error["name"] == name and "takes no negative prompt" in error["message"]
 
 
+def test_the_model_list_says_which_models_take_negative_prompts(client):
+    listed = {model["id"]: model["takes_negative_prompt"] for model in client.get("/v1/models").json()["data"]}
+    assert listed["tiny-flux"] is False
+    assert listed["tiny-sd3"] is True and listed["tiny-sd"] is True
+
+
 def test_flux_takes_a_style_without_its_negative_text(client, flow_worker):
     job, _ = run(client, model="tiny-flux", prompt=PROMPT, style_preset="photographic", steps=2)
     assert all(prompt["weight"] > 0 for prompt in job["request"]["prompts"])
