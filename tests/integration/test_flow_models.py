@@ -149,7 +149,9 @@ def test_flux_refuses_negative_prompts(client, body, name):
 
 
 def test_the_model_list_says_which_models_take_negative_prompts(client):
-    listed = {model["id"]: model["takes_negative_prompt"] for model in client.get("/v1/models").json()["data"]}
+    listed = {
+        model["id"]: model["takes_negative_prompt"] for model in client.get("/v1/models").json()["data"]
+    }
     assert listed["tiny-flux"] is False
     assert listed["tiny-sd3"] is True and listed["tiny-sd"] is True
 
