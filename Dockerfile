@@ -7,6 +7,8 @@
 # Checked by tests/unit/test_containers.py (hadolint included); deployment: docs/DEPLOY.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# CUDA 12.8 (the cu128 torch wheels' and Triton's): the host needs an NVIDIA driver of the R570
+# branch or newer (>= 570.26 on Linux; docs/DEPLOY.md).
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------------------------------------
@@ -40,16 +42,23 @@ CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port"
 FROM ${CUDA_IMAGE} AS worker
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
+# The versions the test suite ran with: a newer diffusers or peft changes LoRA and hot-swap code.
+ARG WORKER_PINS="diffusers==0.42.1 transformers==5.25.0 peft==0.22.0 accelerate==1.16.0"
 # LATENTQ_METRICS_PORT: the worker's listener for /metrics, /livez and /readyz (the health check
-# below, and Kubernetes' probes in deploy/kubernetes).
+# below, and Kubernetes' probes in deploy/kubernetes). HOME: the worker user's (caches of
+# libraries that ignore the variables below). LATENTQ_COMPILE_CACHE_DIR: torch.compile's kernels
+# (inductor, Triton), a volume in deploy/ so a restart does not compile again.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    LATENTQ_EMBEDDED_MODEL_DIR=/opt/latentq/models HF_HOME=/models/hf LATENTQ_METRICS_PORT=9090
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH HOME=/home/latentq \
+    LATENTQ_EMBEDDED_MODEL_DIR=/opt/latentq/models HF_HOME=/models/hf LATENTQ_METRICS_PORT=9090 \
+    LATENTQ_COMPILE_CACHE_DIR=/cache/compile
 # tini: see the api stage (here the warm-up, before RQ installs its handler, can take minutes).
+# gcc and python3-dev: LATENTQ_COMPILE=1 runs inductor, whose Triton kernels are loaded through a
+# small C module Triton compiles at run time against Python's headers.
 # Ubuntu's release is pinned by the base image's tag (see the api stage for why no version pins).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv tini \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev tini \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 # torch first, from the CUDA index: resolved alone, a bare requirement may pick another build.
@@ -64,12 +73,13 @@ COPY worker ./worker
 # the api stage (whose `pip install .` hadolint does not flag). The watermark's library comes
 # without its desktop-OpenCV requirement (see pyproject.toml).
 # hadolint ignore=DL3013
-RUN pip install ".[worker]" \
+RUN pip install ".[worker]" ${WORKER_PINS} \
  && pip install --no-deps invisible-watermark==0.2.0 \
  && python -m worker.embedded /opt/latentq/models/tiny-sd --name tiny-sd \
  && for name in tiny-sdxl tiny-sd-inpainting tiny-x4-upscaler tiny-sd3 tiny-flux tiny-safety-all tiny-safety-none; do \
       python -m worker.embedded /opt/latentq/models/$name --name $name; done \
- && useradd --system --uid 10001 latentq && mkdir -p /models && chown 10001 /models
+ && useradd --system --uid 10001 --create-home --home-dir /home/latentq latentq \
+ && mkdir -p /models /cache/compile && chown 10001 /models /cache/compile
 USER 10001
 EXPOSE 9090
 # Real weights: mount them under /models, register them (LATENTQ_MODELS_FILE or LATENTQ_MODELS; see

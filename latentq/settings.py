@@ -189,9 +189,25 @@ class WorkerSettings(CommonSettings):
     #: Milliseconds to wait for more jobs when a batch is not full, under concurrent load only (a lone
     #: job after a lone job never waits); 0: take only what is already queued.
     batch_wait_ms: float = Field(50.0, ge=0, le=1000)
-    #: ``torch.compile`` each model's UNet on CUDA (slower start-up and a compile per new shape,
-    #: faster steps); the warm-up compiles before the worker takes jobs.
+    #: ``torch.compile`` each model's denoiser (UNet or transformer) on CUDA, with dynamic shapes;
+    #: the warm-up compiles the sizes of ``compile_sizes`` before the worker takes jobs.
     compile: bool = False
+    #: Sizes (``WIDTHxHEIGHT`` pixels, comma-separated) the warm-up compiles, at batch 1 and 2;
+    #: empty: each model's default size.
+    compile_sizes: Annotated[tuple[str, ...], NoDecode] = ()
+    #: ``torch.compile`` backend: ``inductor`` (fast kernels; needs a C compiler), or ``aot_eager``
+    #: / ``eager`` (no code generation: for checking recompiles, as the tests do).
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    #: Compile on CPU too (``compile`` alone applies on CUDA only): for tests and benchmarks.
+    compile_on_cpu: bool = False
+    #: Folder of the compile caches (inductor's kernels, Triton's), meant to be a persistent
+    #: volume so a restarted worker does not compile again; unset: torch's default under /tmp.
+    compile_cache_dir: Path | None = None
+    #: Highest rank of any LoRA adapter, with ``compile``: adapters are hot-swapped into slots padded
+    #: to this rank, so switching adapters does not recompile (a higher-rank adapter is refused).
+    lora_max_rank: int = Field(64, ge=1, le=1024)
+    #: LoRA adapter slots per model with ``compile``: the most adapters one job may name (4).
+    lora_slots: int = Field(4, ge=1, le=16)
     #: Most LoRA adapters kept loaded per model (the least recently used is unloaded first); at least
     #: the most one request may name.
     max_loaded_loras: int = Field(8, ge=4, le=1024)
@@ -204,7 +220,16 @@ class WorkerSettings(CommonSettings):
     #: message SDXL's reference code uses: ``worker.watermark``).
     watermark: bool = False
 
-    _split_models = field_validator("worker_models", mode="before")(split_commas)
+    _split_models = field_validator("worker_models", "compile_sizes", mode="before")(split_commas)
+
+    @field_validator("compile_sizes")
+    @classmethod
+    def _sizes_are_sizes(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:
+        for size in sizes:
+            width, _, height = size.lower().partition("x")
+            if not (width.isdigit() and height.isdigit() and int(width) % 8 == 0 and int(height) % 8 == 0):
+                raise ValueError(f"LATENTQ_COMPILE_SIZES: {size!r} is not WIDTHxHEIGHT in multiples of 8")
+        return sizes
 
     @model_validator(mode="after")
     def _beats_within_the_lease(self) -> WorkerSettings:

@@ -31,8 +31,10 @@ from latentq.storage import STORAGE_ERRORS, ImageStore
 from worker.cancel_watch import CancelWatch
 from worker.context import WarmState
 from worker.diffusion.adapters import LoadedAdapters, adapter_file
+from worker.diffusion.compiling import configure_compile, parse_sizes
 from worker.diffusion.controlnets import load_controlnet
 from worker.diffusion.flow import FlowPipeline
+from worker.diffusion.hotswap import HotSwapAdapters
 from worker.diffusion.pipelines import WarmPipeline, resolve_device
 from worker.diffusion.safety import SafetyChecker
 from worker.diffusion.upscalers import Resampler, Upscaler
@@ -127,17 +129,24 @@ def load_pipeline(
     """Load ``model`` with the wrapper of its family (with ``controlnets``, by id, if it draws) and
     warm it up."""
     pipeline: WarmPipeline | Upscaler | Resampler
+    if settings.compile:
+        configure_compile(settings.compile_cache_dir)
+    compiling = {"compile_backend": settings.compile_backend, "compile_on_cpu": settings.compile_on_cpu}
     if model.family == "resampler":
         pipeline = Resampler()
     elif model.family == "upscaler-x4":
         pipeline = Upscaler.load(model_source(model, settings), settings.device)
     elif model.family in FLOW_FAMILIES:
         source = model_source(model, settings)
-        pipeline = FlowPipeline.load(source, settings.device, settings.compile, t5=model.t5)
+        pipeline = FlowPipeline.load(source, settings.device, settings.compile, t5=model.t5, **compiling)
     else:
         source = model_source(model, settings)
-        pipeline = WarmPipeline.load(source, settings.device, settings.compile, controlnets)
-        pipeline.adapters = lora_cache(pipeline, registry_loras(settings), settings)
+        pipeline = WarmPipeline.load(source, settings.device, settings.compile, controlnets, **compiling)
+        pipeline.adapters = lora_cache(pipeline, model, registry_loras(settings), settings)
+    if isinstance(pipeline, WarmPipeline):
+        sizes = parse_sizes(list(settings.compile_sizes)) or [(model.defaults.width, model.defaults.height)]
+        pipeline.compile_sizes = sizes
+        pipeline.compile_batch = settings.max_batch
     if settings.warmup:
         log.info("warm-up generation of %s took %.2f s", model.id, pipeline.warm_up(model.tasks[0]))
     return pipeline
@@ -149,13 +158,23 @@ def registry_loras(settings: WorkerSettings) -> dict[str, LoraSpec]:
 
 
 def lora_cache(
-    pipeline: WarmPipeline, loras: dict[str, LoraSpec], settings: WorkerSettings
-) -> LoadedAdapters:
-    """Return the cache of ``pipeline``'s LoRA adapters, loading registered ones on first use."""
+    pipeline: WarmPipeline, model: ModelSpec, loras: dict[str, LoraSpec], settings: WorkerSettings
+) -> LoadedAdapters | HotSwapAdapters | None:
+    """Return the cache of ``pipeline``'s LoRA adapters, loading registered ones on first use; a
+    compiled pipeline gets hot-swap slots instead, filled now with the adapters that fit it
+    (None: no adapter fits, jobs name none)."""
+
+    def locate(lora_id: str) -> Any:
+        return adapter_file(loras[lora_id], settings.embedded_model_dir)
+
+    if pipeline.compile_watch.enabled:
+        fitting = [lora.id for lora in loras.values() if lora.fits(model.id, model.family)]
+        if not fitting:
+            return None
+        return HotSwapAdapters(pipeline.pipe, locate, fitting, settings.lora_slots, settings.lora_max_rank)
     return LoadedAdapters(
-        pipeline.pipe, lambda lora_id: adapter_file(loras[lora_id], settings.embedded_model_dir),
-        settings.max_loaded_loras, int(settings.lora_cache_mib * 2**20),
-    )  # fmt: skip
+        pipeline.pipe, locate, settings.max_loaded_loras, int(settings.lora_cache_mib * 2**20)
+    )
 
 
 def watermark_of(settings: WorkerSettings) -> Callable[[Image], Image] | None:

@@ -3,7 +3,8 @@
 Per job: jobs running and finished (by model, task and outcome), and the seconds of each stage
 (queue wait, sampling, encode, upload, end to end); per pipeline call: its batch size and the
 seconds the accelerator sampled (whose rate is the worker's busy ratio); images and denoising
-steps made (whose rates are images/s and steps/s); and on CUDA the accelerator's memory.
+steps made (whose rates are images/s and steps/s); torch.compile's compilations (by phase) and
+fallbacks to eager; and on CUDA the accelerator's memory.
 """
 
 from __future__ import annotations
@@ -93,6 +94,19 @@ STEPS = Counter(
     registry=REGISTRY,
 )
 
+COMPILES = Counter(
+    "latentq_worker_torch_compiles",
+    "Frames torch.compile compiled, by phase: warm-up (expected) or jobs (a recompile that stalled "
+    "sampling; see LATENTQ_COMPILE_SIZES).",
+    ["phase"],
+    registry=REGISTRY,
+)
+COMPILE_FALLBACKS = Counter(
+    "latentq_worker_torch_compile_fallbacks",
+    "Times torch.compile hit its recompile limit and left a frame to run eagerly (slower).",
+    registry=REGISTRY,
+)
+
 
 def declare_models(served: Iterable[str]) -> None:
     """Give the per-model gauges and counters a series of each served model from the start (0
@@ -100,6 +114,8 @@ def declare_models(served: Iterable[str]) -> None:
     for model in served:
         for metric in (JOBS_RUNNING, SAMPLING_SECONDS, IMAGES, STEPS):
             metric.labels(model)
+    for phase in ("warm-up", "jobs"):
+        COMPILES.labels(phase)
 
 
 def model_label(model: str, served: Collection[str]) -> str:

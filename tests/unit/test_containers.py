@@ -391,3 +391,19 @@ def test_compose_refuses_to_start_with_env_examples_empty_secret(secret):
     variables = {**env_example(), "LATENTQ_API_KEYS": "k" * 32, "LATENTQ_S3_SECRET_ACCESS_KEY": "s" * 32}
     with pytest.raises(ValueError, match=secret):
         interpolate(COMPOSE, {**variables, secret: env_example()[secret]})
+
+
+def test_worker_image_pins_the_tested_library_versions_and_can_compile():
+    from importlib.metadata import version
+
+    pins = re.search(r'^ARG WORKER_PINS="([^"]+)"', DOCKERFILE, flags=re.MULTILINE).group(1).split()
+    assert {pin.split("==")[0] for pin in pins} >= {"diffusers", "transformers", "peft"}
+    for pin in pins:
+        name, _, pinned = pin.partition("==")
+        assert version(name) == pinned, f"the image pins {pin}; the tests ran with {version(name)}"
+    worker = DOCKERFILE.split("AS worker", 1)[1].split("\nFROM ", 1)[0]
+    assert '".[worker]" ${WORKER_PINS}' in worker
+    # Triton compiles a C module against Python's headers at run time; the caches need a home.
+    assert all(package in worker for package in (" gcc ", " python3-dev ", " libc6-dev "))
+    assert "HOME=/home/latentq" in worker and "--create-home --home-dir /home/latentq" in worker
+    assert "LATENTQ_COMPILE_CACHE_DIR=/cache/compile" in worker and "chown 10001 /models /cache/compile" in worker

@@ -29,21 +29,21 @@ FLOW_FACTORS = ((0.5, 0.0, 0.0), (0.0, 0.5, 0.0), (0.0, 0.0, 0.5)) + ((0.0, 0.0,
 class FlowPipeline(WarmPipeline):
     """A warm SD3 or FLUX model (``family`` ``sd3`` or ``flux``)."""
 
-    def __init__(self, pipe: Any, device: torch.device, compile_unet: bool = False) -> None:
-        super().__init__(pipe, device, compile_unet)
+    def __init__(self, pipe: Any, device: torch.device, compile_unet: bool = False, **compiling: Any) -> None:
+        super().__init__(pipe, device, compile_unet, **compiling)
         #: Output size of the call running now, (width, height) pixels: FLUX's latents are packed
         #: 2x2 into a sequence, unpacked for previews with it. Calls run one at a time.
         self.size = (0, 0)
 
     @classmethod
     def load(
-        cls, model: str, device: str = "auto", compile_unet: bool = False, t5: bool = True
+        cls, model: str, device: str = "auto", compile_unet: bool = False, t5: bool = True, **compiling: Any
     ) -> FlowPipeline:
         """Load ``model`` (a folder or hub id): bf16 on CUDA, fp32 on CPU; ``t5=False`` leaves an
         SD3 model's T5 encoder out (prompts read by its CLIP encoders only)."""
         components = {} if t5 else {"text_encoder_3": None, "tokenizer_3": None}
         pipe, target = load_pretrained(AutoPipelineForText2Image, model, device, torch.bfloat16, **components)
-        return cls(pipe, target, compile_unet=compile_unet)
+        return cls(pipe, target, compile_unet=compile_unet, **compiling)
 
     def preview(self, latents: torch.Tensor) -> bytes:
         """Return a rough JPEG preview of ``latents`` (FLUX's unpacked first)."""

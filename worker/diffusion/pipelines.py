@@ -23,7 +23,9 @@ from PIL.Image import Image
 from latentq.contract import JobKind, JobSpec, LoraWeight, WeightedPrompt
 from worker.context import OnStep
 from worker.diffusion.adapters import LoadedAdapters
+from worker.diffusion.compiling import CompileWatch, compile_denoiser
 from worker.diffusion.controlnets import control_arguments, controlled_pipeline
+from worker.diffusion.hotswap import HotSwapAdapters
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.quiet import serving
@@ -95,16 +97,19 @@ MEMORY_SHARE = 0.8
 TILE_ABOVE_PIXELS = 1536 * 1536
 
 
+def denoiser_of(pipe: Any) -> Any:
+    """Return ``pipe``'s denoiser: the UNet, or the transformer of a flow-matching model."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
 def tune_for_cuda(pipe: Any, compile_unet: bool) -> None:
     """Make ``pipe`` fast on CUDA: a channels-last UNet (SDPA attention is diffusers' default with
-    torch 2), VAE slicing (a batch decodes one image at a time) and, if asked, ``torch.compile`` of
-    the denoiser (the UNet, or the transformer of a flow-matching model)."""
+    torch 2) and VAE slicing (a batch decodes one image at a time); ``torch.compile`` is
+    ``WarmPipeline``'s (``compiling``)."""
     denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     if denoiser == "unet":
         pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.enable_slicing()
-    if compile_unet:
-        setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
 
 
 class WarmPipeline:
@@ -117,7 +122,11 @@ class WarmPipeline:
         device: torch.device,
         compile_unet: bool = False,
         controlnets: dict[str, Any] | None = None,
+        compile_backend: str = "inductor",
+        compile_on_cpu: bool = False,
     ) -> None:
+        """``compile_unet``: ``torch.compile`` the denoiser with ``compile_backend``, on CUDA only
+        unless ``compile_on_cpu`` (tests)."""
         self.device = device
         #: ControlNets this model may be conditioned by, by registry id (loaded by the worker).
         self.controlnets = controlnets or {}
@@ -125,6 +134,16 @@ class WarmPipeline:
         self.controlled: dict[tuple[str, str], Any] = {}
         if device.type == "cuda":
             tune_for_cuda(pipe, compile_unet)
+        compiled = compile_unet and (device.type == "cuda" or compile_on_cpu)
+        if compiled:
+            # In place and lazily (the first call compiles): LoRA slots may still be added before it.
+            compile_denoiser(denoiser_of(pipe), compile_backend)
+        #: Counts the compilations of calls (nothing when not compiled).
+        self.compile_watch = CompileWatch(compiled)
+        #: Sizes (width, height) the warm-up compiles when compiled; empty: only the warm-up's own.
+        self.compile_sizes: list[tuple[int, int]] = []
+        #: Most images of one call (``LATENTQ_MAX_BATCH``), which the warm-up compiles too.
+        self.compile_batch = 8
         #: Bytes of GPU memory one more image of a ``MEASURE_SIDE`` square batch takes (measured by
         #: ``warm_up`` on CUDA); None: not measured, batches are not capped by memory.
         self.image_bytes: float | None = None
@@ -138,7 +157,7 @@ class WarmPipeline:
         # Kept from load time: every job builds its scheduler from the model's own config.
         self.scheduler_config = pipe.scheduler.config
         #: The model's LoRA adapters (set by the worker's start-up); None: jobs may name none.
-        self.adapters: LoadedAdapters | None = None
+        self.adapters: LoadedAdapters | HotSwapAdapters | None = None
         #: The model's safety gate (set by the worker's start-up); None: its images are not checked.
         self.safety: SafetyGate | None = None
 
@@ -167,10 +186,12 @@ class WarmPipeline:
         device: str = "auto",
         compile_unet: bool = False,
         controlnets: dict[str, Any] | None = None,
+        **compiling: Any,
     ) -> WarmPipeline:
-        """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
+        """Load ``model`` (a folder or hub id): fp16 on CUDA, fp32 on CPU; ``compiling``:
+        ``compile_backend``, ``compile_on_cpu``."""
         pipe, target = load_pretrained(AutoPipelineForText2Image, model, device)
-        return cls(pipe, target, compile_unet=compile_unet, controlnets=controlnets)
+        return cls(pipe, target, compile_unet=compile_unet, controlnets=controlnets, **compiling)
 
     def pipe_for(self, spec: JobSpec) -> Any:
         """Return the pipeline of ``spec``'s kind, controlled by its ControlNet if it names one."""
@@ -213,7 +234,9 @@ class WarmPipeline:
         """Run sampling for ``spec`` with its input images (``init``, ``mask``), reporting each step;
         no images if ``on_step`` asked to stop."""
         try:
-            return self._generate(spec, inputs, on_step)
+            return self.compile_watch.call(
+                lambda: self._generate(spec, inputs, on_step), f"{spec.width}x{spec.height} x{spec.samples}"
+            )
         except StopSampling:
             return []
 
@@ -245,6 +268,13 @@ class WarmPipeline:
             return list(pipe(width=spec.width, height=spec.height, **common).images)
 
     def generate_batch(self, members: list[tuple[JobSpec, OnStep | None]]) -> list[list[Image]]:
+        """Run text-to-image jobs that share a ``batch_key`` as one pipeline call (see
+        ``_generate_batch``), counting what it compiles."""
+        first = members[0][0]
+        what = f"{first.width}x{first.height} x{sum(spec.samples for spec, _ in members)}"
+        return self.compile_watch.call(lambda: self._generate_batch(members), what)
+
+    def _generate_batch(self, members: list[tuple[JobSpec, OnStep | None]]) -> list[list[Image]]:
         """Run text-to-image jobs that share a ``batch_key`` as one pipeline call; return each one's
         images. Each image keeps its own seeded generator and each job its own prompt conditioning,
         so a job's images are what it would get alone (to float rounding: see docs). ``on_step`` of
@@ -308,6 +338,23 @@ class WarmPipeline:
         # The mask is the strength of generation per pixel: black pixels keep the init image exactly.
         return [PILImage.composite(image, init, mask) for image in result.images]
 
+    def _compile_served_sizes(self) -> None:
+        """When compiled, run each of ``compile_sizes`` at batch 2 (cfg > 1) and batch 1 (cfg 1:
+        dynamo specialises a dimension of 1), and the smallest size at the largest batch (a
+        dynamic batch is guarded to a range), so jobs of those sizes compile nothing."""
+        if not self.compile_watch.enabled:
+            return
+        shapes = [(64, 64, 7.0, self.compile_batch)]
+        shapes += [(width, height, cfg, 1) for width, height in self.compile_sizes for cfg in (7.0, 1.0)]
+        for width, height, cfg_scale, samples in shapes:
+            spec = JobSpec(
+                job_id="compile", model="compile", prompts=[WeightedPrompt(text="compile", weight=1.0)],
+                width=width, height=height, steps=2, cfg_scale=cfg_scale, samples=samples, seed=1,
+                sampler="K_EULER",
+            )  # fmt: skip
+            self.generate(spec, {})
+        log.info("torch.compile warm-up compiled %d frame(s)", self.compile_watch.counts["warm-up"])
+
     def warm_up(self, task: JobKind = "text-to-image") -> float:
         """Run one small ``task`` job so the first job is not slow; return its seconds."""
         started = time.perf_counter()
@@ -317,7 +364,12 @@ class WarmPipeline:
             strength=1.0,
         )  # fmt: skip
         inputs = {"init": PILImage.new("RGB", (64, 64)), "mask": PILImage.new("L", (64, 64), 255)}
-        self.generate(spec, inputs)
+        self.compile_watch.warming = True
+        try:
+            self.generate(spec, inputs)
+            self._compile_served_sizes()
+        finally:
+            self.compile_watch.warming = False
         if self.device.type == "cuda" and task == "text-to-image":
             self.image_bytes = self._measure_image_bytes()
             log.info("one more %dx%d image in a batch takes %.0f MiB", MEASURE_SIDE, MEASURE_SIDE,
