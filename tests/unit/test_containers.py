@@ -406,4 +406,7 @@ def test_worker_image_pins_the_tested_library_versions_and_can_compile():
     # Triton compiles a C module against Python's headers at run time; the caches need a home.
     assert all(package in worker for package in (" gcc ", " python3-dev ", " libc6-dev "))
     assert "HOME=/home/latentq" in worker and "--create-home --home-dir /home/latentq" in worker
-    assert "LATENTQ_COMPILE_CACHE_DIR=/cache/compile" in worker and "chown 10001 /models /cache/compile" in worker
+    assert (
+        "LATENTQ_COMPILE_CACHE_DIR=/cache/compile" in worker
+        and "chown 10001 /models /cache/compile" in worker
+    )

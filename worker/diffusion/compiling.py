@@ -25,7 +25,10 @@ from typing import Any
 import torch
 import torch._dynamo
 import torch.fx.experimental._config
+from PIL import Image as PILImage
+from PIL.Image import Image
 
+from latentq.contract import JobKind, JobSpec, WeightedPrompt
 from worker import metrics
 
 log = logging.getLogger("latentq.worker")
@@ -123,3 +126,27 @@ def parse_sizes(sizes: list[str]) -> list[tuple[int, int]]:
         width, _, height = size.lower().partition("x")
         parsed.append((int(width), int(height)))
     return parsed
+
+
+def served_shapes(
+    task: JobKind, sizes: list[tuple[int, int]], batch: int
+) -> list[tuple[JobSpec, dict[str, Image]]]:
+    """Return the warm-up calls that compile what ``task`` jobs will run: batch 2 (cfg > 1) and
+    batch 1 (cfg 1: dynamo specialises a dimension of 1) at each of ``sizes`` (pixels), and
+    ``batch`` images (cfg > 1: 2 x ``batch``) at 64x64 (a dynamic batch is guarded to a range)."""
+    shapes = [(64, 64, 7.0, batch)] + [
+        (width, height, cfg, 1) for width, height in sizes for cfg in (7.0, 1.0)
+    ]
+    calls = []
+    for width, height, cfg_scale, samples in shapes:
+        spec = JobSpec(
+            job_id="compile", model="compile", prompts=[WeightedPrompt(text="compile", weight=1.0)],
+            width=width, height=height, steps=2, cfg_scale=cfg_scale, samples=samples, seed=1,
+            sampler="K_EULER", task=task, strength=1.0,
+        )  # fmt: skip
+        inputs = {
+            "init": PILImage.new("RGB", (width, height)),
+            "mask": PILImage.new("L", (width, height), 255),
+        }
+        calls.append((spec, inputs))
+    return calls

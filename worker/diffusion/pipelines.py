@@ -23,7 +23,7 @@ from PIL.Image import Image
 from latentq.contract import JobKind, JobSpec, LoraWeight, WeightedPrompt
 from worker.context import OnStep
 from worker.diffusion.adapters import LoadedAdapters
-from worker.diffusion.compiling import CompileWatch, compile_denoiser
+from worker.diffusion.compiling import CompileWatch, compile_denoiser, served_shapes
 from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.hotswap import HotSwapAdapters
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
@@ -338,40 +338,30 @@ class WarmPipeline:
         # The mask is the strength of generation per pixel: black pixels keep the init image exactly.
         return [PILImage.composite(image, init, mask) for image in result.images]
 
-    def _compile_served_sizes(self) -> None:
-        """When compiled, run each of ``compile_sizes`` at batch 2 (cfg > 1) and batch 1 (cfg 1:
-        dynamo specialises a dimension of 1), and the smallest size at the largest batch (a
-        dynamic batch is guarded to a range), so jobs of those sizes compile nothing."""
-        if not self.compile_watch.enabled:
-            return
-        shapes = [(64, 64, 7.0, self.compile_batch)]
-        shapes += [(width, height, cfg, 1) for width, height in self.compile_sizes for cfg in (7.0, 1.0)]
-        for width, height, cfg_scale, samples in shapes:
-            spec = JobSpec(
-                job_id="compile", model="compile", prompts=[WeightedPrompt(text="compile", weight=1.0)],
-                width=width, height=height, steps=2, cfg_scale=cfg_scale, samples=samples, seed=1,
-                sampler="K_EULER",
-            )  # fmt: skip
-            self.generate(spec, {})
-        log.info("torch.compile warm-up compiled %d frame(s)", self.compile_watch.counts["warm-up"])
+    def _compile_served_sizes(self, task: JobKind) -> None:
+        """When compiled, run the shapes jobs will have (``compiling.served_shapes``), so that
+        jobs compile nothing."""
+        if self.compile_watch.enabled:
+            for spec, inputs in served_shapes(task, self.compile_sizes, self.compile_batch):
+                self.generate(spec, inputs)
+            log.info("torch.compile warm-up compiled %d frame(s)", self.compile_watch.counts["warm-up"])
 
     def warm_up(self, task: JobKind = "text-to-image") -> float:
-        """Run one small ``task`` job so the first job is not slow; return its seconds."""
+        """Run one small ``task`` job so the first job is not slow (and, when compiled, compile the
+        served shapes); return its seconds."""
         started = time.perf_counter()
+        self.compile_watch.warming = True  # until it returns: the memory measure may compile too
         spec = JobSpec(
             job_id="warm-up", model="warm-up", prompts=[WeightedPrompt(text="warm-up", weight=1.0)],
             width=64, height=64, steps=2, cfg_scale=7.0, samples=1, seed=1, sampler="K_EULER", task=task,
             strength=1.0,
         )  # fmt: skip
         inputs = {"init": PILImage.new("RGB", (64, 64)), "mask": PILImage.new("L", (64, 64), 255)}
-        self.compile_watch.warming = True
-        try:
-            self.generate(spec, inputs)
-            self._compile_served_sizes()
-        finally:
-            self.compile_watch.warming = False
+        self.generate(spec, inputs)
+        self._compile_served_sizes(task)
         if self.device.type == "cuda" and task == "text-to-image":
             self.image_bytes = self._measure_image_bytes()
             log.info("one more %dx%d image in a batch takes %.0f MiB", MEASURE_SIDE, MEASURE_SIDE,
                      self.image_bytes / 2**20)  # fmt: skip
+        self.compile_watch.warming = False
         return time.perf_counter() - started
