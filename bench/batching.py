@@ -62,10 +62,25 @@ def run_clients(base_url: str, clients: int, seconds: float) -> tuple[list[float
     return latencies, sizes
 
 
-def idle_times(log: Path) -> list[float]:
-    """Return the milliseconds sampling sat idle before each round, from the worker's log."""
-    pattern = re.compile(r"round of \d+ jobs: sampling sat idle ([\d.]+) ms")
-    return [float(match.group(1)) for match in pattern.finditer(log.read_text())]
+def round_times(log: Path) -> list[tuple[float, float]]:
+    """Return, for each round in the worker's log, the milliseconds sampling sat idle before it and
+    the milliseconds it sampled."""
+    pattern = re.compile(
+        r"round of \d+ jobs: sampling sat idle ([\d.]+) ms before it, then sampled ([\d.]+) ms"
+    )
+    return [(float(match.group(1)), float(match.group(2))) for match in pattern.finditer(log.read_text())]
+
+
+def utilisation(rounds: list[tuple[float, float]]) -> dict[str, float | None]:
+    """Return the worker's busy ratio over ``rounds`` (its sampling time ÷ the wall time from the
+    start of the first idle gap to the end of the last round) and its idle gaps' median and p95, ms."""
+    idle = [gap for gap, _ in rounds]
+    wall_ms = sum(gap + sampled for gap, sampled in rounds)
+    return {
+        "busy_ratio": round(sum(sampled for _, sampled in rounds) / wall_ms, 3) if wall_ms else None,
+        "idle_ms_median": round(statistics.median(idle), 1) if idle else None,
+        "idle_ms_p95": round(percentile(idle, 0.95), 1) if idle else None,
+    }
 
 
 def run_direct_loop(model_dir: Path, seconds: float) -> int:
@@ -98,9 +113,9 @@ def main() -> int:
             start_stack(state, env, port, started, access_log=False)
             run_clients(f"http://127.0.0.1:{port}", args.clients, 3)  # warm connections and caches
             log = state / "logs" / "worker.log"
-            rounds_before = len(idle_times(log))
+            rounds_before = len(round_times(log))
             latencies, sizes = run_clients(f"http://127.0.0.1:{port}", args.clients, args.seconds)
-            idle = idle_times(log)[rounds_before + 1 :]  # the rounds of the measured period
+            rounds = round_times(log)[rounds_before + 1 :]  # the rounds of the measured period
         finally:
             stop_all(started)
         direct_count = run_direct_loop(model_dir, args.seconds)
@@ -122,17 +137,15 @@ def main() -> int:
             for q, value in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
         },
         "batch_sizes": dict(sorted(collections.Counter(sizes).items())),
-        "rounds": len(idle),
-        "sampling_idle_between_rounds_ms": {
-            "median": round(statistics.median(idle), 1) if idle else None,
-            "p90": round(percentile(idle, 0.9), 1) if idle else None,
-            "share_of_time": round(sum(idle) / 1000 / args.seconds, 4),
-        },
+        "rounds": len(rounds),
+        "worker": utilisation(rounds),
     }
     print(f"service ({args.clients} clients, max batch {args.max_batch}): {service_rate:.2f} images/s")
     print(f"direct diffusers batch-1 loop: {direct_rate:.2f} images/s; ratio {result['ratio']:.2f}")
     print(f"latency ms: {result['latency_ms']}; batch sizes (jobs: count): {result['batch_sizes']}")
-    print(f"{len(idle)} rounds; sampling idle between rounds: {result['sampling_idle_between_rounds_ms']}")
+    worker = result["worker"]
+    print(f"{len(rounds)} rounds; worker busy ratio {worker['busy_ratio']}; sampling idle between rounds: "
+          f"median {worker['idle_ms_median']} ms, p95 {worker['idle_ms_p95']} ms")  # fmt: skip
     write_result(args.json, result)
     return 0
 

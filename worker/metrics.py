@@ -2,15 +2,19 @@
 
 Per job: jobs running and finished (by model, task and outcome), and the seconds of each stage
 (queue wait, sampling, encode, upload, end to end); per pipeline call: its batch size and the
-seconds the accelerator sampled (whose rate is the worker's busy ratio); images and denoising
+seconds the accelerator sampled (whose rate is the worker's busy ratio); per round: the idle gap
+before it, and the busy ratio as a gauge (since start and over the last 60 s); images and denoising
 steps made (whose rates are images/s and steps/s); torch.compile's compilations (by phase) and
 fallbacks to eager; and on CUDA the accelerator's memory.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -84,6 +88,20 @@ SAMPLING_SECONDS = Counter(
     ["model"],
     registry=REGISTRY,
 )
+ROUND_IDLE = Histogram(
+    "latentq_worker_round_idle_seconds",
+    "Seconds sampling sat idle between the end of one round and the start of the next (under load,"
+    " what preparing the round cost; when idle, also the wait for work).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    registry=REGISTRY,
+)
+BUSY_RATIO = Gauge(
+    "latentq_worker_busy_ratio",
+    "Share of wall time this worker spent sampling rounds, over a window: since it started, or the"
+    " last 60 s.",
+    ["window"],
+    registry=REGISTRY,
+)
 IMAGES = Counter(
     "latentq_images_generated", "Images made by succeeded jobs, by model.", ["model"], registry=REGISTRY
 )
@@ -106,6 +124,67 @@ COMPILE_FALLBACKS = Counter(
     "Times torch.compile hit its recompile limit and left a frame to run eagerly (slower).",
     registry=REGISTRY,
 )
+
+
+class Utilisation:
+    """A worker's busy ratio (seconds sampling rounds ÷ seconds of wall time) since it started and
+    over the last ``window_s`` seconds, and the idle gaps between its rounds (ms) in that window."""
+
+    def __init__(self, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.window_s, self.clock = window_s, clock
+        self.since = clock()
+        self.busy_s = 0.0
+        #: The rounds of the window: (sampling start, sampling end, idle ms before it).
+        self.rounds: deque[tuple[float, float, float]] = deque()
+        self._summarised = self.since
+        self._lock = threading.Lock()
+
+    def note_round(self, started: float, ended: float, idle_ms: float) -> dict[str, float] | None:
+        """Count a round that sampled from ``started`` to ``ended`` (``clock`` seconds) after
+        ``idle_ms`` idle; return a summary (``summary``) once per window, else None."""
+        ROUND_IDLE.observe(idle_ms / 1000)
+        with self._lock:
+            self.busy_s += ended - started
+            self.rounds.append((started, ended, idle_ms))
+            self._forget(ended)
+            if ended - self._summarised < self.window_s:
+                return None
+            self._summarised = ended
+        return self.summary()
+
+    def busy_ratio(self, window: bool = False) -> float:
+        """The share of wall time spent sampling: over the last ``window_s`` s, or since the start."""
+        now = self.clock()
+        with self._lock:
+            if not window:
+                return self.busy_s / max(now - self.since, 1e-9)
+            self._forget(now)
+            start = max(now - self.window_s, self.since)
+            busy = sum(min(end, now) - max(begin, start) for begin, end, _ in self.rounds if end > start)
+            return busy / max(now - start, 1e-9)
+
+    def summary(self) -> dict[str, float]:
+        """Busy ratios and the idle gap's median and 95th percentile (ms) over the window."""
+        with self._lock:
+            idle = sorted(gap for _, _, gap in self.rounds)
+        p95 = idle[min(len(idle) - 1, round(0.95 * (len(idle) - 1)))] if idle else 0.0
+        return {
+            "busy_ratio": round(self.busy_ratio(), 4),
+            "busy_ratio_window": round(self.busy_ratio(window=True), 4),
+            "idle_ms_median": round(statistics.median(idle), 1) if idle else 0.0,
+            "idle_ms_p95": round(p95, 1),
+            "rounds": len(idle),
+        }
+
+    def _forget(self, now: float) -> None:
+        while self.rounds and self.rounds[0][1] <= now - self.window_s:
+            self.rounds.popleft()
+
+
+#: This worker's utilisation; its busy ratios are read at each scrape.
+UTILISATION = Utilisation()
+BUSY_RATIO.labels("start").set_function(UTILISATION.busy_ratio)
+BUSY_RATIO.labels("60s").set_function(lambda: UTILISATION.busy_ratio(window=True))
 
 
 def declare_models(served: Iterable[str]) -> None:

@@ -128,8 +128,8 @@ class SamplingRound:
 
     def __init__(self, expected: int = 0) -> None:
         self.expected = expected
-        #: When sampling began (``time.monotonic``).
-        self.started = 0.0
+        #: When sampling began and ended (``time.monotonic`` seconds).
+        self.started = self.ended = 0.0
         self.requests: list[SampleRequest] = []
         self.left = 0
         self._changed = threading.Condition()
@@ -177,6 +177,7 @@ class SamplingRound:
             device_fault = True  # the jobs fail nothing: the worker gives them back and exits
             raise
         finally:  # else no job thread may wait forever, whatever went wrong here
+            self.ended = time.monotonic()
             for request in requests if not device_fault else ():
                 request.finish(error=RuntimeError("the worker stopped before sampling this job"))
 

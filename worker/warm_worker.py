@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from itertools import chain
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -19,18 +20,17 @@ from rq.worker import DequeueStrategy, WorkerStatus
 
 from latentq.contract import JobSpec
 from latentq.fair_share import refill
-from latentq.keys import job_key, worker_alive_key
+from latentq.keys import worker_alive_key
 from latentq.leases import Leases
 from latentq.logs import job_log_fields, log_context
 from latentq.periodic import Periodic
 from latentq.probes import Vitals
 from latentq.rq_loop import PromptListenerWorker, work_through_outages
 from worker.context import JobContext, WarmState, use_context
-from worker.metrics import JOBS_RUNNING, job_model, note_taken
-from worker.rounds import DeviceFault, RoundSeat, SamplingRound, batch_key
+from worker.metrics import JOBS_RUNNING, UTILISATION, job_model, note_taken
+from worker.round_builder import RoundBuilder, StartedRound, take_more
+from worker.rounds import DeviceFault, RoundSeat, SamplingRound
 
-#: Queued jobs looked at, from the head of the queue, when filling a round.
-ROUND_SCAN_DEPTH = 64
 #: Seconds beyond its own bound that the job loop may take to come round again before /livez says
 #: the worker is stuck (``Vitals``).
 LOOP_SLACK_S = 60.0
@@ -43,16 +43,6 @@ def _log_fields(job: Job) -> dict[str, str | None]:
         return job_log_fields(JobSpec.model_validate(job.kwargs["spec"]))
     except (KeyError, TypeError, ValueError):
         return {"job_id": job.id}
-
-
-def _batch_info(job: Job) -> tuple[tuple | None, int]:
-    """The RQ job's ``batch_key`` (None: not a generation job, or one that runs alone) and how many
-    images it makes, from its spec read once."""
-    try:
-        spec = JobSpec.model_validate(job.kwargs["spec"])
-    except (KeyError, TypeError, ValueError):
-        return None, 1
-    return batch_key(spec), spec.samples
 
 
 class WarmWorker(PromptListenerWorker):
@@ -97,41 +87,91 @@ class WarmWorker(PromptListenerWorker):
         self._sampling_ended = 0.0
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run a round: ``job`` and the queued jobs that can sample with it."""
+        """Run rounds: ``job`` and the queued jobs that can sample with it; then, while each round
+        samples, the next is prepared on a thread of its own (``worker.round_builder``) and sampled
+        right after it, until none is (no job waited: RQ's loop waits for the next)."""
         self.leases.take([job.id])  # from RQ's intermediate queue: now it is recoverable as ours
         self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on waits for the round (warm shutdown)
-        # A round waits for the threads of earlier ones, then samples: each bound by its time limit.
+        round_: StartedRound | None = self._first_round(job, queue)
+        while round_ is not None:
+            round_ = self._run_round(round_)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _first_round(self, job: Job, queue: Queue) -> StartedRound:
+        """Start the round of ``job`` (RQ's) and the compatible jobs queued behind it. If a job fails
+        to start, the jobs that started are sampled and the error raised."""
+        # It waits for the threads of earlier rounds, then samples: each bound by its time limit.
         self._expect_loop(2 * (job.timeout or self.queue_class.DEFAULT_TIMEOUT))
-        self._limit_job_threads(self.max_batch)
-        self._refill(queue)  # the accounts' next turns, so the round can fill (latentq.fair_share)
-        jobs = [job, *self._take_more(queue, job)]
-        self._refill(queue)  # and the next round finds its jobs queued
+        self.limit_job_threads(self.max_batch)  # the threads of earlier rounds: their uploads
+        self.refill(queue)  # the accounts' next turns, so the round can fill (latentq.fair_share)
+        deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
+
+        def keep_waiting(taken: bool) -> bool:
+            # Under concurrent load (the last round, or this one, has several jobs) wait up to
+            # batch_wait_s for more; a lone job after a lone job never waits.
+            nonlocal deadline
+            if deadline is None and taken:
+                deadline = time.monotonic() + self.batch_wait_s
+            return deadline is not None and time.monotonic() < deadline
+
+        jobs = [job, *chain.from_iterable(take_more(self, queue, job, keep_waiting))]
+        self.refill(queue)  # and the next round finds its jobs queued
         self._last_round_size = len(jobs)
-        note_taken(jobs, self.warm.pipelines)
-        round_ = SamplingRound()
+        round_ = StartedRound(queue)
         try:
-            for member in jobs:
+            self.start_jobs(round_, jobs, rq_head=job)
+        except BaseException:
+            self._run_round(round_, prepare_next=False)  # the jobs whose thread started are sampled
+            raise
+        return round_
+
+    def _run_round(self, round_: StartedRound, prepare_next: bool = True) -> StartedRound | None:
+        """Sample ``round_`` on this thread while the next round is prepared (unless the worker is
+        stopping); return the next round, started (None: no job was waiting)."""
+        longest = max((job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in round_.jobs), default=0)
+        self._expect_loop(2 * longest)  # its jobs' own limits bound it (a pre-claimed job: two rounds)
+        threads = self._job_threads[-len(round_.jobs) :] if round_.jobs else []
+        building = prepare_next and not self.stopping
+        builder = RoundBuilder(self, round_.queue, threads).start() if building else None
+        try:
+            round_.sampling.run(self.max_batch)
+        except DeviceFault as error:
+            self.give_up(f"the accelerator failed ({error}); exiting for a restart")
+        except BaseException:
+            prepared = builder.result() if builder is not None else None
+            if prepared is not None:  # its threads wait to sample: let them, or they wait out their limit
+                self._run_round(prepared, prepare_next=False)
+            raise
+        finally:
+            if builder is not None:
+                builder.sampling_ended()
+            self._log_round(round_.sampling, [job.id for job in round_.jobs])
+        prepared = builder.result() if builder is not None else None
+        if prepared is not None:
+            self._last_round_size = len(prepared.jobs)
+        return prepared
+
+    def start_jobs(self, round_: StartedRound, jobs: list[Job], rq_head: Job | None = None) -> None:
+        """Start a thread for each of ``jobs`` (taken for ``round_``) that runs it through RQ's
+        ``perform_job`` and samples in the round. If one fails to start, it and the jobs after it go
+        back to the front of the queue, in order (``rq_head`` stays: RQ's intermediate queue and
+        registries account for it), and the error is raised."""
+        note_taken(jobs, self.warm.pipelines)
+        for index, member in enumerate(jobs):
+            try:
                 execution = self.prepare_execution(member)
                 thread = threading.Thread(
                     target=self._run_job_thread,
-                    args=(round_.seat(), member, queue, execution),
+                    args=(round_.sampling.seat(), member, round_.queue, execution),
                     name=f"job-{member.id}",
                 )
                 thread.start()
-                self._job_threads.append(thread)
-                round_.expected += 1
-        except BaseException:
-            # The jobs this round took from the queue but did not start go back to its front, in
-            # order (the head is RQ's: its intermediate queue and registries account for it).
-            self._requeue(queue, jobs[max(round_.expected, 1) :])
-            raise
-        finally:  # the jobs whose thread started are sampled, whatever happened to the others
-            try:
-                round_.run(self.max_batch)
-            except DeviceFault as error:
-                self.give_up(f"the accelerator failed ({error}); exiting for a restart")
-            self._log_round(round_, [member.id for member in jobs[: round_.expected]])
-        self.set_state(WorkerStatus.IDLE)
+            except BaseException:
+                self._requeue(round_.queue, [job for job in jobs[index:] if job is not rq_head])
+                raise
+            self._job_threads.append(thread)  # by one thread at a time: the builder or this one
+            round_.jobs.append(member)
+            round_.sampling.expected += 1
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
         """RQ's worker heartbeat. RQ's loop beats bare before each wait for a job (and RQ's start of
@@ -155,9 +195,9 @@ class WarmWorker(PromptListenerWorker):
     def refill_queues(self) -> None:
         """Top every queue of this worker up from the accounts' waiting jobs (the reaper's pass)."""
         for queue in self.queues:
-            self._refill(queue)
+            self.refill(queue)
 
-    def _refill(self, queue: Queue) -> None:
+    def refill(self, queue: Queue) -> None:
         """Top ``queue`` up from the accounts' waiting jobs (fair share); a miss waits for the next."""
         with suppress(RedisError):
             refill(self.connection, queue.name, self.fair_queue_depth)
@@ -177,69 +217,23 @@ class WarmWorker(PromptListenerWorker):
             )
 
     def _log_round(self, round_: SamplingRound, job_ids: list[str]) -> None:
-        """Log the round: its jobs, and how long sampling sat idle between the last round and this one
-        (from the end of the last sampling to the start of this one: under load, the cost of taking
-        and preparing the round; when idle, also the wait for work)."""
+        """Log the round: its jobs, how long it sampled, and how long sampling sat idle between the
+        last round and this one (from the end of the last sampling to the start of this one: under
+        load, what preparing the round still cost; when idle, also the wait for work); count both in
+        the worker's utilisation (``worker.metrics.Utilisation``)."""
         idle_ms = (round_.started - self._sampling_ended) * 1000 if self._sampling_ended else 0.0
-        self._sampling_ended = time.monotonic()
-        fields = {"batch_size": round_.expected, "idle_ms": round(idle_ms, 1), "job_ids": job_ids}
-        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it", round_.expected, idle_ms,
-                      extra=fields)  # fmt: skip
-
-    def _take_more(self, queue: Queue, head: Job) -> list[Job]:
-        """Take the jobs waiting in ``queue`` that can sample in one call with ``head`` (the same
-        ``batch_key``), oldest first, up to ``max_batch`` images in all; the others stay queued for
-        later rounds, so no job's time limit runs while it waits behind another call. Under
-        concurrent load (the last round, or this one, has several jobs) wait up to ``batch_wait_s``
-        for more; a lone job after a lone job never waits."""
-        key, images = _batch_info(head)
-        if key is None or images >= self.max_batch or self._retried([head.id]):
-            return []  # a job run again after its worker was lost runs alone: it may be what killed it
-        taken: list[Job] = []
-        seen: set[str] = set()
-        deadline = time.monotonic() + self.batch_wait_s if self._last_round_size > 1 else None
-        while images < self.max_batch:
-            waiting = [
-                job_id.decode() for job_id in self.connection.lrange(queue.key, 0, ROUND_SCAN_DEPTH - 1)
-            ]
-            unseen = [job_id for job_id in waiting if job_id not in seen]
-            seen.update(unseen)
-            retried = self._retried(unseen)
-            unseen = [job_id for job_id in unseen if job_id not in retried]
-            candidates: list[tuple[Job, int]] = []
-            for job in self.job_class.fetch_many(
-                unseen, connection=self.connection, serializer=self.serializer
-            ):
-                if job is not None:
-                    job_key, samples = _batch_info(job)
-                    if job_key == key and images + samples <= self.max_batch:
-                        candidates.append((job, samples))
-                        images += samples
-            if candidates:  # claimed with their leases in one script; one another worker took is not ours
-                claimed = self.leases.claim(queue.key, [job.id for job, _ in candidates])
-                for (job, samples), removed in zip(candidates, claimed, strict=True):
-                    if removed:
-                        taken.append(job)
-                    else:
-                        images -= samples
-            if images >= self.max_batch:
-                break
-            if deadline is None and taken:
-                deadline = time.monotonic() + self.batch_wait_s
-            if deadline is None or time.monotonic() >= deadline:
-                break
-            time.sleep(0.005)
-        return taken
-
-    def _retried(self, job_ids: list[str]) -> set[str]:
-        """Return those of ``job_ids`` that are being run again (attempt > 1), in one round trip."""
-        if not job_ids:
-            return set()
-        with self.connection.pipeline(transaction=False) as pipeline:
-            for job_id in job_ids:
-                pipeline.hget(job_key(job_id), "attempt")
-            attempts = pipeline.execute()
-        return {job_id for job_id, attempt in zip(job_ids, attempts, strict=True) if int(attempt or 1) > 1}
+        sampling_ms = (round_.ended - round_.started) * 1000
+        self._sampling_ended = round_.ended
+        fields = {"batch_size": round_.expected, "idle_ms": round(idle_ms, 1),
+                  "sampling_ms": round(sampling_ms, 1), "job_ids": job_ids}  # fmt: skip
+        self.log.info("round of %d jobs: sampling sat idle %.1f ms before it, then sampled %.1f ms",
+                      round_.expected, idle_ms, sampling_ms, extra=fields)  # fmt: skip
+        summary = UTILISATION.note_round(round_.started, round_.ended, idle_ms)
+        if summary is not None:
+            self.log.info("utilisation: busy %.3f since start, %.3f over the last %.0f s; idle between "
+                          "rounds median %.1f ms, p95 %.1f ms", summary["busy_ratio"],
+                          summary["busy_ratio_window"], UTILISATION.window_s, summary["idle_ms_median"],
+                          summary["idle_ms_p95"], extra=summary)  # fmt: skip
 
     def _run_job_thread(self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution) -> None:
         deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
@@ -327,11 +321,15 @@ class WarmWorker(PromptListenerWorker):
         leaves it there for a worker of several queues), where only jobs not yet started stay."""
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
-    def _limit_job_threads(self, limit: int) -> None:
-        """Wait until fewer than ``limit`` job threads (of earlier rounds) still run."""
+    def limit_job_threads(self, limit: int, besides: list[threading.Thread] | None = None) -> None:
+        """Wait until fewer than ``limit`` job threads of earlier rounds (not ``besides``: the
+        round sampling now) still run."""
+        exempt = set(besides or ())
         self._job_threads = [thread for thread in self._job_threads if thread.is_alive()]
-        while len(self._job_threads) >= max(1, limit):
-            self._job_threads.pop(0).join()
+        while len([thread for thread in self._job_threads if thread not in exempt]) >= max(1, limit):
+            oldest = next(thread for thread in self._job_threads if thread not in exempt)
+            oldest.join()
+            self._job_threads.remove(oldest)
 
     def drain(self) -> None:
         """Wait for every job thread (their uploads and records) to finish."""
