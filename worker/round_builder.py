@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.suspension import is_suspended
 
@@ -139,7 +140,7 @@ class RoundBuilder:
         """Wait for the builder; return the round it started (None: it took no job)."""
         self._ended.set()
         self._thread.join()
-        return self.round
+        return self.round if self.round is not None and self.round.jobs else None
 
     def _taking(self) -> bool:
         return not self.worker.stopping and not self._ended.is_set()
@@ -178,19 +179,26 @@ class RoundBuilder:
                 head = worker.connection.lindex(queue.key, 0)
                 if head is None or not worker.leases.claim(queue.key, [head.decode()])[0]:
                     continue
-                job = self._fetch(head.decode())
+                job = self._fetch(head.decode(), queue)
                 if job is not None:
                     return job, queue
             time.sleep(POLL_S)
         return None
 
-    def _fetch(self, job_id: str) -> Job | None:
-        """Return the claimed job ``job_id``; one whose RQ hash is gone is dropped (as RQ's dequeue
-        drops it) and its lease released."""
+    def _fetch(self, job_id: str, queue: Queue) -> Job | None:
+        """Return the claimed job ``job_id``. One whose RQ hash is gone is dropped (as RQ's dequeue
+        drops it) with its lease; one that cannot be read now goes back to the front of its queue
+        (or, if that fails too, its lease, no longer renewed, expires and the reaper puts it back)."""
         worker = self.worker
         try:
             return worker.job_class.fetch(job_id, connection=worker.connection, serializer=worker.serializer)
-        except Exception:  # noqa: BLE001 - NoSuchJobError or an unreadable hash: RQ skips those too
+        except NoSuchJobError:
             with suppress(RedisError):
                 worker.leases.release([job_id], only_ended=False)
             return None
+        except Exception:
+            try:
+                worker.connection.lpush(queue.key, job_id)
+            finally:
+                worker.leases.release([job_id], only_ended=False)
+            raise

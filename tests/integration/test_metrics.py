@@ -133,10 +133,14 @@ def test_a_job_moves_the_api_and_worker_metrics_with_bounded_labels(metrics_api,
         ("latentq_job_upload_seconds_count", model, 1),
         ("latentq_job_end_to_end_seconds_count", model, 1),
         ("latentq_worker_batch_size_count", model, 1),
+        ("latentq_worker_round_idle_seconds_count", {}, 1),  # one round: its idle gap before it
     ]:
         assert sample(worker, name, **labels) == sample(worker_before, name, **labels) + more, name
     assert sample(worker, "latentq_worker_sampling_seconds_total", **model) > 0
     assert sample(worker, "latentq_worker_jobs_running", **model) == 0
+    # The busy ratio, read at the scrape: it sampled a while since it started, and not all the time.
+    assert 0 < sample(worker, "latentq_worker_busy_ratio", window="start") < 1
+    assert 0 < sample(worker, "latentq_worker_busy_ratio", window="60s") < 1
     assert sample(worker, "process_resident_memory_bytes") > 0
 
     submitted = {"model": "metrics-sd", "task": "text-to-image"}

@@ -80,7 +80,7 @@ def test_a_jobs_request_id_runs_through_the_api_worker_and_dispatcher_logs(
     assert any(f"job {job_id} succeeded" in line["event"] for line in about)
     assert any(line["logger"].startswith("rq.") for line in about)  # RQ's own lines about it too
     [round_line] = [line for line in worker_lines if job_id in line.get("job_ids", [])]
-    assert round_line["batch_size"] >= 1 and round_line["idle_ms"] >= 0
+    assert round_line["batch_size"] >= 1 and round_line["idle_ms"] >= 0 and round_line["sampling_ms"] > 0
 
     # The dispatcher: its lines about the delivery carry them too, RQ's own included (logged last).
     def rq_line_logged() -> bool:

@@ -26,7 +26,7 @@ from latentq_dev.devstack import free_port
 from tests.unit.test_runner import FakePipeline, spec, warm
 from worker.context import JobContext
 from worker.metrics import REGISTRY as WORKER_REGISTRY
-from worker.metrics import GpuMemory
+from worker.metrics import ROUND_IDLE, GpuMemory, Utilisation
 from worker.rounds import SamplingRound
 from worker.runner import run_job
 
@@ -321,3 +321,40 @@ def test_queue_gauges_reach_redis_through_sentinel_when_it_is_configured():
     started = time.monotonic()
     assert [family.name for family in stats.collect()] == ["latentq_queue_stats_up"]  # no sentinel answers
     assert time.monotonic() - started < 5
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_utilisation_reports_the_busy_ratio_since_start_and_over_its_window_and_the_idle_gaps():
+    clock = FakeClock()
+    utilisation = Utilisation(window_s=60.0, clock=clock)
+    idle_before = ROUND_IDLE._sum.get()
+    # 60 s idle, then 30 rounds of 1 s sampling each after 1 s idle (the last one after 20 ms).
+    clock.now += 60
+    summaries = []
+    for index in range(30):
+        gap_s = 1.0 if index < 29 else 0.02
+        started = clock.now + gap_s
+        clock.now = started + 1.0
+        summaries.append(utilisation.note_round(started, clock.now, gap_s * 1000))
+    assert clock.now - 1000.0 == pytest.approx(119.02)
+    assert utilisation.busy_ratio() == pytest.approx(30 / 119.02)
+    # The last 60 s hold 30 s of sampling (the window clips the first round it overlaps).
+    assert utilisation.busy_ratio(window=True) == pytest.approx(30 / 60, abs=0.02)
+    summary = utilisation.summary()
+    assert summary["idle_ms_median"] == 1000.0 and summary["idle_ms_p95"] == 1000.0
+    assert summary["rounds"] == 30
+    # One summary for the log per window: the first round ends 62 s after the start, the last 57 s later.
+    assert [index for index, found in enumerate(summaries) if found is not None] == [0]
+    assert ROUND_IDLE._sum.get() - idle_before == pytest.approx(29.02)
+    # Idle a whole window: nothing in it.
+    clock.now += 120
+    assert utilisation.busy_ratio(window=True) == 0 and utilisation.summary()["rounds"] == 0
