@@ -1,6 +1,9 @@
-"""Pipelined rounds with real worker processes and real signals: while a round samples, the worker
-claims the next round's jobs (with their leases); a worker killed holding such a round loses none of
-its jobs, and a warm shutdown runs the round it prepared and leaves the rest queued."""
+"""Pipelined rounds: while a round samples, the worker claims the next round's jobs (with their
+leases) and starts them, and samples that round right after; a worker killed holding such a round
+loses none of its jobs, and a warm shutdown runs the round it prepared and leaves the rest queued.
+
+In this process against a real Redis and RQ (a pipeline that sleeps as it samples), then with real
+worker processes, the tiny pipeline and real signals."""
 
 from __future__ import annotations
 
@@ -11,15 +14,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+from PIL import Image
 from redis import Redis
 from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
+from latentq.contract import JobSpec, WeightedPrompt
 from latentq.keys import LEASE_HOLDERS, LEASES, job_events_key, queue_name
+from latentq.rq_writer import queue_job
 from latentq_dev.devstack import Process, wait_until
 from tests.conftest import API_KEY, api_settings, serve, wait_for_job, worker_env
+from worker.context import WarmState, current_context
+from worker.metrics import ROUND_IDLE
+from worker.warm_worker import WarmWorker
 
 #: A model served only by this module's workers, so no other test's worker takes its jobs.
 MODEL = {"id": "pipelined-sd", "source": "embedded:tiny-sd", "family": "sd1",
@@ -28,6 +40,99 @@ MODEL = {"id": "pipelined-sd", "source": "embedded:tiny-sd", "family": "sd1",
 LONG = {"model": "pipelined-sd", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 150, "seed": 4}
 #: Quick jobs that batch with each other (not with LONG: other steps).
 SHORT = {**LONG, "steps": 2}
+
+
+class SleepyPipeline:
+    """Samples each call in ``seconds`` (what a slow step callback would cost); notes each call's
+    seeds and, at its end, the jobs the worker then held (leased)."""
+
+    def __init__(self, redis: Redis, seconds: float) -> None:
+        self.redis, self.seconds = redis, seconds
+        self.calls: list[list[int]] = []
+        self.held_at_end: list[set[str]] = []
+        #: Called at the start of each call (a test's hook).
+        self.on_call: Callable[[], None] = lambda: None
+
+    def generate(self, spec: JobSpec, inputs: dict, on_step: object = None) -> list:
+        return self.generate_batch([(spec, on_step)])[0]
+
+    def generate_batch(self, jobs: list) -> list[list]:
+        self.on_call()
+        time.sleep(self.seconds)
+        self.calls.append(sorted(spec.seed for spec, _ in jobs))  # in the order their threads came
+        self.held_at_end.append({key.decode() for key in self.redis.hkeys(LEASE_HOLDERS)})
+        return [[Image.new("RGB", (spec.width, spec.height))] * spec.samples for spec, _ in jobs]
+
+
+def sample_with_the_round(spec: dict) -> dict:
+    """An RQ job (by dotted path) that samples through its round, as a generation job does."""
+    context = current_context()
+    job = JobSpec.model_validate(spec)
+    context.sampler.sample(context.warm.pipelines[job.model], job, {}, None)
+    return {"seed": job.seed}
+
+
+def in_process_worker(
+    redis: Redis, seconds: float, count: int
+) -> tuple[WarmWorker, SleepyPipeline, list[str]]:
+    """A worker of ``count`` queued jobs that batch together, its pipeline sampling ``seconds`` a call."""
+    name = f"pipelined-{uuid.uuid4().hex[:8]}"
+    ids = []
+    with redis.pipeline() as batch:
+        for seed in range(1, count + 1):
+            spec = JobSpec(
+                job_id=str(uuid.uuid4()), model="pipelined-sd", prompts=[WeightedPrompt(text="a", weight=1)],
+                width=64, height=64, steps=2, cfg_scale=7.0, samples=1, seed=seed, sampler="K_EULER",
+            ).model_dump(mode="json")  # fmt: skip
+            ids.append(queue_job(batch, name, f"{__name__}.sample_with_the_round", {"spec": spec}, timeout=60,
+                                 result_ttl=60, failure_ttl=60, description=f"job {seed}"))  # fmt: skip
+        batch.execute()
+    pipeline = SleepyPipeline(redis, seconds)
+    warm = WarmState(pipelines={"pipelined-sd": pipeline}, store=None, records=None, cancels=None)  # type: ignore[arg-type,dict-item]
+    queue = Queue(name, connection=redis, serializer=JSONSerializer)
+    worker = WarmWorker([queue], connection=redis, serializer=JSONSerializer, warm=warm)
+    worker.max_batch = 2
+    worker.last_cleaned_at = datetime.now(UTC)  # RQ's loop runs its maintenance as it starts
+    return worker, pipeline, ids
+
+
+def test_the_next_round_is_claimed_and_started_while_one_samples_and_sampled_right_after(redis):
+    worker, pipeline, ids = in_process_worker(redis, seconds=0.5, count=5)
+    [queue] = worker.queues
+    rounds_before = ROUND_IDLE._sum.get(), sum(bucket.get() for bucket in ROUND_IDLE._buckets)
+    head, head_queue = Queue.dequeue_any([queue], None, connection=redis, serializer=JSONSerializer)
+    worker.execute_job(head, head_queue)  # all three rounds: RQ's loop is not needed in between
+    worker.drain()
+
+    assert pipeline.calls == [[1, 2], [3, 4], [5]]
+    # At the end of each call, the next round's jobs were already claimed, besides the call's own.
+    assert pipeline.held_at_end == [set(ids[:4]), set(ids[2:]), {ids[4]}]
+    assert [Job.fetch(job_id, connection=redis).get_status() for job_id in ids] == ["finished"] * 5
+    assert queue.get_job_ids() == [] and redis.zscore(LEASES, ids[4]) is None
+    # Each round's idle gap counted in the worker's metrics.
+    assert sum(bucket.get() for bucket in ROUND_IDLE._buckets) == rounds_before[1] + 3
+
+
+def test_a_warm_shutdown_while_a_round_samples_claims_no_more_and_loses_nothing(redis):
+    worker, pipeline, ids = in_process_worker(redis, seconds=0.3, count=6)
+    [queue] = worker.queues
+
+    def stop() -> None:  # SIGTERM's flag, set as the first round samples
+        worker.stopping = True
+
+    pipeline.on_call = stop
+    head, head_queue = Queue.dequeue_any([queue], None, connection=redis, serializer=JSONSerializer)
+    worker.execute_job(head, head_queue)
+    worker.drain()
+
+    # The first round ran, and the round prepared before the flag (if any); every other job is
+    # queued, in order, with no lease: each job ran once or waits.
+    ran = [seed for call in pipeline.calls for seed in call]
+    assert ran == list(range(1, len(ran) + 1)) and 2 <= len(ran) <= 4, pipeline.calls
+    statuses = [Job.fetch(job_id, connection=redis).get_status() for job_id in ids]
+    assert statuses == ["finished"] * len(ran) + ["queued"] * (6 - len(ran))
+    assert queue.get_job_ids() == ids[len(ran) :]
+    assert not [job_id for job_id in ids if redis.zscore(LEASES, job_id) is not None]
 
 
 @pytest.fixture(scope="module")
