@@ -17,7 +17,6 @@ round's sampling (at most one round).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -77,7 +76,8 @@ def take_more(
 ) -> Iterator[list[Job]]:
     """Claim the jobs waiting in ``queue`` that can sample in one call with ``head`` (the same
     ``batch_key``), oldest first, up to ``max_batch`` images in all, yielding each claimed lot; the
-    others stay queued for later rounds. Between looks, go on while ``keep_waiting(any_taken)``.
+    others stay queued for later rounds. Between looks, ``keep_waiting(any_taken)`` pauses and says
+    whether to look again.
     A job run again after its worker was lost runs alone (it may be what killed it)."""
     key, images = batch_info(head)
     if key is None or images >= worker.max_batch or retried(worker, [head.id]):
@@ -110,7 +110,6 @@ def take_more(
                 yield lot
         if images >= worker.max_batch or not keep_waiting(taken):
             return
-        time.sleep(POLL_S)
 
 
 class RoundBuilder:
@@ -145,6 +144,11 @@ class RoundBuilder:
     def _taking(self) -> bool:
         return not self.worker.stopping and not self._ended.is_set()
 
+    def _pause(self) -> bool:
+        """Wait ``POLL_S`` (less if the sampling ends meanwhile); return whether to look again."""
+        self._ended.wait(POLL_S)
+        return self._taking()
+
     def _build(self) -> None:
         worker = self.worker
         try:
@@ -157,7 +161,7 @@ class RoundBuilder:
             head, queue = claimed
             self.round = StartedRound(queue)
             worker.start_jobs(self.round, [head])  # a job claimed is started, or put back
-            lots = take_more(worker, queue, head, lambda _taken: self._taking())
+            lots = take_more(worker, queue, head, lambda _taken: self._pause())
             for lot in lots:
                 worker.start_jobs(self.round, lot)
             worker.refill(queue)  # the round after this one finds its jobs queued too
@@ -182,7 +186,7 @@ class RoundBuilder:
                 job = self._fetch(head.decode(), queue)
                 if job is not None:
                     return job, queue
-            time.sleep(POLL_S)
+            self._pause()
         return None
 
     def _fetch(self, job_id: str, queue: Queue) -> Job | None:

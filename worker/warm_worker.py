@@ -28,7 +28,7 @@ from latentq.probes import Vitals
 from latentq.rq_loop import PromptListenerWorker, work_through_outages
 from worker.context import JobContext, WarmState, use_context
 from worker.metrics import JOBS_RUNNING, UTILISATION, job_model, note_taken
-from worker.round_builder import RoundBuilder, StartedRound, take_more
+from worker.round_builder import POLL_S, RoundBuilder, StartedRound, take_more
 from worker.rounds import DeviceFault, RoundSeat, SamplingRound
 
 #: Seconds beyond its own bound that the job loop may take to come round again before /livez says
@@ -112,7 +112,10 @@ class WarmWorker(PromptListenerWorker):
             nonlocal deadline
             if deadline is None and taken:
                 deadline = time.monotonic() + self.batch_wait_s
-            return deadline is not None and time.monotonic() < deadline
+            if deadline is None or time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+            return True
 
         jobs = [job, *chain.from_iterable(take_more(self, queue, job, keep_waiting))]
         self.refill(queue)  # and the next round finds its jobs queued
