@@ -186,6 +186,10 @@ def claimed_by(redis: Redis, worker: str, job_ids: list[str], timeout_s: float =
     wait_until(lambda: holders() == [worker.encode()] * len(job_ids), timeout_s, "the claims")
 
 
+def statuses(client: httpx.Client, job_ids: list[str]) -> list[str]:
+    return [client.get(f"/v1/jobs/{job_id}").json()["status"] for job_id in job_ids]
+
+
 def terminal_events(redis: Redis, job_id: str) -> list[str]:
     names = [fields[b"event"].decode() for _, fields in redis.xrange(job_events_key(job_id))]
     return [name for name in names if name in ("succeeded", "failed", "canceled")]
@@ -233,6 +237,10 @@ def test_a_worker_killed_holding_a_prepared_round_loses_none_of_its_jobs(
         sampling(api, long_id)
         ids = [api.post("/v1/generate", json={**SHORT, "seed": seed}).json()["id"] for seed in (4, 5)]
         claimed_by(redis, worker.name, ids)
+        # Their threads started: they wait, marked running, for the long job's round to end.
+        running = lambda: statuses(api, ids) == ["running"] * 2  # noqa: E731
+        wait_until(running, 60, "the prepared round's jobs running")
+        assert api.get(f"/v1/jobs/{long_id}").json()["status"] == "running"
         worker.popen.send_signal(signal.SIGKILL)
         worker.popen.wait(timeout=10)
         start()
