@@ -4,14 +4,13 @@ bookkeeping in between.
 
 The builder claims the head of a queue and its compatible batch-mates straight off the queue list,
 each with its lease (``Leases.claim``: a worker killed now loses nothing, the reaper recovers them),
-and starts their job threads at once, so each has marked its job running, loaded its inputs and
-handed its ``SampleRequest`` to the next ``SamplingRound`` by the time the current round ends. It
-keeps gathering batch-mates while the current round samples (that wait costs nothing) and stops
-once it ends. It takes nothing during a warm shutdown, a suspension, or when RQ's maintenance is due
-(RQ's loop then runs it); nothing queued at the end of sampling: RQ's loop waits for the next job.
-
-A pre-claimed job's time limit runs from its thread's start, so it includes the rest of the current
-round's sampling (at most one round).
+does RQ's bookkeeping (``prepare_execution``) and starts their job threads at once. Those wait for
+the current round's sampling to end before RQ's ``perform_job`` starts (so a job's time limit, and
+its ``running`` status, start as they would had it been taken then), then mark their jobs running
+and hand their ``SampleRequest``s to the next ``SamplingRound`` in parallel. It keeps gathering
+batch-mates while the current round samples (that wait costs nothing) and stops once it ends. It
+takes nothing during a warm shutdown, a suspension, or when RQ's maintenance is due (RQ's loop then
+runs it); nothing queued at the end of sampling: RQ's loop waits for the next job.
 """
 
 from __future__ import annotations
@@ -51,13 +50,22 @@ def batch_info(job: Job) -> tuple[tuple | None, int]:
     return batch_key(spec), spec.samples
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class StartedRound:
-    """A round whose job threads run (each samples through its seat, or leaves)."""
+    """A round whose job threads run (each samples through its seat, or leaves) once ``go`` is set."""
 
     queue: Queue
     sampling: SamplingRound = field(default_factory=SamplingRound)
     jobs: list[Job] = field(default_factory=list)
+    #: Set when the round before it has sampled: only then do its jobs start (their time limits,
+    #: their ``running`` status), as a job taken from the queue then would.
+    go: threading.Event = field(default_factory=_set_event)
 
 
 def retried(worker: WarmWorker, job_ids: list[str]) -> set[str]:
@@ -124,6 +132,8 @@ class RoundBuilder:
         self.running = running
         self.round: StartedRound | None = None
         self._ended = threading.Event()
+        #: Opens the prepared round's job threads (``StartedRound.go``) once the current one sampled.
+        self._go = threading.Event()
         self._thread = threading.Thread(target=self._build, name="latentq-round-builder", daemon=True)
 
     def start(self) -> RoundBuilder:
@@ -132,12 +142,13 @@ class RoundBuilder:
         return self
 
     def sampling_ended(self) -> None:
-        """Note that the current round's sampling is over: gather no more, hand over what is taken."""
+        """Note that the current round's sampling is over: gather no more, let the jobs taken start."""
         self._ended.set()
+        self._go.set()
 
     def result(self) -> StartedRound | None:
         """Wait for the builder; return the round it started (None: it took no job)."""
-        self._ended.set()
+        self.sampling_ended()
         self._thread.join()
         return self.round if self.round is not None and self.round.jobs else None
 
@@ -159,7 +170,7 @@ class RoundBuilder:
             if claimed is None:
                 return
             head, queue = claimed
-            self.round = StartedRound(queue)
+            self.round = StartedRound(queue, go=self._go)
             worker.start_jobs(self.round, [head])  # a job claimed is started, or put back
             lots = take_more(worker, queue, head, lambda _taken: self._pause())
             for lot in lots:

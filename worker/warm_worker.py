@@ -132,7 +132,7 @@ class WarmWorker(PromptListenerWorker):
         """Sample ``round_`` on this thread while the next round is prepared (unless the worker is
         stopping); return the next round, started (None: no job was waiting)."""
         longest = max((job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in round_.jobs), default=0)
-        self._expect_loop(2 * longest)  # its jobs' own limits bound it (a pre-claimed job: two rounds)
+        self._expect_loop(2 * longest)  # its jobs' own limits bound it
         threads = self._job_threads[-len(round_.jobs) :] if round_.jobs else []
         building = prepare_next and not self.stopping
         builder = RoundBuilder(self, round_.queue, threads).start() if building else None
@@ -165,7 +165,7 @@ class WarmWorker(PromptListenerWorker):
                 execution = self.prepare_execution(member)
                 thread = threading.Thread(
                     target=self._run_job_thread,
-                    args=(round_.sampling.seat(), member, round_.queue, execution),
+                    args=(round_.sampling.seat(), member, round_.queue, execution, round_.go),
                     name=f"job-{member.id}",
                 )
                 thread.start()
@@ -238,7 +238,10 @@ class WarmWorker(PromptListenerWorker):
                           summary["busy_ratio_window"], UTILISATION.window_s, summary["idle_ms_median"],
                           summary["idle_ms_p95"], extra=summary)  # fmt: skip
 
-    def _run_job_thread(self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution) -> None:
+    def _run_job_thread(
+        self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution, go: threading.Event
+    ) -> None:
+        go.wait()  # a prepared round's jobs start once the round before it has sampled
         deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
         context = JobContext(self.warm, seat, deadline, submitted_at=job.created_at.timestamp())
         try:
