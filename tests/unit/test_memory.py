@@ -78,7 +78,9 @@ def test_denoising_and_decoding_are_measured_apart():
     assert profile == MemoryProfile(image_bytes=IMAGE, call_bytes=CALL, decode_bytes=DECODE,
                                     decode_budget=40 * GIB * DECODE_SHARE)  # fmt: skip
     # The old estimate (whole calls at one and two images) saw only the decode's peak in both.
-    assert max(WEIGHTS + CALL + 2 * IMAGE, WEIGHTS + DECODE) - max(WEIGHTS + CALL + IMAGE, WEIGHTS + DECODE) == 0
+    assert (
+        max(WEIGHTS + CALL + 2 * IMAGE, WEIGHTS + DECODE) - max(WEIGHTS + CALL + IMAGE, WEIGHTS + DECODE) == 0
+    )
 
 
 def test_the_cap_limits_batches_by_size():
@@ -117,7 +119,9 @@ class ModelMemory(FakeMemory):
         pipe.unet.register_forward_hook(
             lambda _module, args, _output: self.spike(sample * args[0].numel() // (4 * 64 * 64))
         )
-        pipe.vae.decoder.register_forward_hook(lambda _module, _args, output: self.spike(pixel * output[0, 0].numel()))
+        pipe.vae.decoder.register_forward_hook(
+            lambda _module, _args, output: self.spike(pixel * output[0, 0].numel())
+        )
 
     def spike(self, size: int) -> None:
         """Allocate ``size`` bytes above the weights, then free them."""

@@ -125,7 +125,9 @@ def measure_call(pipe: Any, images: int, output_type: str) -> None:
         )  # fmt: skip
 
 
-def measure_profile(memory: DeviceMemory, pipe: Any, call: Callable[..., Any] = measure_call) -> MemoryProfile:
+def measure_profile(
+    memory: DeviceMemory, pipe: Any, call: Callable[..., Any] = measure_call
+) -> MemoryProfile:
     """Measure the ``MemoryProfile`` of text-to-image ``pipe``: denoising alone
     (``output_type="latent"``) at one and two images, then one image's decode (its peak taken from
     the VAE decoder's first run on, by a hook).
