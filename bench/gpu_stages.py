@@ -100,7 +100,7 @@ def pytest_stage(out: Path, sizes: Sizes) -> int:
 
 
 def memory_stage(out: Path, sizes: Sizes) -> int:
-    """Record the worker's memory estimate (``WarmPipeline``'s ``*_bytes`` after ``warm_up`` and its
+    """Record the worker's memory estimate (``WarmPipeline``'s ``memory_profile`` after ``warm_up``, its
     ``batch_limit``) next to the measured peak of 1, 2, 4 and 8 images of ``side`` pixels."""
     from bench.gpu import batch_specs, build
     from worker.diffusion.pipelines import WarmPipeline
@@ -108,7 +108,8 @@ def memory_stage(out: Path, sizes: Sizes) -> int:
     device = sizes.device
     warm = WarmPipeline(build("sd15", device, sizes.tiny), device)
     warm.warm_up()
-    estimates = {name: gib(value) for name, value in vars(warm).items() if name.endswith("_bytes") and value}
+    profile = warm.memory_profile  # image_bytes, call_bytes, decode_bytes, decode_budget (None on CPU)
+    estimates = {name: gib(value) for name, value in (vars(profile) if profile else {}).items()}
     for images in MEMORY_BATCHES:
         specs = batch_specs("sd15", sizes.side, images, 2)  # the peak does not depend on the steps
         row: dict[str, Any] = {"stage": "memory", "images": images, "side": sizes.side,

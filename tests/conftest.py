@@ -92,10 +92,15 @@ def tiny_upscaler_model(models_dir: Path) -> Path:
 
 
 def service_env(redis_server: RedisServer, s3_server: S3Server, **settings: str) -> dict[str, str]:
-    """Return an environment pointing a latentq process at the test services."""
+    """Return an environment pointing a latentq process at the test services; its workers run on
+    the CPU in fp32 unless ``settings`` say otherwise (``device``)."""
     env = environment_without_settings()
     env.update(s3_server.env(BUCKET))
     env["LATENTQ_REDIS_URL"] = redis_server.url
+    # The pixel-equality references are plain diffusers on the CPU in fp32: on a CUDA host a worker
+    # left on "auto" would sample fp16 on the GPU and differ (tests/integration/test_gpu*.py compare
+    # the GPU's images with a stated tolerance).
+    env["LATENTQ_DEVICE"] = "cpu"
     env.update({f"LATENTQ_{key.upper()}": value for key, value in settings.items()})
     return env
 

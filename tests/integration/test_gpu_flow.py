@@ -21,7 +21,7 @@ def test_cuda_flow_pipeline_runs_bf16_with_finite_varied_output(models_dir, name
     assert pipeline.device.type == "cuda"
     assert pipeline.pipe.transformer.dtype == torch.bfloat16 and pipeline.pipe.vae.dtype == torch.bfloat16
     pipeline.warm_up()
-    assert pipeline.image_bytes and pipeline.image_bytes > 0
+    assert pipeline.memory_profile and pipeline.memory_profile.image_bytes > 1
     spec = JobSpec(
         job_id="gpu", model=name, prompts=[WeightedPrompt(text="a lighthouse", weight=1.0)], width=512,
         height=512, steps=12, cfg_scale=4.0, samples=2, seed=42, sampler="K_EULER",

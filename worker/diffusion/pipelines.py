@@ -26,10 +26,12 @@ from worker.diffusion.adapters import LoadedAdapters
 from worker.diffusion.compiling import CompileWatch, compile_denoiser, served_shapes
 from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.hotswap import HotSwapAdapters
+from worker.diffusion.memory import MEASURE_SIDE, CudaMemory, DeviceMemory, MemoryProfile, measure_profile
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import conditioning, prompt_arguments
 from worker.diffusion.quiet import serving
 from worker.diffusion.schedulers import make_scheduler
+from worker.diffusion.vae import keeps_vae_dtype, set_tiling, tile_pixels
 from worker.safety import SafetyGate
 
 log = logging.getLogger("latentq.worker")
@@ -89,12 +91,10 @@ def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
     return callback
 
 
-#: Side (pixels) of the CUDA warm-up that measures the memory one more image of a batch takes.
-MEASURE_SIDE = 512
-#: Share of the free GPU memory a batch may plan to use (the rest: allocator slack, other models).
-MEMORY_SHARE = 0.8
-#: Images of more pixels than this decode with VAE tiling (bounded memory, seams blended).
-TILE_ABOVE_PIXELS = 1536 * 1536
+#: Where memory was not measured (CPU, or no warm-up), images of more pixels than this decode with
+#: VAE tiling (bounded memory, seams blended): the 2 MP sizes of SD3 and FLUX. Measured, the
+#: decode's own budget decides (``memory.MemoryProfile.tiles``).
+TILE_ABOVE_PIXELS = 1024 * 1024
 
 
 def denoiser_of(pipe: Any) -> Any:
@@ -103,11 +103,13 @@ def denoiser_of(pipe: Any) -> Any:
 
 
 def tune_for_cuda(pipe: Any, compile_unet: bool) -> None:
-    """Make ``pipe`` fast on CUDA: a channels-last UNet (SDPA attention is diffusers' default with
-    torch 2) and VAE slicing (a batch decodes one image at a time); ``torch.compile`` is
-    ``WarmPipeline``'s (``compiling``)."""
+    """Make ``pipe`` fast on CUDA: VAE slicing (a batch decodes one image at a time; SDPA attention
+    is diffusers' default with torch 2) and, when compiled, a channels-last UNet; ``torch.compile``
+    is ``WarmPipeline``'s (``compiling``)."""
     denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-    if denoiser == "unet":
+    # Channels-last only with compile: eager GroupNorm wants contiguous input, so without the
+    # compiler fusing them it adds a layout copy around every norm.
+    if denoiser == "unet" and compile_unet:
         pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.enable_slicing()
 
@@ -144,9 +146,11 @@ class WarmPipeline:
         self.compile_sizes: list[tuple[int, int]] = []
         #: Most images of one call (``LATENTQ_MAX_BATCH``), which the warm-up compiles too.
         self.compile_batch = 8
-        #: Bytes of GPU memory one more image of a ``MEASURE_SIDE`` square batch takes (measured by
-        #: ``warm_up`` on CUDA); None: not measured, batches are not capped by memory.
-        self.image_bytes: float | None = None
+        #: The device's memory readings (None on CPU: batches are not capped by memory there).
+        self.memory: DeviceMemory | None = CudaMemory(device) if device.type == "cuda" else None
+        #: What calls take, measured by ``warm_up`` where ``memory`` is known; None: not measured,
+        #: batches are not capped by memory.
+        self.memory_profile: MemoryProfile | None = None
         self.pipes = {
             "text-to-image": pipe,
             "image-to-image": AutoPipelineForImage2Image.from_pipe(pipe),
@@ -207,29 +211,21 @@ class WarmPipeline:
         return self.controlled[key]
 
     def batch_limit(self, spec: JobSpec) -> int | None:
-        """Most images of ``spec``'s size one call can hold in the GPU memory free now (None: no
+        """Most images of ``spec``'s size one call can hold in the memory available now (None: no
         limit known, as on CPU): never an out-of-memory error from batching."""
-        if self.device.type != "cuda" or not self.image_bytes:
+        if self.memory is None or self.memory_profile is None:
             return None
-        free, _total = torch.cuda.mem_get_info(self.device)
-        per_image = self.image_bytes * spec.width * spec.height / MEASURE_SIDE**2
-        return max(1, int(free * MEMORY_SHARE // per_image))
+        pixels = spec.width * spec.height
+        return self.memory_profile.batch_limit(pixels, self.memory.available(), tile_pixels(self.pipe.vae))
 
-    def _measure_image_bytes(self) -> float:
-        """Return the GPU memory one more image of a ``MEASURE_SIDE`` square batch takes, bytes."""
-        peaks = []
-        for samples in (1, 2):
-            spec = JobSpec(
-                job_id="measure", model="measure", prompts=[WeightedPrompt(text="measure", weight=1.0)],
-                width=MEASURE_SIDE, height=MEASURE_SIDE, steps=2, cfg_scale=7.0, samples=samples, seed=1,
-                sampler="K_EULER",
-            )  # fmt: skip
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.generate(spec, {})
-            peaks.append(torch.cuda.max_memory_allocated(self.device))
-        return float(max(peaks[1] - peaks[0], 1))
+    def decodes_tiled(self, pixels: int) -> bool:
+        """Whether images of ``pixels`` decode in tiles: past the measured decode budget, or past
+        ``TILE_ABOVE_PIXELS`` where nothing was measured."""
+        if self.memory_profile is not None:
+            return self.memory_profile.tiles(pixels)
+        return pixels > TILE_ABOVE_PIXELS
 
+    @keeps_vae_dtype
     def generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None = None) -> list[Image]:
         """Run sampling for ``spec`` with its input images (``init``, ``mask``), reporting each step;
         no images if ``on_step`` asked to stop."""
@@ -255,10 +251,7 @@ class WarmPipeline:
             "output_type": "pil",
         }
         # The VAE is shared by every task's pipeline; calls run one at a time.
-        if spec.width * spec.height > TILE_ABOVE_PIXELS:
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
+        set_tiling(pipe.vae, self.decodes_tiled(spec.width * spec.height))
         with torch.inference_mode():
             if spec.task == "image-to-image":
                 return self._image_to_image(pipe, spec, inputs["init"], common, on_step)
@@ -267,6 +260,7 @@ class WarmPipeline:
                 return self._masking(pipe, spec, inputs["init"], inputs["mask"], common)
             return list(pipe(width=spec.width, height=spec.height, **common).images)
 
+    @keeps_vae_dtype
     def generate_batch(self, members: list[tuple[JobSpec, OnStep | None]]) -> list[list[Image]]:
         """Run text-to-image jobs that share a ``batch_key`` as one pipeline call (see
         ``_generate_batch``), counting what it compiles."""
@@ -285,6 +279,7 @@ class WarmPipeline:
         pipe = self.pipe
         self.use_loras(first.loras)  # part of the batch key: every member names the same
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
+        set_tiling(pipe.vae, self.decodes_tiled(first.width * first.height))
         with torch.inference_mode():
             parts = [conditioning(pipe, spec.prompts, self.device) for spec, _ in members]
             arguments = {
@@ -359,9 +354,11 @@ class WarmPipeline:
         inputs = {"init": PILImage.new("RGB", (64, 64)), "mask": PILImage.new("L", (64, 64), 255)}
         self.generate(spec, inputs)
         self._compile_served_sizes(task)
-        if self.device.type == "cuda" and task == "text-to-image":
-            self.image_bytes = self._measure_image_bytes()
-            log.info("one more %dx%d image in a batch takes %.0f MiB", MEASURE_SIDE, MEASURE_SIDE,
-                     self.image_bytes / 2**20)  # fmt: skip
+        if self.memory is not None and task == "text-to-image":
+            self.memory_profile = profile = measure_profile(self.memory, self.pipe)
+            log.info("at %dx%d: one more image in a batch takes %.0f MiB, a call %.0f MiB more, a decode "
+                     "%.0f MiB (budget %.0f MiB)", MEASURE_SIDE, MEASURE_SIDE, profile.image_bytes / 2**20,
+                     profile.call_bytes / 2**20, profile.decode_bytes / 2**20,
+                     profile.decode_budget / 2**20)  # fmt: skip
         self.compile_watch.warming = False
         return time.perf_counter() - started
