@@ -5,7 +5,9 @@ N sequential 64x64, 20-step K_EULER jobs through the whole stack (HTTP submit wi
 N calls made directly on the diffusers pipeline in this process, interleaved (a direct call,
 then a service job, N times) so that both see the same machine: this VM's speed drifts by ±15 %
 within minutes. A second pair does the same at 128x128 (Stability's smallest size) through the
-Stability v1 route, which answers with the PNG itself. Prints a table and writes JSON.
+Stability v1 route, which answers with the PNG itself. A third pair repeats the first at 4 steps (the
+few-step regime of SD-Turbo and LCM, where the service's fixed cost per job weighs most). Prints a
+table and writes JSON.
 
     .venv/bin/python -m bench.overhead --jobs 30 [--json bench/results/overhead.json]
 """
@@ -31,6 +33,8 @@ from latentq_dev.devrun import start_stack, stop_all
 from latentq_dev.devstack import environment_without_settings, free_port
 
 BODY = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 20, "sampler": "K_EULER"}
+#: Steps of the few-step pair (SD-Turbo and LCM run 1-4).
+FEW_STEPS = 4
 STABILITY_BODY = {"text_prompts": [{"text": BODY["prompt"]}], "width": 128, "height": 128, "steps": 20,
                   "sampler": "K_EULER"}  # fmt: skip
 
@@ -41,12 +45,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def service_job(client: httpx.Client, seed: int) -> tuple[float, float]:
+def service_job(client: httpx.Client, seed: int, steps: int = 20) -> tuple[float, float]:
     """Run one job through the stack as an integrator would: submit with ``Prefer: wait``, then fetch
     the image. Return its wall time (s) and its server-side time (s, ``created_at`` to ``finished_at``
     in its record)."""
     started = time.perf_counter()
-    job = client.post("/v1/generate", json={**BODY, "seed": seed}, headers={"Prefer": "wait=60"}).json()
+    job = client.post("/v1/generate", json={**BODY, "seed": seed, "steps": steps}, headers={"Prefer": "wait=60"}).json()
     assert job["status"] == "succeeded", job
     client.get(job["images"][0]["url"]).raise_for_status()
     return time.perf_counter() - started, _seconds_between(job["created_at"], job["finished_at"])
@@ -76,12 +80,12 @@ def direct_pipeline(model_dir: Path) -> Any:
     return pipe
 
 
-def direct_call(pipe: Any, seed: int, side: int = 64) -> float:
+def direct_call(pipe: Any, seed: int, side: int = 64, steps: int = 20) -> float:
     """Return the wall time (s) of one plain diffusers call."""
     import torch
 
     started = time.perf_counter()
-    pipe(BODY["prompt"], width=side, height=side, num_inference_steps=20,
+    pipe(BODY["prompt"], width=side, height=side, num_inference_steps=steps,
          generator=torch.Generator("cpu").manual_seed(seed))  # fmt: skip
     return time.perf_counter() - started
 
@@ -153,6 +157,11 @@ def main() -> int:
                     lambda seed: direct_call(pipe, seed, 128),
                     lambda seed: stability_job(client, seed),
                 )
+                direct_few_times, few_pairs = interleaved(
+                    args.jobs,
+                    lambda seed: direct_call(pipe, seed, steps=FEW_STEPS),
+                    lambda seed: service_job(client, seed, FEW_STEPS),
+                )
         finally:
             stop_all(started)
     direct = summarize("direct diffusers call", direct_times)
@@ -160,19 +169,26 @@ def main() -> int:
     service = summarize("service, client view (Prefer: wait, fetch)", [wall for wall, _ in pairs])
     direct_128 = summarize("direct diffusers call, 128x128", direct_128_times)
     stability = summarize("Stability route, 128x128, PNG answer", stability_times)
+    direct_few = summarize(f"direct diffusers call, {FEW_STEPS} steps", direct_few_times)
+    server_few = summarize(f"service, job record, {FEW_STEPS} steps", [server for _, server in few_pairs])
+    service_few = summarize(f"service, client view, {FEW_STEPS} steps", [wall for wall, _ in few_pairs])
     result = {
         "benchmark": "overhead",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "job": BODY,
-        "rows": [direct, server, service, direct_128, stability],
+        "rows": [direct, server, service, direct_128, stability, direct_few, server_few, service_few],
         "throughput_ratio": service["jobs_per_s"] / direct["jobs_per_s"],
         "added_median_ms": service["median_ms"] - direct["median_ms"],
         "server_added_median_ms": server["median_ms"] - direct["median_ms"],
         "stability_throughput_ratio": stability["jobs_per_s"] / direct_128["jobs_per_s"],
         "stability_added_median_ms": stability["median_ms"] - direct_128["median_ms"],
+        "few_steps": FEW_STEPS,
+        "few_steps_throughput_ratio": service_few["jobs_per_s"] / direct_few["jobs_per_s"],
+        "few_steps_server_added_median_ms": server_few["median_ms"] - direct_few["median_ms"],
         # Each service job minus the direct call just before it: the same seed, the same minute.
         "added_per_job_ms": added(direct_times, [wall for wall, _ in pairs]),
         "stability_added_per_job_ms": added(direct_128_times, stability_times),
+        "few_steps_added_per_job_ms": added(direct_few_times, [wall for wall, _ in few_pairs]),
     }
     print(f"{'':42} {'jobs/s':>8} {'median ms':>10} {'p95 ms':>8}")
     for row in result["rows"]:
@@ -187,6 +203,8 @@ def main() -> int:
     )
     print(f"added per job (service minus its direct twin), ms: /v1/generate {result['added_per_job_ms']}, "
           f"Stability route {result['stability_added_per_job_ms']}")  # fmt: skip
+    print(f"{FEW_STEPS}-step service/direct throughput: {result['few_steps_throughput_ratio']:.3f}; added per "
+          f"job, ms: {result['few_steps_added_per_job_ms']}")  # fmt: skip
     write_result(args.json, result)
     return 0
 
