@@ -249,6 +249,7 @@ def main() -> int:
     warm = WarmState(
         pipelines, store, records, CancelWatch(records).start(),
         settings.progress_interval_s, settings.webhook_progress_interval_s, watermark_of(settings),
+        settings.png_compress_level,
     )  # fmt: skip
     worker = build_worker(settings, redis, warm)
     worker.vitals = vitals

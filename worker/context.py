@@ -157,6 +157,8 @@ class WarmState:
     webhook_progress_interval_s: float = 2.0
     #: Marks each image as it is stored (``worker.watermark``); None: images are stored as made.
     watermark: Callable[[Image], Image] | None = None
+    #: zlib level of the PNG files written (0-9: see ``LATENTQ_PNG_COMPRESS_LEVEL``).
+    png_compress_level: int = 1
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from latentq.contract import JobSpec
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 #: Quality of the lossy formats (Pillow's 0-100 scale).
 LOSSY_QUALITY = 90
+#: zlib level of PNG files when none is configured (``LATENTQ_PNG_COMPRESS_LEVEL``): see
+#: docs/BENCHMARKS.md for the size and time of each level.
+PNG_COMPRESS_LEVEL = 1
 
 #: AUTOMATIC1111's names for our samplers, so its readers show familiar ones.
 A1111_SAMPLERS = {
@@ -86,8 +89,9 @@ def reproduce_request(spec: JobSpec, seed: int) -> dict:
     } | ({"loras": [lora.model_dump() for lora in spec.loras]} if spec.loras else {})  # fmt: skip
 
 
-def encode_image(image: Image, spec: JobSpec, seed: int) -> bytes:
-    """Return ``image`` as a file in ``spec.output_format``, with its generation parameters embedded."""
+def encode_image(image: Image, spec: JobSpec, seed: int, png_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """Return ``image`` as a file in ``spec.output_format``, with its generation parameters embedded;
+    a PNG compressed at zlib level ``png_level`` (0: stored, 9: smallest and slowest)."""
     text = parameters_text(spec, seed)
     buffer = io.BytesIO()
     if spec.output_format == "png":
@@ -96,7 +100,7 @@ def encode_image(image: Image, spec: JobSpec, seed: int) -> bytes:
         # Other tasks, and controlled jobs, also need their input images to be redone.
         if spec.task == "text-to-image" and spec.control_model is None:
             info.add_text("latentq", json.dumps(reproduce_request(spec, seed)))
-        image.save(buffer, format="PNG", pnginfo=info)
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=png_level)
     else:
         exif = PILImage.Exif()
         # A1111's encoding of UserComment: the "UNICODE" charset marker, then UTF-16 big-endian.

@@ -25,7 +25,7 @@ from latentq.errors import ERRORS
 from latentq.keys import image_object_key, image_object_keys
 from latentq.storage import STORAGE_ERRORS
 from worker.context import ImagePipeline, JobContext, JobLog, ObjectStore, WarmState
-from worker.encoding import CONTENT_TYPES, encode_image
+from worker.encoding import CONTENT_TYPES, PNG_COMPRESS_LEVEL, encode_image
 from worker.metrics import JOBS_FINISHED, model_label, note_succeeded
 from worker.patient_store import PatientStore
 from worker.rounds import is_out_of_memory
@@ -61,7 +61,7 @@ class StageTimings:
 
 
 class StepReporter:
-    """Reports denoising steps to the job record (at most every ``interval_s``, and the last step),
+    """Reports denoising steps to the job record (every ``interval_s`` from the start, and the last step),
     and to the job's webhook (at most every ``webhook_interval_s``, never the last step: ``completed``
     follows), and stops the job at the first step after ``cancel`` is set (by the cancel watch: no
     Redis call for it)."""
@@ -82,8 +82,11 @@ class StepReporter:
         self.cancel = cancel
         #: Seconds between progress webhooks; None: the job wants none.
         self.webhook_interval_s = webhook_interval_s
-        self.published = self.notified = float("-inf")
         self.started = time.monotonic()
+        # The first progress write waits an interval too: a job of a few fast steps (SD-Turbo, LCM)
+        # writes only its last step, one Redis round trip instead of two (``started`` came before).
+        self.published = self.started
+        self.notified = float("-inf")
         self.canceled = False
         #: The last denoising step reported (the steps run, once sampling is over).
         self.steps = 0
@@ -159,7 +162,8 @@ def _run(context: JobContext, spec: JobSpec, cancel: threading.Event) -> list[St
             return []
         gate = gate_of(pipeline)
         filtering = gate is not None and gate.filters
-        stored = store_images(store, spec, images, timings, nsfw, filtering, warm.watermark)
+        stored = store_images(store, spec, images, timings, nsfw, filtering, warm.watermark,
+                              warm.png_compress_level)  # fmt: skip
     except RedisError:
         # Its outcome cannot be recorded: the job keeps its lease and runs again once it expires.
         log.warning("job %s: Redis unreachable; left to its lease", spec.job_id)
@@ -251,10 +255,12 @@ def store_images(
     nsfw: list[bool] | None = None,
     filtering: bool = False,
     watermark: Callable[[Image], Image] | None = None,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> list[StoredImage]:
-    """Encode each image in the job's format (marked first by ``watermark``, if any), upload it
-    under its server-made key and describe it, with its safety flag (``nsfw``: one per image; None:
-    not checked) and whether a flagged one was replaced (``filtering``)."""
+    """Encode each image in the job's format (marked first by ``watermark``, if any; a PNG at zlib
+    level ``png_level``), upload it under its server-made key and describe it, with its safety flag
+    (``nsfw``: one per image; None: not checked) and whether a flagged one was replaced
+    (``filtering``)."""
     timings = timings or StageTimings()
     stored = []
     content_type = CONTENT_TYPES[spec.output_format]
@@ -265,7 +271,7 @@ def store_images(
     for index, (image, seed, flagged) in enumerate(zip(images, spec.image_seeds(), flags, strict=True)):
         key = image_object_key(spec.object_folder, index, spec.output_format)
         with timings.stage("encode_ms"):
-            data = encode_image(watermark(image) if watermark is not None else image, spec, seed)
+            data = encode_image(watermark(image) if watermark is not None else image, spec, seed, png_level)
         with timings.stage("upload_ms"):
             store.put(key, data, content_type)
         stored.append(

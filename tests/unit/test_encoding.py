@@ -47,6 +47,14 @@ def test_png_carries_parameters_and_a_reproducing_request():
     assert "samples" not in body and "style_preset" not in body  # one image; the style is already applied
 
 
+@pytest.mark.parametrize("level", range(10))
+def test_every_png_compress_level_keeps_the_pixels_and_the_parameters(level):
+    noisy = Image.frombytes("RGB", (32, 32), bytes((index * 7919) % 251 for index in range(32 * 32 * 3)))
+    image = Image.open(io.BytesIO(encode_image(noisy, SPEC, 43, png_level=level)))
+    assert image.tobytes() == noisy.tobytes()
+    assert image.text["parameters"] == parameters_text(SPEC, 43)
+
+
 @pytest.mark.parametrize(("fmt", "pil_format"), [("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_lossy_formats_carry_parameters_in_exif_user_comment(fmt, pil_format):
     spec = SPEC.model_copy(update={"output_format": fmt})

@@ -3,6 +3,7 @@ records and cancel watch (no Redis, no subprocess), and how it names what went w
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -348,3 +349,22 @@ def test_a_refusal_from_storage_is_not_retried():
     with pytest.raises(ClientError):
         PatientStore(store, deadline=100.0, clock=lambda: 0.0, sleep=waits.append).put("k", b"", "image/png")
     assert waits == []
+
+
+def test_a_job_of_a_few_fast_steps_writes_only_its_last_step_of_progress():
+    # The first progress write waits an interval like the others: a 4-step job well within 60 s
+    # costs one progress round trip, and the last step is always written.
+    state = WarmState({"m": FakePipeline()}, FakeStore(), FakeRecords(), FakeCancels(), progress_interval_s=60)
+    run_job(JobContext(state), spec(steps=4))
+    assert [write for write in state.records.of("job-1") if write[0] == "progress"] == [("progress", 4)]
+
+
+def test_the_worker_png_compress_level_reaches_the_stored_files():
+    sizes = {}
+    for level in (0, 9):
+        state = WarmState({"m": FakePipeline()}, FakeStore(), FakeRecords(), FakeCancels(), png_compress_level=level)
+        run_job(JobContext(state), spec(width=64, height=64))
+        data = state.store.objects["job-1/0.png"]
+        assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((5, 5)) == (255, 0, 0)
+        sizes[level] = len(data)
+    assert sizes[0] > sizes[9] + 64 * 64  # stored (level 0) against deflated: the level was used

@@ -32,7 +32,8 @@ def test_worker_reads_its_settings(monkeypatch):
      ("LATENTQ_MODELS", '[{"id": "../x", "source": "x", "family": "sd1"}]'),
      ("LATENTQ_MODELS", '[{"id": "x", "source": "x", "family": "sd4"}]'),
      ("LATENTQ_MODELS", "not json"), ("LATENTQ_S3_URL_EXPIRES_S", "0"),
-     ("LATENTQ_S3_URL_EXPIRES_S", "604801"), ("LATENTQ_DEVICE", "tpu")],
+     ("LATENTQ_S3_URL_EXPIRES_S", "604801"), ("LATENTQ_DEVICE", "tpu"),
+     ("LATENTQ_PNG_COMPRESS_LEVEL", "10"), ("LATENTQ_PNG_COMPRESS_LEVEL", "-1")],
 )  # fmt: skip
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)

@@ -28,7 +28,7 @@ from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.hotswap import HotSwapAdapters
 from worker.diffusion.memory import MEASURE_SIDE, CudaMemory, DeviceMemory, MemoryProfile, measure_profile
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
-from worker.diffusion.prompts import conditioning, prompt_arguments
+from worker.diffusion.prompts import ConditioningCache
 from worker.diffusion.quiet import serving
 from worker.diffusion.schedulers import make_scheduler
 from worker.diffusion.vae import keeps_vae_dtype, set_tiling, tile_pixels
@@ -164,6 +164,8 @@ class WarmPipeline:
         self.adapters: LoadedAdapters | HotSwapAdapters | None = None
         #: The model's safety gate (set by the worker's start-up); None: its images are not checked.
         self.safety: SafetyGate | None = None
+        #: Encoded prompts of recent jobs (every task's pipeline shares the text encoders).
+        self.prompts = ConditioningCache()
 
     def use_loras(self, loras: list[LoraWeight]) -> None:
         """Make ``loras`` the active adapters of the next call (none: the base model exactly)."""
@@ -241,9 +243,11 @@ class WarmPipeline:
         self.use_loras(spec.loras)  # the controlled pipelines share the UNet, adapters included
         pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
         control = control_arguments(spec, inputs["control"]) if spec.control_model is not None else {}
+        with torch.inference_mode():
+            encoded = self.prompts.get(pipe, spec.prompts, spec.loras, self.device)
         common = {
             **control,
-            **prompt_arguments(pipe, spec.prompts),
+            **encoded,
             "num_inference_steps": spec.steps,
             "guidance_scale": spec.cfg_scale,
             "num_images_per_prompt": spec.samples,
@@ -281,7 +285,7 @@ class WarmPipeline:
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
         set_tiling(pipe.vae, self.decodes_tiled(first.width * first.height))
         with torch.inference_mode():
-            parts = [conditioning(pipe, spec.prompts, self.device) for spec, _ in members]
+            parts = [self.prompts.get(pipe, spec.prompts, spec.loras, self.device) for spec, _ in members]
             arguments = {
                 name: torch.cat([part[name].repeat_interleave(spec.samples, dim=0)
                                  for part, (spec, _) in zip(parts, members, strict=True)])

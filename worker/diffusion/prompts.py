@@ -16,11 +16,12 @@ exactly. Any other set is encoded here:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
 
-from latentq.contract import WeightedPrompt
+from latentq.contract import LoraWeight, WeightedPrompt
 from worker.diffusion.flow_prompts import flow_conditioning, flow_prompt_arguments, is_flow_pipeline
 
 #: Tokens of text per encoder window (77 positions less BOS and EOS).
@@ -143,3 +144,35 @@ def conditioning(pipe: Any, prompts: list[WeightedPrompt], device: torch.device)
         "negative_pooled_prompt_embeds",
     ]
     return dict(zip(names, encoded, strict=False))
+
+
+#: Prompt sets whose conditioning a ``ConditioningCache`` keeps (least recently used dropped first).
+CACHE_ENTRIES = 64
+
+
+class ConditioningCache:
+    """The conditioning of recent prompt sets of one model, by (prompts, active LoRA adapters): a
+    prompt seen again (a client's fixed prompt, the empty negative) is not tokenized or encoded
+    again. An entry is exactly what ``conditioning`` computed, and a diffusers call given it runs
+    the same arithmetic as one given the strings, so images are the same to the bit. Used by the
+    one sampling thread only."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self.entries = entries
+        self.cached: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+
+    def get(
+        self, pipe: Any, prompts: list[WeightedPrompt], loras: list[LoraWeight], device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Return ``prompts``' conditioning (``conditioning``'s tensors) with ``loras`` active,
+        encoded now only if not cached. Call it in ``torch.inference_mode``."""
+        # LoRA adapters may change the text encoders: their weights are part of the key.
+        key = (tuple((p.text, p.weight) for p in prompts), tuple((lora.id, lora.weight) for lora in loras))
+        if key in self.cached:
+            self.cached.move_to_end(key)
+            return self.cached[key]
+        value = conditioning(pipe, prompts, device)
+        self.cached[key] = value
+        if len(self.cached) > self.entries:
+            self.cached.popitem(last=False)
+        return value
