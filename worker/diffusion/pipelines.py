@@ -30,7 +30,7 @@ from worker.diffusion.memory import MEASURE_SIDE, CudaMemory, DeviceMemory, Memo
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import ConditioningCache
 from worker.diffusion.quiet import serving
-from worker.diffusion.schedulers import make_scheduler
+from worker.diffusion.schedulers import SchedulerCache
 from worker.diffusion.vae import keeps_vae_dtype, set_tiling, tile_pixels
 from worker.safety import SafetyGate
 
@@ -158,8 +158,10 @@ class WarmPipeline:
         }
         for derived in self.pipes.values():
             serving(derived)
-        # Kept from load time: every job builds its scheduler from the model's own config.
+        # Kept from load time: every job's scheduler is built from the model's own config.
         self.scheduler_config = pipe.scheduler.config
+        #: The schedulers of the samplers jobs named, reused by later calls.
+        self.schedulers = SchedulerCache(self.scheduler_config)
         #: The model's LoRA adapters (set by the worker's start-up); None: jobs may name none.
         self.adapters: LoadedAdapters | HotSwapAdapters | None = None
         #: The model's safety gate (set by the worker's start-up); None: its images are not checked.
@@ -241,7 +243,7 @@ class WarmPipeline:
     def _generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None) -> list[Image]:
         pipe = self.pipe_for(spec)
         self.use_loras(spec.loras)  # the controlled pipelines share the UNet, adapters included
-        pipe.scheduler = make_scheduler(spec.sampler, self.scheduler_config)
+        pipe.scheduler = self.schedulers.get(spec.sampler)
         control = control_arguments(spec, inputs["control"]) if spec.control_model is not None else {}
         with torch.inference_mode():
             encoded = self.prompts.get(pipe, spec.prompts, spec.loras, self.device)
@@ -282,7 +284,7 @@ class WarmPipeline:
         first = members[0][0]
         pipe = self.pipe
         self.use_loras(first.loras)  # part of the batch key: every member names the same
-        pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
+        pipe.scheduler = self.schedulers.get(first.sampler)
         set_tiling(pipe.vae, self.decodes_tiled(first.width * first.height))
         with torch.inference_mode():
             parts = [self.prompts.get(pipe, spec.prompts, spec.loras, self.device) for spec, _ in members]

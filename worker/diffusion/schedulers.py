@@ -68,3 +68,21 @@ def make_scheduler(sampler: str, config: Any) -> Any:
     """Return a fresh scheduler for ``sampler`` built from the model's scheduler ``config``."""
     cls, options = (FLOW_SCHEDULERS if is_flow_matching(config) else SCHEDULERS)[sampler]
     return getattr(diffusers, cls).from_config(config, **options)
+
+
+class SchedulerCache:
+    """One scheduler per sampler of a model, built on first use and reused by every later call:
+    ``from_config`` costs about a millisecond (several for the multistep solvers), a share of a
+    few-step job. Reuse is sound because a pipeline call starts with ``set_timesteps``, which resets
+    each scheduler's per-call state (step index, solver history); tests check every sampler. Used by
+    the one sampling thread only."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.schedulers: dict[str, Any] = {}
+
+    def get(self, sampler: str) -> Any:
+        """Return the scheduler of ``sampler``, ready for a call's ``set_timesteps``."""
+        if sampler not in self.schedulers:
+            self.schedulers[sampler] = make_scheduler(sampler, self.config)
+        return self.schedulers[sampler]
