@@ -50,7 +50,9 @@ def service_job(client: httpx.Client, seed: int, steps: int = 20) -> tuple[float
     the image. Return its wall time (s) and its server-side time (s, ``created_at`` to ``finished_at``
     in its record)."""
     started = time.perf_counter()
-    job = client.post("/v1/generate", json={**BODY, "seed": seed, "steps": steps}, headers={"Prefer": "wait=60"}).json()
+    job = client.post(
+        "/v1/generate", json={**BODY, "seed": seed, "steps": steps}, headers={"Prefer": "wait=60"}
+    ).json()
     assert job["status"] == "succeeded", job
     client.get(job["images"][0]["url"]).raise_for_status()
     return time.perf_counter() - started, _seconds_between(job["created_at"], job["finished_at"])
@@ -203,8 +205,8 @@ def main() -> int:
     )
     print(f"added per job (service minus its direct twin), ms: /v1/generate {result['added_per_job_ms']}, "
           f"Stability route {result['stability_added_per_job_ms']}")  # fmt: skip
-    print(f"{FEW_STEPS}-step service/direct throughput: {result['few_steps_throughput_ratio']:.3f}; added per "
-          f"job, ms: {result['few_steps_added_per_job_ms']}")  # fmt: skip
+    print(f"{FEW_STEPS}-step service/direct throughput: {result['few_steps_throughput_ratio']:.3f}; "
+          f"added per job, ms: {result['few_steps_added_per_job_ms']}")  # fmt: skip
     write_result(args.json, result)
     return 0
 

@@ -27,9 +27,12 @@ def plain(model_dir, spec: JobSpec, scheduler_class) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     negative = next((p.text for p in spec.prompts if p.weight < 0), None)
-    image = pipe(spec.prompts[0].text, negative_prompt=negative, width=64, height=64, guidance_scale=spec.cfg_scale,
-                 num_inference_steps=spec.steps, generator=torch.Generator("cpu").manual_seed(spec.seed)).images[0]  # fmt: skip
-    return np.asarray(image)
+    generator = torch.Generator("cpu").manual_seed(spec.seed)
+    result = pipe(
+        spec.prompts[0].text, negative_prompt=negative, width=64, height=64, guidance_scale=spec.cfg_scale,
+        num_inference_steps=spec.steps, generator=generator,
+    )  # fmt: skip
+    return np.asarray(result.images[0])
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model", "tiny_sdxl_model"])

@@ -354,7 +354,9 @@ def test_a_refusal_from_storage_is_not_retried():
 def test_a_job_of_a_few_fast_steps_writes_only_its_last_step_of_progress():
     # The first progress write waits an interval like the others: a 4-step job well within 60 s
     # costs one progress round trip, and the last step is always written.
-    state = WarmState({"m": FakePipeline()}, FakeStore(), FakeRecords(), FakeCancels(), progress_interval_s=60)
+    state = WarmState(
+        {"m": FakePipeline()}, FakeStore(), FakeRecords(), FakeCancels(), progress_interval_s=60
+    )
     run_job(JobContext(state), spec(steps=4))
     assert [write for write in state.records.of("job-1") if write[0] == "progress"] == [("progress", 4)]
 
@@ -362,7 +364,9 @@ def test_a_job_of_a_few_fast_steps_writes_only_its_last_step_of_progress():
 def test_the_worker_png_compress_level_reaches_the_stored_files():
     sizes = {}
     for level in (0, 9):
-        state = WarmState({"m": FakePipeline()}, FakeStore(), FakeRecords(), FakeCancels(), png_compress_level=level)
+        state = WarmState(
+            {"m": FakePipeline()}, FakeStore(), FakeRecords(), FakeCancels(), png_compress_level=level
+        )
         run_job(JobContext(state), spec(width=64, height=64))
         data = state.store.objects["job-1/0.png"]
         assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((5, 5)) == (255, 0, 0)

@@ -20,7 +20,9 @@ SD_CONFIG = {
 FLOW_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 
 
-def denoise(scheduler: Any, steps: int, stop_after: int | None = None, begin: int | None = None) -> torch.Tensor:
+def denoise(
+    scheduler: Any, steps: int, stop_after: int | None = None, begin: int | None = None
+) -> torch.Tensor:
     """Run ``scheduler`` as a pipeline call does, with a fixed fake denoiser; return the last sample.
     ``stop_after``: end after that many steps (a cancel, a schedule's end); ``begin``: start at that
     step index, as image-to-image pipelines do (``set_begin_index``)."""
@@ -32,7 +34,9 @@ def denoise(scheduler: Any, steps: int, stop_after: int | None = None, begin: in
     # The ancestral and SDE samplers add noise: a generator, where ``step`` takes one (as pipelines do).
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     extra = {"generator": torch.Generator().manual_seed(7)} if takes_generator else {}
-    sample = torch.linspace(-1, 1, 2 * 4 * 8 * 8).reshape(2, 4, 8, 8) * getattr(scheduler, "init_noise_sigma", 1.0)
+    sample = torch.linspace(-1, 1, 2 * 4 * 8 * 8).reshape(2, 4, 8, 8) * getattr(
+        scheduler, "init_noise_sigma", 1.0
+    )
     for index, timestep in enumerate(timesteps):
         scaled = sample
         if hasattr(scheduler, "scale_model_input"):
