@@ -241,22 +241,24 @@ class WarmWorker(PromptListenerWorker):
     def _run_job_thread(
         self, seat: RoundSeat, job: Job, queue: Queue, execution: Execution, go: threading.Event
     ) -> None:
-        go.wait()  # a prepared round's jobs start once the round before it has sampled
-        deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
-        context = JobContext(self.warm, seat, deadline, submitted_at=job.created_at.timestamp())
+        # RQ's heartbeats run from the start: a prepared job waits in RQ's started registry, and
+        # one not kept alive there would be taken for abandoned while a long round samples.
         try:
-            with (
-                log_context(**_log_fields(job)),  # RQ's lines about the job too
-                use_context(context),
-                JOBS_RUNNING.labels(job_model(job, self.warm.pipelines)).track_inprogress(),
-                Periodic(
-                    lambda: self.maintain_heartbeats(job, execution),
-                    self.heartbeat_interval_s,
-                    lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
-                    "latentq-heartbeat",
-                ),
+            with Periodic(
+                lambda: self.maintain_heartbeats(job, execution),
+                self.heartbeat_interval_s,
+                lambda error: self.log.warning("heartbeat for job %s failed: %s", job.id, error),
+                "latentq-heartbeat",
             ):
-                self.perform_job(job, queue, execution)
+                go.wait()  # a prepared round's jobs start once the round before it has sampled
+                deadline = time.monotonic() + (job.timeout or self.queue_class.DEFAULT_TIMEOUT)
+                context = JobContext(self.warm, seat, deadline, submitted_at=job.created_at.timestamp())
+                with (
+                    log_context(**_log_fields(job)),  # RQ's lines about the job too
+                    use_context(context),
+                    JOBS_RUNNING.labels(job_model(job, self.warm.pipelines)).track_inprogress(),
+                ):
+                    self.perform_job(job, queue, execution)
         finally:
             seat.leave()
             with suppress(RedisError):  # else the lease expires and the reaper sees the job's state

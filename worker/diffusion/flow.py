@@ -20,6 +20,7 @@ from latentq.contract import JobSpec
 from worker.context import OnStep
 from worker.diffusion.pipelines import WarmPipeline, load_pretrained
 from worker.diffusion.preview import preview_jpeg
+from worker.diffusion.prompts import prompt_arguments
 
 #: RGB of the first three latent channels of a 16-channel SD3/FLUX latent, the others left out:
 #: a rough preview of the layout, not of the colours (no published linear map is shipped here).
@@ -55,6 +56,12 @@ class FlowPipeline(WarmPipeline):
     def _generate(self, spec: JobSpec, inputs: dict[str, Image], on_step: OnStep | None) -> list[Image]:
         self.size = (spec.width, spec.height)
         return super()._generate(spec, inputs, on_step)
+
+    def prompt_arguments(self, pipe: Any, spec: JobSpec) -> dict[str, Any]:
+        """Return the conditioning arguments of ``spec``'s call, uncached: SD3's and FLUX's pipelines
+        repeat given embeddings for ``num_images_per_prompt`` differently from their own encoding,
+        so a job of plain prompts passes its strings, as plain diffusers does."""
+        return prompt_arguments(pipe, spec.prompts)
 
     def generate_batch(self, members: list[tuple[JobSpec, OnStep | None]]) -> list[list[Image]]:
         """Run text-to-image jobs that share a ``batch_key`` as one call (``WarmPipeline``'s)."""

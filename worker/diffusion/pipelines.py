@@ -245,11 +245,9 @@ class WarmPipeline:
         self.use_loras(spec.loras)  # the controlled pipelines share the UNet, adapters included
         pipe.scheduler = self.schedulers.get(spec.sampler)
         control = control_arguments(spec, inputs["control"]) if spec.control_model is not None else {}
-        with torch.inference_mode():
-            encoded = self.prompts.get(pipe, spec.prompts, spec.loras, self.device)
         common = {
             **control,
-            **encoded,
+            **self.prompt_arguments(pipe, spec),
             "num_inference_steps": spec.steps,
             "guidance_scale": spec.cfg_scale,
             "num_images_per_prompt": spec.samples,
@@ -267,6 +265,11 @@ class WarmPipeline:
             return list(pipe(width=spec.width, height=spec.height, **common).images)
 
     @keeps_vae_dtype
+    def prompt_arguments(self, pipe: Any, spec: JobSpec) -> dict[str, Any]:
+        """Return the conditioning arguments of ``spec``'s call: its encoded prompts, cached."""
+        with torch.inference_mode():
+            return self.prompts.get(pipe, spec.prompts, spec.loras, self.device)
+
     def generate_batch(self, members: list[tuple[JobSpec, OnStep | None]]) -> list[list[Image]]:
         """Run text-to-image jobs that share a ``batch_key`` as one pipeline call (see
         ``_generate_batch``), counting what it compiles."""
