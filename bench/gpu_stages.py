@@ -12,7 +12,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from bench import append_row, error_fields
+from bench.flow_gpu import synchronized_seconds
 
 #: Distributions whose versions the ``env`` stage records.
 DISTRIBUTIONS = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "triton",
@@ -45,17 +45,6 @@ def sizes_for(dry_run: bool) -> Sizes:
     if dry_run:
         return Sizes(torch.device("cpu"), tiny=True, side=64, steps=2)
     return Sizes(torch.device("cuda"), tiny=False, side=512, steps=10)
-
-
-def seconds_of(run: Callable[[], Any], device: torch.device) -> float:
-    """Return the seconds ``run()`` takes, the device's queue drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
 
 
 def gib(count: float) -> float:
@@ -148,7 +137,7 @@ def channels_last_stage(out: Path, sizes: Sizes) -> int:
                      output_type="latent", generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
 
         run()  # a new layout picks new kernels: not timed
-        seconds = seconds_of(run, sizes.device)
+        seconds = synchronized_seconds(run, sizes.device)
         row = {"stage": "channels_last", "layout": name, "trial": trial, "side": sizes.side,
                "steps": sizes.steps, "seconds_per_step": round(seconds / sizes.steps, 4)}  # fmt: skip
         append_row(out, row)
@@ -182,7 +171,7 @@ def compile_stage(out: Path, sizes: Sizes) -> int:
         row: dict[str, Any] = {"stage": "compile", "call": label, "width": call.width, "height": call.height,
                                "cfg": call.cfg_scale}  # fmt: skip
         try:
-            row["seconds"] = round(seconds_of(lambda c=call: warm.generate(c, {}), device), 3)
+            row["seconds"] = round(synchronized_seconds(lambda c=call: warm.generate(c, {}), device), 3)
         except Exception as error:  # noqa: BLE001 - recorded: the next call still runs
             row.update(error_fields(error))
         row["dynamo"] = {name: dict(counters[name]) for name in ("stats", "recompiles") if name in counters}
