@@ -22,7 +22,7 @@ from worker.diffusion.adapters import AdapterFile
 from worker.diffusion.compiling import configure_compile
 from worker.diffusion.hotswap import HotSwapAdapters
 from worker.diffusion.pipelines import WarmPipeline
-from worker.embedded.loras import LORA_WEIGHT_NAME, ensure_tiny_lora
+from worker.embedded.loras import LORA_WEIGHT_NAME, ensure_tiny_lora, seeded_adapter
 
 PROMPT = "a lighthouse at dusk"
 #: The second adapter: rank 2 (the slots are padded to MAX_RANK), alpha 4 (scale 2), UNet only,
@@ -34,22 +34,11 @@ MAX_RANK = 8
 def build_second_adapter(model: Path, folder: Path) -> Path:
     """Write a seeded rank-2 UNet-only adapter of ``model`` (on q and v projections) to ``folder``."""
     from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
     if (folder / LORA_WEIGHT_NAME).is_file():
         return folder
     pipe = AutoPipelineForText2Image.from_pretrained(model)
-    config = LoraConfig(r=SECOND_RANK, lora_alpha=SECOND_ALPHA, target_modules=["to_q", "to_v"],
-                        init_lora_weights=False)  # fmt: skip
-    pipe.unet.add_adapter(config)
-    generator = torch.Generator("cpu").manual_seed(7)
-    with torch.no_grad():
-        for name, parameter in sorted(pipe.unet.named_parameters()):
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    layers = seeded_adapter(pipe.unet, ["to_q", "to_v"], 7, rank=SECOND_RANK, alpha=SECOND_ALPHA)
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_WEIGHT_NAME)
     return folder
 

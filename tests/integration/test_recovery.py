@@ -40,19 +40,21 @@ def api(redis_server, s3_server) -> Iterator[httpx.Client]:
 
 
 @contextmanager
-def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterator[Callable[[], Process]]:
-    """Yield a function that starts one more worker of ``recovery-sd`` (and, unless told not to,
-    waits until it listens); stop every one started at the end."""
+def worker_processes(
+    redis_server, s3_server, models_dir, tmp_path, model: dict, **settings
+) -> Iterator[Callable[..., Process]]:
+    """Yield a function that starts one more worker of ``model`` (a registry entry) with ``settings``
+    (and, unless told not to, waits until it listens); stop every one started at the end."""
     started: list[Process] = []
     redis = Redis.from_url(redis_server.url)
-    queue = Queue(queue_name("recovery-sd"), connection=redis)
+    queue = Queue(queue_name(model["id"]), connection=redis)
 
     def start(wait: bool = True) -> Process:
         env = worker_env(
-            redis_server, s3_server, models_dir, "recovery-sd", models=json.dumps([MODEL]),
-            worker_lost_s=LOST_S, max_batch="1", warmup="false", **settings,
+            redis_server, s3_server, models_dir, model["id"], models=json.dumps([model]),
+            worker_lost_s=LOST_S, warmup="false", **settings,
         )  # fmt: skip
-        name = env["LATENTQ_WORKER_NAME"] = f"recovery-{uuid.uuid4().hex[:8]}"
+        name = env["LATENTQ_WORKER_NAME"] = f"{model['id']}-{uuid.uuid4().hex[:8]}"
         argv = [sys.executable, "-m", "worker"]
         process = Process.start(name, argv, tmp_path / f"{name}.log", env)
         started.append(process)
@@ -66,6 +68,11 @@ def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterat
     finally:
         for process in started:
             process.stop()
+
+
+def workers(redis_server, s3_server, models_dir, tmp_path, **settings):
+    """``worker_processes`` of ``recovery-sd``, one job at a time."""
+    return worker_processes(redis_server, s3_server, models_dir, tmp_path, MODEL, max_batch="1", **settings)
 
 
 def running(client: httpx.Client, job_id: str, attempt: int, timeout_s: float = 60) -> dict:

@@ -7,28 +7,26 @@ worker processes, the tiny pipeline and real signals."""
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 from PIL import Image
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from latentq.contract import JobSpec, WeightedPrompt
 from latentq.keys import LEASE_HOLDERS, LEASES, job_events_key, queue_name
 from latentq.rq_writer import queue_job
-from latentq_dev.devstack import Process, wait_until
-from tests.conftest import API_KEY, api_settings, serve, wait_for_job, worker_env
+from latentq_dev.devstack import wait_until
+from tests.conftest import API_KEY, api_settings, serve, wait_for_job
+from tests.integration.test_recovery import worker_processes
 from worker.context import WarmState, current_context
 from worker.metrics import ROUND_IDLE
 from worker.warm_worker import WarmWorker
@@ -145,29 +143,9 @@ def api(redis_server, s3_server) -> Iterator[httpx.Client]:
         yield client
 
 
-@contextmanager
-def workers(redis_server, s3_server, models_dir, tmp_path, **settings) -> Iterator[Callable[[], Process]]:
-    """Yield a function that starts one more worker of ``pipelined-sd`` and waits until it listens;
-    stop every one started at the end."""
-    started: list[Process] = []
-    redis = Redis.from_url(redis_server.url)
-    queue = Queue(queue_name("pipelined-sd"), connection=redis)
-
-    def start() -> Process:
-        env = worker_env(redis_server, s3_server, models_dir, "pipelined-sd", models=json.dumps([MODEL]),
-                         worker_lost_s="3", warmup="false", **settings)  # fmt: skip
-        name = env["LATENTQ_WORKER_NAME"] = f"pipelined-{uuid.uuid4().hex[:8]}"
-        process = Process.start(name, [sys.executable, "-m", "worker"], tmp_path / f"{name}.log", env)
-        started.append(process)
-        listening = lambda: name in {worker.name for worker in Worker.all(connection=redis, queue=queue)}  # noqa: E731
-        wait_until(listening, 120, "the worker", process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
+def workers(redis_server, s3_server, models_dir, tmp_path, **settings):
+    """``worker_processes`` of ``pipelined-sd`` (rounds of up to ``LATENTQ_MAX_BATCH`` images)."""
+    return worker_processes(redis_server, s3_server, models_dir, tmp_path, MODEL, **settings)
 
 
 def sampling(client: httpx.Client, job_id: str, timeout_s: float = 120) -> None:

@@ -27,14 +27,17 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def _seeded_adapter(model, targets: list[str], seed: int) -> dict:  # -> LoRA state dict (diffusers keys)
-    """Add a seeded LoRA to ``model`` and return its weights in diffusers' LoRA key format."""
+def seeded_adapter(
+    model, targets: list[str], seed: int, rank: int = LORA_RANK, alpha: int | None = None
+) -> dict:
+    """Add a seeded LoRA of ``rank`` (and ``alpha``, default the rank) to ``model`` and return its
+    weights in diffusers' LoRA key format."""
     import torch
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=targets, init_lora_weights=False)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=False)
     model.add_adapter(config)
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.no_grad():
@@ -51,8 +54,8 @@ def build_sd_lora(directory: Path) -> None:
     pipe = build_sd_pipeline()
     StableDiffusionPipeline.save_lora_weights(
         directory,
-        unet_lora_layers=_seeded_adapter(pipe.unet, UNET_TARGETS, BUILD_SEED + 10),
-        text_encoder_lora_layers=_seeded_adapter(pipe.text_encoder, TEXT_TARGETS, BUILD_SEED + 11),
+        unet_lora_layers=seeded_adapter(pipe.unet, UNET_TARGETS, BUILD_SEED + 10),
+        text_encoder_lora_layers=seeded_adapter(pipe.text_encoder, TEXT_TARGETS, BUILD_SEED + 11),
         weight_name=LORA_WEIGHT_NAME,
     )
 
@@ -64,8 +67,8 @@ def build_sdxl_lora(directory: Path) -> None:
     pipe = build_sdxl_pipeline()
     StableDiffusionXLPipeline.save_lora_weights(
         directory,
-        unet_lora_layers=_seeded_adapter(pipe.unet, UNET_TARGETS, BUILD_SEED + 20),
-        text_encoder_lora_layers=_seeded_adapter(pipe.text_encoder, TEXT_TARGETS, BUILD_SEED + 21),
+        unet_lora_layers=seeded_adapter(pipe.unet, UNET_TARGETS, BUILD_SEED + 20),
+        text_encoder_lora_layers=seeded_adapter(pipe.text_encoder, TEXT_TARGETS, BUILD_SEED + 21),
         weight_name=LORA_WEIGHT_NAME,
     )
 
