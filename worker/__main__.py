@@ -35,7 +35,8 @@ from worker.diffusion.compiling import configure_compile, parse_sizes
 from worker.diffusion.controlnets import load_controlnet
 from worker.diffusion.flow import FlowPipeline
 from worker.diffusion.hotswap import HotSwapAdapters
-from worker.diffusion.pipelines import WarmPipeline, resolve_device
+from worker.diffusion.loading import resolve_device
+from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.safety import SafetyChecker
 from worker.diffusion.upscalers import Resampler, Upscaler
 from worker.embedded.models import BUILDERS, CONTROLNET_BUILDERS, SAFETY_CHECKER_BUILDERS, ensure_tiny_model

@@ -155,7 +155,7 @@ def test_warm_up_measures_the_tiny_model_and_caps_and_tiles_its_calls(tiny_model
 
 @pytest.mark.parametrize("compile_unet", [False, True])
 def test_channels_last_only_with_compile(tiny_model, compile_unet):
-    from worker.diffusion.pipelines import tune_for_cuda
+    from worker.diffusion.loading import tune_for_cuda
 
     pipe = WarmPipeline.load(str(tiny_model), "cpu").pipe
     tune_for_cuda(pipe, compile_unet)

@@ -37,7 +37,7 @@ CONTROLLED = {
 
 def load_controlnet(source: str, device: torch.device) -> Any:
     """Load a ``ControlNetModel`` from ``source`` (a folder or hub id): fp16 on CUDA, fp32 on CPU."""
-    from worker.diffusion.pipelines import DTYPE_KEYWORD
+    from worker.diffusion.loading import DTYPE_KEYWORD
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()

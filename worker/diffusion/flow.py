@@ -18,7 +18,8 @@ from PIL.Image import Image
 
 from latentq.contract import JobSpec
 from worker.context import OnStep
-from worker.diffusion.pipelines import WarmPipeline, load_pretrained
+from worker.diffusion.loading import load_pretrained
+from worker.diffusion.pipelines import WarmPipeline
 from worker.diffusion.preview import preview_jpeg
 from worker.diffusion.prompts import prompt_arguments
 

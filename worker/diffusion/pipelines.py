@@ -16,7 +16,6 @@ from diffusers import (
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
 )
-from diffusers.utils import deprecation_utils as diffusers_deprecations
 from PIL import Image as PILImage
 from PIL.Image import Image
 
@@ -26,92 +25,23 @@ from worker.diffusion.adapters import LoadedAdapters
 from worker.diffusion.compiling import CompileWatch, compile_denoiser, served_shapes
 from worker.diffusion.controlnets import control_arguments, controlled_pipeline
 from worker.diffusion.hotswap import HotSwapAdapters
+from worker.diffusion.loading import denoiser_of, load_pretrained, tune_for_cuda
 from worker.diffusion.memory import MEASURE_SIDE, CudaMemory, DeviceMemory, MemoryProfile, measure_profile
 from worker.diffusion.preview import SD_FACTORS, SDXL_BIAS, SDXL_FACTORS, preview_jpeg
 from worker.diffusion.prompts import ConditioningCache
 from worker.diffusion.quiet import serving
 from worker.diffusion.schedulers import SchedulerCache
+from worker.diffusion.steps import StopSampling, generators_for, step_callback
 from worker.diffusion.vae import keeps_vae_dtype, set_tiling, tile_pixels
 from worker.safety import SafetyGate
 
 log = logging.getLogger("latentq.worker")
 
 
-#: ``from_pretrained``'s dtype keyword: ``dtype`` where diffusers has deprecated ``torch_dtype``
-#: (it warns at every load), ``torch_dtype`` in the releases before, which would not read ``dtype``.
-DTYPE_KEYWORD = "dtype" if hasattr(diffusers_deprecations, "_resolve_dtype") else "torch_dtype"
-
-
-def resolve_device(device: str) -> torch.device:
-    """Return the torch device for a setting of ``auto``, ``cuda`` or ``cpu``."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def load_pretrained(
-    loader: Any, source: str, device: str, cuda_dtype: torch.dtype = torch.float16, **components: Any
-) -> tuple[Any, torch.device]:
-    """Load ``source`` (a folder or hub id) with ``loader``: ``cuda_dtype`` on CUDA, fp32 on CPU;
-    ``components`` replace the checkpoint's (None: leave one out)."""
-    target = resolve_device(device)
-    dtype = cuda_dtype if target.type == "cuda" else torch.float32
-    started = time.perf_counter()
-    pipe = serving(loader.from_pretrained(source, **{DTYPE_KEYWORD: dtype}, **components).to(target))
-    log.info("loaded %s (%s) on %s %s in %.1f s", source, type(pipe).__name__, target, dtype,
-             time.perf_counter() - started)  # fmt: skip
-    return pipe, target
-
-
-def generators_for(spec: JobSpec) -> Any:
-    """One ``torch.Generator("cpu")`` per image, seeded seed + i; a lone one (not a list) for one image,
-    so a single image matches plain diffusers."""
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in spec.image_seeds()]
-    return generators[0] if len(generators) == 1 else generators
-
-
-class StopSampling(Exception):
-    """Raised from the step callback when every job of the call asked to stop (canceled, or its
-    time limit passed): the call ends at once, without decoding latents no one wants."""
-
-
-def step_callback(stop_at: int | None, on_step: OnStep | None) -> Any:
-    """Return a diffusers step-end callback that reports each step to ``on_step`` and ends denoising
-    after ``stop_at`` loop iterations (a step schedule's end: diffusers skips the remaining steps
-    and decodes the latents reached), and raises ``StopSampling`` when ``on_step`` asks to stop."""
-
-    def callback(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
-        if stop_at is not None and index + 1 >= stop_at:
-            pipe._interrupt = True
-        total = getattr(pipe, "num_timesteps", 0) or index + 1
-        if on_step is not None and on_step(index + 1, total, tensors.get("latents")):
-            raise StopSampling
-        return tensors
-
-    return callback
-
-
 #: Where memory was not measured (CPU, or no warm-up), images of more pixels than this decode with
 #: VAE tiling (bounded memory, seams blended): the 2 MP sizes of SD3 and FLUX. Measured, the
 #: decode's own budget decides (``memory.MemoryProfile.tiles``).
 TILE_ABOVE_PIXELS = 1024 * 1024
-
-
-def denoiser_of(pipe: Any) -> Any:
-    """Return ``pipe``'s denoiser: the UNet, or the transformer of a flow-matching model."""
-    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-
-
-def tune_for_cuda(pipe: Any, compile_unet: bool) -> None:
-    """Make ``pipe`` fast on CUDA: VAE slicing (a batch decodes one image at a time; SDPA attention
-    is diffusers' default with torch 2) and, when compiled, a channels-last UNet; ``torch.compile``
-    is ``WarmPipeline``'s (``compiling``)."""
-    denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-    # Channels-last only with compile: eager GroupNorm wants contiguous input, so without the
-    # compiler fusing them it adds a layout copy around every norm.
-    if denoiser == "unet" and compile_unet:
-        pipe.unet.to(memory_format=torch.channels_last)
-    pipe.vae.enable_slicing()
 
 
 class WarmPipeline:

@@ -14,7 +14,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from PIL.Image import Image
 from transformers import CLIPImageProcessor
 
-from worker.diffusion.pipelines import resolve_device
+from worker.diffusion.loading import resolve_device
 
 log = logging.getLogger("latentq.worker")
 

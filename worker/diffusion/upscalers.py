@@ -21,9 +21,10 @@ from PIL.Image import Image
 from latentq.contract import JobKind, JobSpec, WeightedPrompt
 from latentq.models import MAX_UPSCALE_PIXELS
 from worker.context import OnStep
-from worker.diffusion.pipelines import StopSampling, generators_for, load_pretrained
+from worker.diffusion.loading import load_pretrained
 from worker.diffusion.prompts import prompt_arguments
 from worker.diffusion.schedulers import make_scheduler
+from worker.diffusion.steps import StopSampling, generators_for
 from worker.diffusion.vae import keeps_vae_dtype, set_tiling
 from worker.safety import SafetyGate
 
